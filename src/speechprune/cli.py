@@ -1,0 +1,128 @@
+"""The ``speechprune`` command: a thin layer that fills a command's config dataclass from the
+command line and calls the Python function behind it. Bad input ends in one line and exit 2.
+
+    speechprune COMMAND [--option value ...] [section.key=value ...] [--config FILE.yaml]
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from speechprune.config import argv_to_dotlist, build_config, describe_options
+from speechprune.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str
+    config: str
+    function: str
+    summary: str
+
+
+# Imported lazily, so that `speechprune --help` is fast and a command loads only its own stage.
+COMMANDS: dict[str, Command] = {
+    "data synth": Command("speechprune.data.synth", "SynthConfig", "synthesize",
+                          "speak a seeded multilingual ASR/ST corpus with espeak-ng"),
+    "data hf": Command("speechprune.data.hf", "HFDataConfig", "export_hf_dataset",
+                       "write a Hugging Face dataset (LibriSpeech, CoVoST2, FLEURS, audio folder) as a manifest"),
+    "train": Command("speechprune.train", "TrainConfig", "train",
+                     "build or load a SpeechLLM and train it in stages (Accelerate)"),
+    "eval": Command("speechprune.evaluate", "EvalConfig", "evaluate",
+                    "batched decoding; WER, BLEU and chrF"),
+    "scan": Command("speechprune.scan.run", "ScanConfig", "scan",
+                    "angular distance between every pair of decoder layers, one streaming pass"),
+    "compare": Command("speechprune.scan.compare", "CompareConfig", "compare",
+                       "how much two or more scans agree on the redundant blocks"),
+    "prune": Command("speechprune.prune.run", "PruneConfig", "prune",
+                     "remove decoder layers and export a standard checkpoint"),
+    "heal": Command("speechprune.heal", "HealConfig", "heal",
+                    "LoRA healing of a pruned SpeechLLM"),
+    "sweep": Command("speechprune.sweep", "SweepConfig", "sweep",
+                     "prune -> heal -> evaluate over fractions, strategies and healing"),
+    "demo": Command("speechprune.demo", "DemoConfig", "demo",
+                    "the whole chain on the offline default"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: speechprune COMMAND [--option value ...] [key=value ...] [--config FILE]", "", "commands:"]
+    lines += [f"  {name:<12} {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "speechprune COMMAND --help lists a command's options."]
+    return "\n".join(lines)
+
+
+def _split_command(argv: list[str]) -> tuple[str, list[str]]:
+    for words in (2, 1):
+        name = " ".join(argv[:words])
+        if name in COMMANDS:
+            return name, argv[words:]
+    raise UserError(f"unknown command {' '.join(argv[:2])!r}; run 'speechprune --help'")
+
+
+def _help(name: str, config_cls: type) -> str:
+    module = importlib.import_module(COMMANDS[name].module)
+    function = getattr(module, COMMANDS[name].function)
+    doc = (function.__doc__ or COMMANDS[name].summary).strip()
+    lines = [f"usage: speechprune {name} [options]", "", doc, "", "options (--name value, or name=value):"]
+    for option_name, default, text in describe_options(config_cls):
+        lines.append(f"  --{option_name.replace('_', '-'):<28} {text} [default: {default}]")
+    return "\n".join(lines)
+
+
+def _take_positional(tokens: list[str]) -> tuple[list[str], list[str]]:
+    """Split bare values (``compare A B``) from options; a flag's own value is not positional."""
+    options, positional = [], []
+    expecting_value = False
+    for token in tokens:
+        if token.startswith("--"):
+            options.append(token)
+            expecting_value = "=" not in token
+        elif expecting_value or "=" in token:
+            options.append(token)
+            expecting_value = False
+        else:
+            positional.append(token)
+    return options, positional
+
+
+def run(argv: list[str]) -> object:
+    """Parse ``argv`` (without the program name) and run the command; returns its result."""
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return None
+    name, rest = _split_command(argv)
+    command = COMMANDS[name]
+    module = importlib.import_module(command.module)
+    config_cls = getattr(module, command.config)
+    if any(token in ("-h", "--help") for token in rest):
+        print(_help(name, config_cls))
+        return None
+    positional_field = getattr(config_cls, "positional", None)
+    positional: list[str] = []
+    if positional_field:
+        rest, positional = _take_positional(rest)
+    dotlist, config_file = argv_to_dotlist(config_cls, rest)
+    if positional_field and positional:
+        dotlist.append(f"{positional_field}=[{','.join(repr(p) for p in positional)}]")
+    config = build_config(config_cls, dotlist, config_file)
+    return getattr(module, command.function)(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(argv)
+    except UserError as error:
+        print(f"speechprune: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("speechprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
