@@ -1,0 +1,378 @@
+"""``speechprune data synth``: a seeded multilingual ASR / speech-translation corpus spoken by
+espeak-ng, from the parallel template grammar in :mod:`speechprune.data.grammar`.
+
+Layout of ``OUT`` (built under a temporary name, moved into place only when complete):
+
+    audio/{lang}/{split}/{lang}-{split}-{index}.wav   16 kHz mono 16-bit WAV
+    asr-{lang}.{split}.jsonl                           for every language
+    st-{src}-{tgt}.{split}.jsonl                       for every pair (source audio, translated target)
+    corpus.json  config.yaml  timing.json
+
+Splits: ``train``, ``dev``, ``test`` (disjoint meanings: no sentence of any language is in two of
+them) and ``test-ood``: the first test meanings again, spoken with voices, speeds and pitches held
+out of training, with noise added at ``ood_snr_db``. Same seed -> byte-identical manifests and audio.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+import zlib
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from math import ceil
+from pathlib import Path
+
+import numpy as np
+
+from speechprune.config import option, require, save_config
+from speechprune.data import grammar
+from speechprune.data.audio import NOISE_KINDS, SAMPLE_RATE, add_noise, resample, save_audio
+from speechprune.data.manifest import Utterance, write_manifest
+from speechprune.errors import UserError
+from speechprune.files import staged_dir, write_json
+
+SPLITS = ("train", "dev", "test", "test-ood")
+ESPEAK = "espeak-ng"
+
+
+@dataclass
+class SynthConfig:
+    out: str = option(help="output folder of the corpus (replaced only when the new one is complete)")
+    seed: int = option(0, help="seed of sentences, voices and noise: same seed, identical corpus")
+    languages: list[str] = option(["en", "fr", "de", "es"],
+                                  help="languages to speak, each with ASR manifests (from: en, fr, de, es)")
+    st_pairs: list[str] = option(["en-fr", "en-de", "fr-en", "de-en"],
+                                 help="speech-translation pairs SRC-TGT (both in --languages)")
+    train_sentences: int = option(3000, help="distinct meanings in train (each spoken in every language)")
+    dev_sentences: int = option(200, help="distinct meanings in dev (0: no dev split)")
+    test_sentences: int = option(200, help="distinct meanings in test (0: no test split)")
+    test_ood_sentences: int = option(200, help="test meanings re-spoken out of domain (<= test sentences)")
+    train_repeats: int = option(1, help="times each train sentence is spoken (each time another voice)")
+    accents: list[str] = option(["en:en-us", "fr:fr-fr", "de:de", "es:es"],
+                                help="espeak-ng base voices LANG:VOICE for train/dev/test (default: the language code)")
+    variants: list[str] = option(["m1", "m2", "m3", "m4", "f1", "f2", "f3"],
+                                 help="espeak-ng voice variants for train/dev/test (voice = accent+variant)")
+    speeds: list[int] = option([145, 160, 175], help="speaking rates (words per minute) for train/dev/test")
+    pitches: list[int] = option([35, 50, 65], help="pitches (0-99) for train/dev/test")
+    ood_accents: list[str] = option([], help="base voices LANG:VOICE for test-ood (empty: the same as --accents)")
+    ood_variants: list[str] = option(["m6", "m7", "f4", "f5"], help="voice variants held out for test-ood")
+    ood_speeds: list[int] = option([125, 195], help="speaking rates held out for test-ood")
+    ood_pitches: list[int] = option([20, 80], help="pitches for test-ood")
+    ood_snr_db: float = option(10.0, help="signal-to-noise ratio (dB) of the noise added to test-ood")
+    ood_noise: list[str] = option(["white", "babble"], help="noise kinds for test-ood (white, pink, babble)")
+    max_seconds: float = option(6.0, help="an utterance longer than this is spoken again, faster, to fit")
+    workers: int = option(0, help="parallel espeak-ng processes (0: one per CPU core)")
+    overwrite: bool = option(False, help="replace an existing corpus at --out")
+
+    def __post_init__(self) -> None:
+        supported = grammar.LANGUAGES
+        require(len(self.languages) > 0, "--languages is empty")
+        for lang in self.languages:
+            require(lang in supported, f"--languages: unsupported language {lang!r} (the grammar has {', '.join(supported)})")
+        require(len(set(self.languages)) == len(self.languages), "--languages lists a language twice")
+        for pair in self.st_pairs:
+            parts = pair.split("-")
+            require(len(parts) == 2 and all(parts), f"--st-pairs: {pair!r} is not SRC-TGT (e.g. en-fr)")
+            require(parts[0] != parts[1], f"--st-pairs: {pair!r} translates a language into itself")
+            for lang in parts:
+                require(lang in self.languages, f"--st-pairs: {pair!r} uses {lang!r}, which is not in --languages")
+        require(len(set(self.st_pairs)) == len(self.st_pairs), "--st-pairs lists a pair twice")
+        require(self.train_sentences >= 1, "--train-sentences must be at least 1")
+        for name in ("dev_sentences", "test_sentences", "test_ood_sentences"):
+            require(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
+        require(self.test_ood_sentences <= self.test_sentences,
+                "--test-ood-sentences must not exceed --test-sentences (test-ood re-speaks test meanings)")
+        require(self.train_repeats >= 1, "--train-repeats must be at least 1")
+        for name in ("accents", "ood_accents"):
+            for entry in getattr(self, name):
+                lang, _, voice = entry.partition(":")
+                require(bool(voice) and lang in supported,
+                        f"--{name.replace('_', '-')}: {entry!r} is not LANG:VOICE with LANG in {', '.join(supported)}")
+        for name in ("variants", "ood_variants", "speeds", "ood_speeds", "pitches", "ood_pitches", "ood_noise"):
+            require(len(getattr(self, name)) > 0, f"--{name.replace('_', '-')} is empty")
+        for speed in self.speeds + self.ood_speeds:
+            require(80 <= speed <= 450, f"speed {speed} out of espeak-ng's range 80-450 words per minute")
+        for pitch in self.pitches + self.ood_pitches:
+            require(0 <= pitch <= 99, f"pitch {pitch} out of espeak-ng's range 0-99")
+        for kind in self.ood_noise:
+            require(kind in NOISE_KINDS, f"--ood-noise: unknown kind {kind!r} (choose from {', '.join(NOISE_KINDS)})")
+        require(not set(self.ood_speeds) & set(self.speeds),
+                f"--ood-speeds must be held out of --speeds; both have {sorted(set(self.ood_speeds) & set(self.speeds))}")
+        for lang in self.languages:
+            shared = set(self.voices(lang, "test-ood")) & set(self.voices(lang, "train"))
+            require(not shared, f"test-ood voices must be held out of training; {lang} shares {sorted(shared)}")
+        require(self.max_seconds > 0, "--max-seconds must be positive")
+        require(self.workers >= 0, "--workers must be >= 0")
+
+    def voices(self, lang: str, split: str) -> list[str]:
+        """The espeak-ng voices (accent+variant) that speak ``lang`` in ``split``."""
+        ood = split == "test-ood"
+        entries = (self.ood_accents or self.accents) if ood else self.accents
+        accents = [e.partition(":")[2] for e in entries if e.partition(":")[0] == lang] or [lang]
+        variants = self.ood_variants if ood else self.variants
+        return [f"{accent}+{variant}" for accent in accents for variant in variants]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One utterance to speak."""
+
+    audio_id: str
+    lang: str
+    split: str
+    meaning_index: int  # index into the split's meanings
+    text: str
+    voice: str
+    speed: int
+    pitch: int
+    noise: str | None
+    relpath: str
+
+
+# --------------------------------------------------------------------------------------------
+# espeak-ng
+
+
+@lru_cache(maxsize=1)
+def _espeak_inventory() -> tuple[str, frozenset[str], frozenset[str]]:
+    """(version line, known base voice names, known variant names)."""
+    if shutil.which(ESPEAK) is None:
+        raise UserError("espeak-ng not found: install it (e.g. 'apt-get install espeak-ng') or run 'make setup'")
+    version = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True).stdout.strip()
+    listing = subprocess.run([ESPEAK, "--voices"], capture_output=True, text=True).stdout.splitlines()
+    bases: set[str] = set()
+    for row in listing[1:]:
+        cols = row.split()
+        if len(cols) >= 5:
+            bases.update({cols[1].lower(), cols[4].lower(), cols[4].split("/")[-1].lower()})
+    match = re.search(r"Data at:\s*(\S+)", version)
+    variants: set[str] = set()
+    if match and (Path(match.group(1)) / "voices" / "!v").is_dir():
+        variants = {p.name.lower() for p in (Path(match.group(1)) / "voices" / "!v").iterdir()}
+    return version.splitlines()[0] if version else "espeak-ng", frozenset(bases), frozenset(variants)
+
+
+def _check_voices(config: SynthConfig, languages: list[str]) -> None:
+    _, bases, variants = _espeak_inventory()
+    for lang in languages:
+        for split in ("train", "test-ood"):
+            for voice in config.voices(lang, split):
+                base, _, variant = voice.partition("+")
+                if bases and base.lower() not in bases:
+                    raise UserError(f"espeak-ng has no voice {base!r} (see 'espeak-ng --voices')")
+                if variants and variant and variant.lower() not in variants:
+                    raise UserError(f"espeak-ng has no voice variant {variant!r} (see 'espeak-ng --voices=variant')")
+
+
+def speak(text: str, voice: str, speed: int, pitch: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``text`` spoken by espeak-ng as float32 mono at ``sample_rate`` (espeak speaks at 22.05 kHz)."""
+    result = subprocess.run([ESPEAK, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
+                            capture_output=True)
+    raw = result.stdout
+    start = raw.find(b"data", 12)
+    if result.returncode != 0 or raw[:4] != b"RIFF" or start < 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise UserError(f"espeak-ng failed for voice {voice!r}: {message[0] if message else 'no audio'}")
+    rate = int.from_bytes(raw[24:28], "little")
+    pcm = raw[start + 8:]
+    pcm = pcm[: len(pcm) // 2 * 2]
+    wave = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    return resample(wave, rate, sample_rate)
+
+
+def _noise_rng(seed: int, audio_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(audio_id.encode())])
+
+
+def _render_job(job: _Job, out: Path, config: SynthConfig) -> tuple[float, int]:
+    """Speak one job into ``out/job.relpath``; returns (duration in seconds, speed used)."""
+    speed = job.speed
+    wave = speak(job.text, job.voice, speed, job.pitch)
+    for _ in range(3):  # too long: speak faster, proportionally
+        if len(wave) <= config.max_seconds * SAMPLE_RATE or speed >= 450:
+            break
+        speed = min(450, ceil(speed * len(wave) / (config.max_seconds * SAMPLE_RATE) * 1.05))
+        wave = speak(job.text, job.voice, speed, job.pitch)
+    if job.noise is not None:
+        wave = add_noise(wave, config.ood_snr_db, _noise_rng(config.seed, job.audio_id), job.noise)
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak > 0.99:
+        wave = wave * (0.99 / peak)
+    save_audio(out / job.relpath, wave)
+    return round(len(wave) / SAMPLE_RATE, 4), speed
+
+
+# --------------------------------------------------------------------------------------------
+# The corpus
+
+
+def _split_meanings(config: SynthConfig) -> dict[str, list[grammar.Meaning]]:
+    counts = {"train": config.train_sentences, "dev": config.dev_sentences, "test": config.test_sentences}
+    try:
+        meanings = grammar.sample_meanings(sum(counts.values()), config.seed, grammar.LANGUAGES)
+    except ValueError as error:
+        raise UserError(f"--train/dev/test-sentences too many: {error}") from None
+    splits: dict[str, list[grammar.Meaning]] = {}
+    start = 0
+    for split, n in counts.items():
+        splits[split] = meanings[start:start + n]
+        start += n
+    splits["test-ood"] = splits["test"][: config.test_ood_sentences]
+    return splits
+
+
+def _jobs(config: SynthConfig, splits: dict[str, list[grammar.Meaning]]) -> list[_Job]:
+    jobs: list[_Job] = []
+    for split in SPLITS:
+        ood = split == "test-ood"
+        speeds = config.ood_speeds if ood else config.speeds
+        pitches = config.ood_pitches if ood else config.pitches
+        repeats = config.train_repeats if split == "train" else 1
+        for lang in config.languages:
+            voices = config.voices(lang, split)
+            for index, meaning in enumerate(splits[split]):
+                text = grammar.render(meaning, lang)
+                for rep in range(repeats):
+                    audio_id = f"{lang}-{split}-{index:05d}" + (f"-r{rep}" if repeats > 1 else "")
+                    rng = random.Random(f"{config.seed}/{audio_id}")
+                    jobs.append(_Job(
+                        audio_id=audio_id, lang=lang, split=split, meaning_index=index, text=text,
+                        voice=rng.choice(voices), speed=rng.choice(speeds), pitch=rng.choice(pitches),
+                        noise=rng.choice(config.ood_noise) if ood else None,
+                        relpath=f"audio/{lang}/{split}/{audio_id}.wav",
+                    ))
+    return jobs
+
+
+def _run_jobs(jobs: list[_Job], out: Path, config: SynthConfig) -> list[tuple[float, int]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    workers = config.workers or os.cpu_count() or 1
+    results: list[tuple[float, int]] = []
+    columns = (TextColumn("speaking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress, \
+            ThreadPoolExecutor(max_workers=workers) as pool:
+        task = progress.add_task("speak", total=len(jobs))
+        for result in pool.map(lambda job: _render_job(job, out, config), jobs, chunksize=1):
+            results.append(result)
+            progress.advance(task)
+    return results
+
+
+def _manifests(config: SynthConfig, splits: dict[str, list[grammar.Meaning]], jobs: list[_Job],
+               results: list[tuple[float, int]], out: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    by_group: dict[tuple[str, str], list[tuple[_Job, float, int]]] = {}
+    for job, (duration, speed) in zip(jobs, results):
+        by_group.setdefault((job.lang, job.split), []).append((job, duration, speed))
+
+    def base_utterance(job: _Job, duration: float, speed: int) -> Utterance:
+        meaning_split = "test" if job.split == "test-ood" else job.split
+        meaning = splits[job.split][job.meaning_index]
+        extra = {"split": job.split, "meaning": f"{meaning_split}-{job.meaning_index:05d}",
+                 "template": meaning.template, "voice": job.voice, "speed": speed, "pitch": job.pitch}
+        if job.noise is not None:
+            extra.update({"noise": job.noise, "snr_db": config.ood_snr_db})
+        return Utterance(id=job.audio_id, audio=str(out / job.relpath), text=job.text, task="asr",
+                         src_lang=job.lang, tgt_lang=job.lang, target=job.text, duration=duration, extra=extra)
+
+    for split in SPLITS:
+        if not splits[split]:
+            continue
+        for lang in config.languages:
+            items = [base_utterance(*item) for item in by_group[(lang, split)]]
+            name = f"asr-{lang}.{split}.jsonl"
+            write_manifest(out / name, items)
+            counts[name] = len(items)
+        for pair in config.st_pairs:
+            src, tgt = pair.split("-")
+            items = []
+            for job, duration, speed in by_group[(src, split)]:
+                utterance = base_utterance(job, duration, speed)
+                utterance.id = f"{job.audio_id}-{tgt}"
+                utterance.task, utterance.tgt_lang = "st", tgt
+                utterance.target = grammar.render(splits[split][job.meaning_index], tgt)
+                items.append(utterance)
+            name = f"st-{src}-{tgt}.{split}.jsonl"
+            write_manifest(out / name, items)
+            counts[name] = len(items)
+    return counts
+
+
+def _summary(config: SynthConfig, splits: dict[str, list[grammar.Meaning]], jobs: list[_Job],
+             results: list[tuple[float, int]], manifest_counts: dict[str, int]) -> dict:
+    seconds: dict[str, dict[str, float]] = {}
+    voices: dict[str, dict[str, list[str]]] = {}
+    durations = []
+    for job, (duration, _) in zip(jobs, results):
+        seconds.setdefault(job.lang, Counter())[job.split] += duration
+        durations.append(duration)
+    for split in ("train", "test-ood"):
+        voices[split] = {lang: config.voices(lang, split) for lang in config.languages}
+    texts = {split: {lang: [grammar.render(m, lang) for m in meanings] for lang in grammar.LANGUAGES}
+             for split, meanings in splits.items()}
+    unseen = {}
+    for lang in config.languages:
+        train_words = grammar.vocabulary(texts["train"][lang])
+        test_words = grammar.vocabulary(texts["test"][lang] + texts["dev"][lang])
+        unseen[lang] = sorted(test_words - train_words)
+    templates = Counter(m.template for m in splits["train"])
+    return {
+        "generator": "speechprune data synth",
+        "espeak_ng": _espeak_inventory()[0],
+        "sample_rate": SAMPLE_RATE,
+        "config": asdict(config),
+        "sentences": {split: len(meanings) for split, meanings in splits.items()},
+        "utterances": len(jobs),
+        "manifests": manifest_counts,
+        "hours": {lang: {split: round(s / 3600, 4) for split, s in per.items()} for lang, per in seconds.items()},
+        "total_hours": round(sum(durations) / 3600, 4),
+        "duration_seconds": {"min": min(durations), "mean": round(float(np.mean(durations)), 4),
+                             "max": max(durations)},
+        "voices": voices,
+        "speeds": {"train": config.speeds, "test-ood": config.ood_speeds},
+        "pitches": {"train": config.pitches, "test-ood": config.ood_pitches},
+        "ood_noise": {"kinds": config.ood_noise, "snr_db": config.ood_snr_db},
+        "train_templates": dict(sorted(templates.items())),
+        "vocabulary_size": {lang: len(grammar.vocabulary(texts["train"][lang])) for lang in config.languages},
+        "dev_test_words_unseen_in_train": unseen,
+    }
+
+
+def synthesize(config: SynthConfig) -> Path:
+    """Speak a seeded multilingual ASR/ST corpus with espeak-ng into ``config.out``; returns it.
+
+    Writes per-language ASR manifests ``asr-{lang}.{split}.jsonl``, per-pair ST manifests
+    ``st-{src}-{tgt}.{split}.jsonl`` (splits train, dev, test, test-ood), the audio under
+    ``audio/``, and ``corpus.json`` (config, counts, hours, voices). Nothing appears at ``out``
+    until the whole corpus is written.
+    """
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not config.overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
+    _check_voices(config, config.languages)
+    splits = _split_meanings(config)
+    jobs = _jobs(config, splits)
+    started = time.perf_counter()
+    with staged_dir(out, overwrite=True) as stage:
+        results = _run_jobs(jobs, stage, config)
+        elapsed = time.perf_counter() - started
+        counts = _manifests(config, splits, jobs, results, stage)
+        write_json(stage / "corpus.json", _summary(config, splits, jobs, results, counts))
+        save_config(config, stage / "config.yaml")
+        write_json(stage / "timing.json", {
+            "utterances": len(jobs), "speak_seconds": round(elapsed, 2),
+            "utterances_per_second": round(len(jobs) / max(elapsed, 1e-9), 1),
+            "workers": config.workers or os.cpu_count(),
+        })
+    return out
