@@ -1,0 +1,161 @@
+"""Decoding and scoring: batched greedy (or beam) decoding with the KV cache, WER for ASR with
+jiwer, BLEU and chrF for speech translation with sacrebleu (signatures recorded).
+
+WER normaliser (applied to hypothesis and reference alike): lower-case, strip punctuation
+(Unicode category P, so "l'homme" -> "lhomme" on both sides), collapse whitespace. Scores are
+corpus-level per condition (task, source language, target language) and over all ASR / all ST.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jiwer
+import torch
+from sacrebleu.metrics import BLEU, CHRF
+
+from speechprune.config import option, require, save_config
+from speechprune.data.manifest import Utterance, load_manifests
+from speechprune.files import staged_dir, write_json
+from speechprune.model.speechllm import SpeechLLM
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+WER_NORMALISER = jiwer.Compose([
+    jiwer.ToLowerCase(),
+    jiwer.RemovePunctuation(),
+    jiwer.RemoveMultipleSpaces(),
+    jiwer.Strip(),
+    jiwer.ReduceToListOfListOfWords(),
+])
+
+
+@dataclass
+class EvalConfig:
+    model: str = option(help="SpeechLLM directory")
+    data: list[str] = option(help="test manifest(s), comma-separated")
+    out: str = option(help="output directory: hypotheses.jsonl and metrics.json")
+    batch_size: int = option(16)
+    max_new_tokens: int = option(96)
+    num_beams: int = option(1, help="1 = greedy")
+    dtype: str = option("float32", help="float32 | bfloat16 | float16")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
+    max_utterances: int | None = option(None, help="evaluate only the first N utterances")
+
+    def __post_init__(self):
+        require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
+        require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    rows: list[dict] = field(default_factory=list)
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
+    """Corpus WER after the normaliser; empty normalised references count their hypothesis words
+    as insertions (jiwer refuses empty references)."""
+    pairs = [(r, h) for r, h in zip(references, hypotheses)]
+    refs = [" ".join(WER_NORMALISER(r)[0]) if r.strip() else "" for r, _ in pairs]
+    hyps = [" ".join(WER_NORMALISER(h)[0]) if h.strip() else "" for _, h in pairs]
+    kept = [(r, h) for r, h in zip(refs, hyps) if r]
+    insertions_only = sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
+    if not kept:
+        return {"wer": float(insertions_only > 0), "words": 0}
+    output = jiwer.process_words([r for r, _ in kept], [h for _, h in kept])
+    words = sum(len(r.split()) for r, _ in kept)
+    errors = output.substitutions + output.deletions + output.insertions + insertions_only
+    return {"wer": errors / words, "words": words, "substitutions": output.substitutions,
+            "deletions": output.deletions, "insertions": output.insertions + insertions_only}
+
+
+def translation_scores(references: list[str], hypotheses: list[str]) -> dict:
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
+            "chrf": chrf.corpus_score(hypotheses, [references]).score,
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+
+
+def score(rows: list[dict]) -> dict:
+    """Metrics per condition ``task:src-tgt`` and pooled per task."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[f"{row['task']}:{row['src_lang']}-{row['tgt_lang']}"].append(row)
+        groups[row["task"]].append(row)
+    metrics = {}
+    for name, members in sorted(groups.items()):
+        refs, hyps = [m["reference"] for m in members], [m["hypothesis"] for m in members]
+        entry = {"utterances": len(members)}
+        entry.update(word_error_rate(refs, hyps) if members[0]["task"] == "asr" else translation_scores(refs, hyps))
+        metrics[name] = entry
+    return metrics
+
+
+@torch.no_grad()
+def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 96,
+           num_beams: int = 1) -> EvalResult:
+    """Decode ``utterances`` (longest first, to waste little padding) and score them.
+    ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding."""
+    model.eval()
+    order = sorted(range(len(utterances)), key=lambda i: -(utterances[i].duration or 0.0))
+    hypotheses: dict[int, str] = {}
+    started = time.perf_counter()
+    ordered = [utterances[i] for i in order]
+    for start, batch in zip(range(0, len(ordered), batch_size), model.batches(ordered, batch_size)):
+        texts = model.generate(batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        for offset, text in enumerate(texts):
+            hypotheses[order[start + offset]] = text
+    seconds = time.perf_counter() - started
+    rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
+             "reference": u.target, "hypothesis": hypotheses[i]} for i, u in enumerate(utterances)]
+    metrics = score(rows)
+    metrics["decode_seconds"] = seconds
+    metrics["utterances_per_second"] = len(utterances) / seconds if seconds > 0 else None
+    audio_seconds = sum(u.duration or 0.0 for u in utterances)
+    metrics["real_time_factor"] = seconds / audio_seconds if audio_seconds > 0 else None
+    return EvalResult(metrics, rows)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def evaluate(config: EvalConfig) -> EvalResult:
+    """Decode the test manifest(s) with a SpeechLLM and write per-utterance hypotheses and
+    references (``hypotheses.jsonl``) and ``metrics.json`` (WER, BLEU, chrF per condition)."""
+    utterances = load_manifests(config.data)
+    if config.max_utterances is not None:
+        utterances = utterances[: config.max_utterances]
+    model = SpeechLLM.load(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
+    result = decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams)
+    result.metrics["model"] = str(Path(config.model).resolve())
+    result.metrics["data"] = [str(Path(d).resolve()) for d in config.data]
+    result.metrics["wer_normaliser"] = "lower-case, remove punctuation (Unicode P), collapse whitespace"
+    with staged_dir(config.out) as staging:
+        import json
+
+        (staging / "hypotheses.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
+        write_json(staging / "metrics.json", result.metrics)
+        save_config(config, staging / "config.yaml")
+    _print_summary(result.metrics)
+    return result
+
+
+def _print_summary(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="speechprune eval")
+    for column in ("condition", "utterances", "WER", "BLEU", "chrF"):
+        table.add_column(column)
+    for name, entry in metrics.items():
+        if isinstance(entry, dict) and "utterances" in entry:
+            fmt = lambda key: f"{entry[key]:.4f}" if key in entry else "-"  # noqa: E731
+            table.add_row(name, str(entry["utterances"]), fmt("wer"), fmt("bleu"), fmt("chrf"))
+    Console(stderr=True).print(table)

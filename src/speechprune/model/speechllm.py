@@ -1,0 +1,422 @@
+"""The SpeechLLM: speech encoder -> frame-stacking projector -> any Hugging Face causal LM.
+
+It assembles the decoder's input (see ``layout.py`` for the sequence and its regions), computes
+the training losses (next-token loss on the target, optional character CTC on the encoder),
+decodes with the KV cache, and saves to / loads from one directory:
+
+    speechllm.json          what ties the parts together (projector shape, prompts, CTC alphabet)
+    encoder/                a Hugging Face checkpoint with its feature extractor
+    projector.safetensors   frame-stacking projector and the two marker embeddings
+    ctc_head.safetensors    (only when trained with CTC)
+    decoder/                a standard Hugging Face causal-LM checkpoint (LoRA merged)
+    adapters/<part>/        the LoRA adapters themselves, when a part was trained with LoRA
+    tokenizer/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+
+from speechprune.config import option, require
+from speechprune.data.audio import load_audio
+from speechprune.data.manifest import Utterance
+from speechprune.errors import UserError
+from speechprune.files import staged_dir
+from speechprune.model.encoders import build_encoder, load_encoder
+from speechprune.model.layout import DecoderInputs, Segment, assemble
+from speechprune.model.projector import FrameStackProjector
+from speechprune.model.tokenizer import load_tokenizer, separator_id, train_bpe_tokenizer
+
+SPEECHLLM_FILE = "speechllm.json"
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+                  "pt": "Portuguese", "nl": "Dutch", "ca": "Catalan", "ja": "Japanese", "zh": "Chinese",
+                  "ru": "Russian", "ar": "Arabic", "tr": "Turkish", "fa": "Persian", "et": "Estonian"}
+DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the speech into {target_language}."}
+
+
+# ----------------------------------------------------------------------------- configuration
+@dataclass
+class EncoderConfig:
+    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); None builds `config`")
+    config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 256, "encoder_layers": 4,
+                           "encoder_attention_heads": 4, "encoder_ffn_dim": 1024, "max_source_positions": 750,
+                           "dropout": 0.0},
+                          help="config of a randomly initialised encoder (model_type: whisper|wav2vec2|hubert|wavlm)")
+    window: str = option("dynamic", help="Whisper window: dynamic (fit the batch) or full (30 s)")
+
+    def __post_init__(self):
+        require(self.window in ("dynamic", "full"), f"encoder.window must be dynamic or full, not {self.window!r}")
+
+
+@dataclass
+class ProjectorConfig:
+    stack: int = option(5, help="encoder frames stacked into one decoder position")
+    kind: str = option("mlp", help="mlp (Linear-ReLU-Linear) or linear")
+    hidden_dim: int = option(1024, help="hidden width of the mlp projector")
+
+    def __post_init__(self):
+        require(self.stack >= 1, "projector.stack must be >= 1")
+        require(self.kind in ("mlp", "linear"), f"projector.kind must be mlp or linear, not {self.kind!r}")
+
+
+@dataclass
+class DecoderConfig:
+    pretrained: str | None = option(None, help="causal LM checkpoint (local path or hub id); None builds `config`")
+    config: dict = option({"model_type": "llama", "hidden_size": 256, "intermediate_size": 768,
+                           "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
+                           "max_position_embeddings": 512, "tie_word_embeddings": True},
+                          help="config of a randomly initialised decoder (any AutoConfig model_type)")
+    tokenizer: str | None = option(None, help="tokenizer path; default: the decoder's, or a BPE trained on the data")
+    bpe_vocab_size: int = option(1000, help="vocabulary of the locally trained BPE")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = option(EncoderConfig())
+    projector: ProjectorConfig = option(ProjectorConfig())
+    decoder: DecoderConfig = option(DecoderConfig())
+    prompts: dict = option(dict(DEFAULT_PROMPTS), help="instruction per task; {target_language} is filled in")
+    ctc: bool = option(True, help="add a character CTC head on the encoder (used by training stages)")
+
+
+# ----------------------------------------------------------------------------- batches
+@dataclass
+class SpeechBatch:
+    """One collated batch on the CPU; the model moves what it uses to its device."""
+
+    ids: list[str]
+    encoder_inputs: dict[str, torch.Tensor]
+    prompt_ids: list[torch.Tensor]
+    source_ids: list[torch.Tensor]  # the source transcript, for text-input scans
+    target_ids: list[torch.Tensor]  # target tokens followed by <eos>
+    ctc_labels: list[torch.Tensor]
+    references: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterances turned into encoder features and token ids, cached after the first use."""
+
+    def __init__(self, model: "SpeechLLM", utterances: list[Utterance], max_seconds: float | None = None):
+        self.model, self.utterances, self.max_seconds = model, utterances, max_seconds
+        self.cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, index: int) -> dict:
+        if index not in self.cache:
+            utt = self.utterances[index]
+            wave = load_audio(utt.audio, max_seconds=self.max_seconds)
+            self.cache[index] = {"utterance": utt, "features": self.model.encoder.featurize(wave),
+                                 **self.model.tokenize(utt)}
+        return self.cache[index]
+
+
+# ----------------------------------------------------------------------------- the model
+class SpeechLLM(nn.Module):
+    def __init__(self, encoder: nn.Module, projector: FrameStackProjector, decoder: PreTrainedModel,
+                 tokenizer: PreTrainedTokenizerBase, prompts: dict, projector_config: ProjectorConfig,
+                 ctc_alphabet: str | None = None):
+        super().__init__()
+        self.encoder, self.projector, self.decoder = encoder, projector, decoder
+        self.tokenizer = tokenizer
+        self.prompts = dict(prompts)
+        self.projector_config = projector_config
+        self.ctc_alphabet = ctc_alphabet
+        # CTC class 0 is the blank; character i of the alphabet is class i + 1
+        self.ctc_head = nn.Linear(encoder.output_dim, len(ctc_alphabet) + 1) if ctc_alphabet else None
+        self.separator_id = separator_id(tokenizer)
+        self._prompt_cache: dict[tuple[str, str], list[int]] = {}
+
+    # ---- construction
+    @classmethod
+    def build(cls, config: ModelConfig, texts: list[str], ctc_texts: list[str] | None = None) -> "SpeechLLM":
+        """A new SpeechLLM: pretrained parts loaded, the others built from their configs.
+        ``texts`` trains the BPE when the decoder has no tokenizer; ``ctc_texts`` give the alphabet."""
+        encoder = (load_encoder(config.encoder.pretrained, config.encoder.window) if config.encoder.pretrained
+                   else build_encoder(config.encoder.config, config.encoder.window))
+        prompts = [p.format(target_language=name) for p in config.prompts.values() for name in LANGUAGE_NAMES.values()]
+        if config.decoder.pretrained:
+            decoder = _load_decoder(config.decoder.pretrained)
+            tokenizer = load_tokenizer(config.decoder.tokenizer or config.decoder.pretrained)
+        else:
+            tokenizer = (load_tokenizer(config.decoder.tokenizer) if config.decoder.tokenizer
+                         else train_bpe_tokenizer(list(texts) + prompts, config.decoder.bpe_vocab_size))
+            decoder_config = dict(config.decoder.config)
+            model_type = decoder_config.pop("model_type", "llama")
+            decoder_config.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            decoder = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **decoder_config))
+        embed_std = float(decoder.get_input_embeddings().weight.detach().float().std())
+        projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
+                                        config.projector.stack, config.projector.kind, config.projector.hidden_dim,
+                                        marker_std=embed_std)
+        alphabet = None
+        if config.ctc and ctc_texts:
+            alphabet = "".join(sorted({ch for text in ctc_texts for ch in normalize_for_ctc(text)}))
+        return cls(encoder, projector, decoder, tokenizer, config.prompts, config.projector, alphabet)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    # ---- text side
+    def tokenize(self, utt: Utterance) -> dict:
+        ids = tokenize_utterance(self.tokenizer, self.prompts, utt, self._prompt_cache)
+        ctc = [self.ctc_alphabet.index(ch) + 1 for ch in normalize_for_ctc(utt.text)
+               if ch in self.ctc_alphabet] if self.ctc_alphabet else []
+        return {**ids, "ctc_labels": torch.tensor(ctc, dtype=torch.long)}
+
+    # ---- data
+    def dataset(self, utterances: list[Utterance], max_seconds: float | None = None) -> SpeechDataset:
+        return SpeechDataset(self, utterances, max_seconds)
+
+    def collate(self, items: list[dict]) -> SpeechBatch:
+        return SpeechBatch(
+            ids=[item["utterance"].id for item in items],
+            encoder_inputs=self.encoder.collate([item["features"] for item in items]),
+            prompt_ids=[item["prompt_ids"] for item in items],
+            source_ids=[item["source_ids"] for item in items],
+            target_ids=[item["target_ids"] for item in items],
+            ctc_labels=[item["ctc_labels"] for item in items],
+            references=[item["utterance"].target for item in items],
+            tasks=[item["utterance"].task for item in items],
+        )
+
+    def batches(self, utterances: list[Utterance] | SpeechDataset, batch_size: int = 8, shuffle: bool = False,
+                seed: int = 0, max_seconds: float | None = None) -> Iterator[SpeechBatch]:
+        """Batches in manifest order (or shuffled with ``seed``)."""
+        dataset = utterances if isinstance(utterances, SpeechDataset) else self.dataset(utterances, max_seconds)
+        order = np.random.default_rng(seed).permutation(len(dataset)) if shuffle else np.arange(len(dataset))
+        for start in range(0, len(order), batch_size):
+            yield self.collate([dataset[int(i)] for i in order[start: start + batch_size]])
+
+    # ---- forward
+    def encode(self, batch: SpeechBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states [B, T, D] and their real lengths."""
+        device = self.device
+        return self.encoder(**{name: value.to(device) for name, value in batch.encoder_inputs.items()})
+
+    def project(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        projected, projected_lengths = self.projector(encoded.to(self.projector.markers.dtype), lengths)
+        return [projected[row, : int(n)] for row, n in enumerate(projected_lengths)]
+
+    def decoder_inputs(self, batch: SpeechBatch, source: str = "speech", with_target: bool = True,
+                       padding_side: str = "right", speech: list[torch.Tensor] | None = None) -> DecoderInputs:
+        """The decoder's input for ``batch``. ``source="text"`` puts the source transcript's token
+        embeddings in place of the speech segment (same layout, same regions). ``speech`` reuses
+        projected speech computed earlier (e.g. cached for repeated decoder passes)."""
+        if source == "speech":
+            speech = speech if speech is not None else self.project(*self.encode(batch))
+        elif source == "text":
+            speech = None
+        else:
+            raise UserError(f"input source must be 'speech' or 'text', not {source!r}")
+        return build_decoder_inputs(self.decoder, batch, self.separator_id, speech=speech,
+                                    markers=self.projector.markers, with_target=with_target,
+                                    padding_side=padding_side)
+
+    def lm_loss(self, inputs: DecoderInputs) -> torch.Tensor:
+        logits = self.decoder(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                              position_ids=inputs.position_ids, use_cache=False).logits
+        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.to(logits.device).flatten(),
+                                           ignore_index=-100)
+
+    def ctc_loss(self, encoded: torch.Tensor, lengths: torch.Tensor, batch: SpeechBatch) -> torch.Tensor:
+        if self.ctc_head is None:
+            raise UserError("this SpeechLLM has no CTC head (built with ctc=false or without an alphabet)")
+        log_probs = self.ctc_head(encoded).float().log_softmax(-1).transpose(0, 1)
+        targets = torch.cat(batch.ctc_labels).to(encoded.device)
+        target_lengths = torch.tensor([len(t) for t in batch.ctc_labels], device=encoded.device)
+        return nn.functional.ctc_loss(log_probs, targets, lengths, target_lengths, blank=0, zero_infinity=True)
+
+    def text_lm_inputs(self, batch: SpeechBatch) -> DecoderInputs:
+        """``<bos> target <eos>`` alone: the decoder as a plain language model (text pretraining)."""
+        embedding = self.decoder.get_input_embeddings()
+        device = embedding.weight.device
+        utterances = []
+        for target in batch.target_ids:
+            ids = torch.cat([torch.tensor([self.separator_id]), target])
+            vectors = embedding(ids.to(device))
+            utterances.append([Segment(vectors[:1], None, ids[:1]), Segment(vectors[1:], "target", ids[1:])])
+        return assemble(utterances, "right", batch.ids)
+
+    def forward(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0,
+                text_only: bool = False) -> dict[str, torch.Tensor]:
+        """Weighted training losses; ``total`` is what the optimiser follows. ``text_only`` trains
+        the decoder as a language model on the targets, without the encoder."""
+        if text_only:
+            loss = self.lm_loss(self.text_lm_inputs(batch))
+            return {"lm": loss, "total": lm_weight * loss}
+        return self.losses(batch, lm_weight, ctc_weight)
+
+    def losses(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
+        encoded, lengths = self.encode(batch)
+        out: dict[str, torch.Tensor] = {}
+        total = encoded.new_zeros((), dtype=torch.float32)
+        if lm_weight > 0:
+            out["lm"] = self.lm_loss(self.decoder_inputs(batch, speech=self.project(encoded, lengths)))
+            total = total + lm_weight * out["lm"]
+        if ctc_weight > 0:
+            out["ctc"] = self.ctc_loss(encoded, lengths, batch)
+            total = total + ctc_weight * out["ctc"]
+        out["total"] = total
+        return out
+
+    @torch.no_grad()
+    def generate(self, batch: SpeechBatch, max_new_tokens: int = 64, num_beams: int = 1,
+                 speech: list[torch.Tensor] | None = None) -> list[str]:
+        """Greedy (or beam) decoding with the KV cache; returns the decoded target texts."""
+        inputs = self.decoder_inputs(batch, with_target=False, padding_side="left", speech=speech)
+        return generate_text(self.decoder, self.tokenizer, inputs, max_new_tokens, num_beams)
+
+    # ---- persistence
+    def save(self, directory: str | Path) -> Path:
+        """Write the whole model to ``directory`` (atomically). LoRA-wrapped parts are merged into
+        standard checkpoints; their adapters are kept under ``adapters/``."""
+        with staged_dir(directory) as staging:
+            for name in ("encoder", "decoder"):
+                part = getattr(self, name)
+                target = part.model if name == "encoder" else part
+                if hasattr(target, "merge_and_unload"):  # a peft model
+                    target.save_pretrained(staging / "adapters" / name)
+                    merged = target.merge_and_unload()
+                    if name == "encoder":
+                        part.model = merged
+                    else:
+                        self.decoder = merged
+            self.encoder.save(staging / "encoder")
+            self.decoder.save_pretrained(staging / "decoder")
+            self.tokenizer.save_pretrained(staging / "tokenizer")
+            save_file(_contiguous(self.projector.state_dict()), staging / "projector.safetensors")
+            if self.ctc_head is not None:
+                save_file(_contiguous(self.ctc_head.state_dict()), staging / "ctc_head.safetensors")
+            spec = {"format": 1, "encoder": {"window": self.encoder.window},
+                    "projector": asdict(self.projector_config), "prompts": self.prompts,
+                    "ctc_alphabet": self.ctc_alphabet, "separator_id": self.separator_id}
+            (staging / SPEECHLLM_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> "SpeechLLM":
+        directory = Path(directory)
+        if not is_speechllm_dir(directory):
+            raise UserError(f"{directory} is not a SpeechLLM directory (no {SPEECHLLM_FILE})")
+        spec = json.loads((directory / SPEECHLLM_FILE).read_text())
+        encoder = load_encoder(str(directory / "encoder"), spec["encoder"]["window"])
+        decoder = _load_decoder(str(directory / "decoder"))
+        tokenizer = load_tokenizer(str(directory / "tokenizer"))
+        projector_config = ProjectorConfig(**spec["projector"])
+        projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
+                                        projector_config.stack, projector_config.kind, projector_config.hidden_dim)
+        projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        model = cls(encoder, projector, decoder, tokenizer, spec["prompts"], projector_config, spec.get("ctc_alphabet"))
+        if model.ctc_head is not None and (directory / "ctc_head.safetensors").exists():
+            model.ctc_head.load_state_dict(load_file(directory / "ctc_head.safetensors"))
+        model.eval()
+        return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def prompt_text(prompts: dict, utt: Utterance) -> str:
+    """The instruction for an utterance's task, with the target language named."""
+    template = prompts.get(utt.task)
+    if template is None:
+        raise UserError(f"no prompt for task {utt.task!r} (utterance {utt.id})")
+    return template.format(target_language=LANGUAGE_NAMES.get(utt.tgt_lang, utt.tgt_lang),
+                           source_language=LANGUAGE_NAMES.get(utt.src_lang, utt.src_lang))
+
+
+def tokenize_utterance(tokenizer: PreTrainedTokenizerBase, prompts: dict, utt: Utterance,
+                       prompt_cache: dict | None = None) -> dict[str, torch.Tensor]:
+    """Prompt, source-transcript and target (+ <eos>) token ids of one utterance."""
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompt_cache = {} if prompt_cache is None else prompt_cache
+    key = (utt.task, utt.src_lang, utt.tgt_lang)
+    if key not in prompt_cache:
+        prompt_cache[key] = encode(prompt_text(prompts, utt))
+    return {"prompt_ids": torch.tensor(prompt_cache[key], dtype=torch.long),
+            "source_ids": torch.tensor(encode(utt.text), dtype=torch.long),
+            "target_ids": torch.tensor(encode(utt.target) + [tokenizer.eos_token_id], dtype=torch.long)}
+
+
+def is_speechllm_dir(path: str | Path) -> bool:
+    return (Path(path) / SPEECHLLM_FILE).is_file()
+
+
+def normalize_for_ctc(text: str) -> str:
+    return " ".join(text.lower().replace(".", " ").replace(",", " ").replace("?", " ").replace("!", " ").split())
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().contiguous() for name, tensor in state.items()}
+
+
+def _load_decoder(path: str) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load decoder {path!r}: {str(error).splitlines()[0]}") from None
+
+
+def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator: int,
+                         speech: list[torch.Tensor] | None, markers: torch.Tensor | None,
+                         with_target: bool = True, padding_side: str = "right") -> DecoderInputs:
+    """The one place the layout is filled in, for SpeechLLMs and plain LLMs alike.
+
+    ``speech`` holds each utterance's projected speech; ``None`` puts the source transcript's
+    tokens there instead. ``markers`` are the <audio-start>/<audio-end> embeddings (None for a
+    plain LLM, which has none)."""
+    embedding = decoder.get_input_embeddings()
+    device = embedding.weight.device
+    sep = torch.tensor([separator])
+    pieces = []  # per utterance, token-id runs in a fixed order, embedded in one call below
+    for row in range(len(batch)):
+        runs = [batch.prompt_ids[row], sep, batch.target_ids[row] if with_target else sep[:0]]
+        if speech is None:
+            runs.insert(0, batch.source_ids[row])
+        pieces.append(runs)
+    flat = torch.cat([run for runs in pieces for run in runs]).to(device)
+    embedded = embedding(flat).split([len(run) for runs in pieces for run in runs])
+    cursor = 0
+    utterances = []
+    for row, runs in enumerate(pieces):
+        vectors = embedded[cursor: cursor + len(runs)]
+        cursor += len(runs)
+        if speech is None:
+            source, (prompt, separator_vec, target) = Segment(vectors[0], "speech", runs[0]), vectors[1:]
+        else:
+            source, (prompt, separator_vec, target) = Segment(speech[row].to(embedding.weight.dtype), "speech"), vectors
+        segs = [source]
+        if markers is not None:
+            segs = [Segment(markers[:1].to(embedding.weight.dtype), None), source,
+                    Segment(markers[1:].to(embedding.weight.dtype), None)]
+        segs += [Segment(prompt, "prompt", runs[-3]), Segment(separator_vec, None, runs[-2])]
+        if with_target:
+            segs.append(Segment(target, "target", runs[-1]))
+        utterances.append(segs)
+    return assemble(utterances, padding_side, batch.ids)
+
+
+def generate_text(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: DecoderInputs,
+                  max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
+    """Decode from a left-padded prefix with ``generate`` (KV cache on)."""
+    output = decoder.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                              max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                              use_cache=True)
+    return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]

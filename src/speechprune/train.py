@@ -1,0 +1,375 @@
+"""Training in stages on Hugging Face Accelerate: the same loop in one CPU process and under
+``accelerate launch`` on many GPUs. Training a new SpeechLLM, text pretraining of its decoder
+and healing a pruned model all run through :func:`run_stages`.
+
+Why stages: a SpeechLLM trained jointly from step 0 learns the grammar of the targets before it
+learns to listen. The offline default therefore runs, in order,
+
+1. ``text-lm``: the decoder alone as a language model on the corpus text (the "pretrained LLM");
+2. ``ctc``: the encoder alone with a character CTC loss, so it learns to hear;
+3. ``joint``: encoder, projector and decoder together on the target, CTC kept at weight 0.3.
+
+Each stage has its own steps, learning rate (warm-up then cosine decay), losses and, per
+component (encoder, projector, decoder), ``frozen``, ``lora`` or ``full``. A stage with 0 steps
+is skipped; a YAML file or ``stages.joint.steps=...`` changes them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import get_cosine_schedule_with_warmup
+
+from speechprune.config import option, require, save_config
+from speechprune.data.manifest import Utterance, load_manifests
+from speechprune.errors import UserError
+from speechprune.files import write_json
+from speechprune.model.speechllm import ModelConfig, SpeechLLM
+from speechprune.model.text import text_batch
+
+MODES = ("frozen", "lora", "full")
+COMPONENTS = ("encoder", "projector", "decoder")
+
+
+@dataclass
+class StageConfig:
+    steps: int = option(0, help="optimiser steps in this stage; 0 skips it")
+    text_only: bool = option(False, help="train the decoder as a language model on the target texts")
+    lm_weight: float = option(1.0, help="weight of the next-token loss on the target")
+    ctc_weight: float = option(0.0, help="weight of the character CTC loss on the encoder")
+    encoder: str = option("full", help="frozen | lora | full")
+    projector: str = option("full", help="frozen | full")
+    decoder: str = option("full", help="frozen | lora | full")
+    lr: float = option(2e-3, help="peak learning rate")
+    warmup: float = option(0.1, help="fraction of the stage's steps spent warming up")
+    weight_decay: float = option(0.01)
+    batch_size: int | None = option(None, help="override the loop's batch size in this stage")
+
+    def __post_init__(self):
+        require(self.steps >= 0, "stage steps must be >= 0")
+        for component in COMPONENTS:
+            require(getattr(self, component) in MODES,
+                    f"stage {component} mode must be one of {', '.join(MODES)}, not {getattr(self, component)!r}")
+        require(self.projector != "lora", "the projector is small: train it full or keep it frozen")
+        require(self.lm_weight > 0 or self.ctc_weight > 0, "a stage needs lm_weight > 0 or ctc_weight > 0")
+        require(not (self.text_only and self.ctc_weight > 0), "a text_only stage has no audio for CTC")
+        require(0 <= self.warmup < 1, "stage warmup must be in [0, 1)")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = option(8)
+    alpha: int = option(16)
+    dropout: float = option(0.0)
+    decoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                        help="module names (or full-name regex) that get LoRA in the decoder")
+    encoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+
+
+@dataclass
+class LoopConfig:
+    batch_size: int = option(16)
+    grad_accum: int = option(1, help="gradient accumulation steps")
+    mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
+    cpu: bool = option(False, help="force the CPU even when a GPU is present")
+    seed: int = option(0)
+    checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
+    log_every: int = option(25)
+    log_with: str | None = option(None, help="tensorboard | wandb (through Accelerate's trackers)")
+    max_grad_norm: float = option(1.0)
+    max_seconds: float | None = option(20.0, help="cut audio longer than this")
+    lora: LoraConfig = option(LoraConfig())
+
+    def __post_init__(self):
+        require(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
+        require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16")
+
+
+def default_stages() -> dict:
+    return {
+        "text-lm": StageConfig(steps=150, text_only=True, encoder="frozen", projector="frozen", lr=2e-3,
+                               batch_size=32),
+        "ctc": StageConfig(steps=250, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3),
+        "joint": StageConfig(steps=700, ctc_weight=0.3, lr=1e-3),
+    }
+
+
+@dataclass
+class TrainConfig:
+    train: list[str] = option(help="training manifest(s), comma-separated; ASR and ST sets are mixed")
+    out: str = option(help="output directory: becomes the SpeechLLM directory")
+    init: str | None = option(None, help="continue from this SpeechLLM directory instead of building one")
+    model: ModelConfig = option(ModelConfig())
+    stages: dict[str, StageConfig] = option(default_stages(), help="ordered training stages")
+    loop: LoopConfig = option(LoopConfig())
+    resume: bool = option(True, help="continue from OUT/checkpoints when present")
+
+    def __post_init__(self):
+        require(len(self.train) > 0, "--train needs at least one manifest")
+        require(any(stage.steps > 0 for stage in self.stages.values()), "every stage has 0 steps: nothing to train")
+
+
+# ----------------------------------------------------------------------------- components
+def _set_trainable(model: SpeechLLM, stage: StageConfig, lora: LoraConfig) -> list[torch.nn.Parameter]:
+    """Freeze or unfreeze each component for ``stage`` (wrapping it in LoRA the first time it asks
+    for it); returns the parameters the optimiser should see."""
+    model.requires_grad_(False)
+    for component in COMPONENTS:
+        mode = getattr(stage, component)
+        module = model.encoder.model if component == "encoder" else getattr(model, component)
+        if mode == "lora":
+            module = _with_lora(model, component, lora)
+            for name, param in module.named_parameters():
+                param.requires_grad_("lora_" in name)
+        elif mode == "full":
+            module.requires_grad_(True)
+    if stage.text_only:  # the encoder side is not run at all
+        model.encoder.requires_grad_(False)
+        model.projector.requires_grad_(False)
+    if stage.ctc_weight > 0:
+        if model.ctc_head is None:
+            raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
+        model.ctc_head.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _with_lora(model: SpeechLLM, component: str, lora: LoraConfig) -> torch.nn.Module:
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    current = model.encoder.model if component == "encoder" else model.decoder
+    if hasattr(current, "peft_config"):
+        return current
+    targets = lora.encoder_targets if component == "encoder" else lora.decoder_targets
+    config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=targets if len(targets) > 1 or "*" not in targets[0] else targets[0])
+    wrapped = get_peft_model(current, config)
+    if component == "encoder":
+        model.encoder.model = wrapped
+    else:
+        model.decoder = wrapped
+    return wrapped
+
+
+# ----------------------------------------------------------------------------- data
+class _TextOnly(torch.utils.data.Dataset):
+    def __init__(self, utterances: list[Utterance]):
+        texts = sorted({u.target for u in utterances} | {u.text for u in utterances})
+        self.items = [Utterance(id=f"text-{i}", audio="", text=t, task="asr", src_lang="xx", tgt_lang="xx", target=t)
+                      for i, t in enumerate(texts)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Utterance:
+        return self.items[index]
+
+
+def _loader(model: SpeechLLM, dataset, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(loop.seed)
+    collate = ((lambda items: text_batch(model.tokenizer, items, model.prompts)) if stage.text_only
+               else model.collate)
+    return torch.utils.data.DataLoader(dataset, batch_size=stage.batch_size or loop.batch_size, shuffle=True,
+                                       collate_fn=collate, generator=generator, drop_last=len(dataset) > (stage.batch_size or loop.batch_size))
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class StageResult:
+    name: str
+    steps: int
+    seconds: float
+    final_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def make_accelerator(loop: LoopConfig, out: Path) -> Accelerator:
+    return Accelerator(
+        cpu=loop.cpu or not torch.cuda.is_available(),
+        mixed_precision=loop.mixed_precision,
+        gradient_accumulation_steps=loop.grad_accum,
+        log_with=loop.log_with,
+        project_dir=str(out),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # stages freeze different parts; parameters unused in one forward must not stall DDP
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, StageConfig], loop: LoopConfig,
+               out: Path, accelerator: Accelerator | None = None, resume: bool = True) -> list[StageResult]:
+    """Train ``model`` in place through ``stages`` (in order). Checkpoints go to
+    ``out/checkpoints`` every ``loop.checkpoint_every`` steps and at each stage's end; with
+    ``resume`` an interrupted run continues from the newest one with the same result."""
+    accelerator = accelerator or make_accelerator(loop, out)
+    seed_everything(loop.seed)
+    checkpoint_dir = out / "checkpoints"
+    state = _load_checkpoint_state(checkpoint_dir) if resume else None
+    speech_data = model.dataset(utterances, loop.max_seconds)
+    text_data = None
+    results: list[StageResult] = list(_restored_results(state))
+    active = [(name, stage) for name, stage in stages.items() if stage.steps > 0]
+    if loop.log_with:
+        accelerator.init_trackers("speechprune")
+    for stage_index, (name, stage) in enumerate(active):
+        if state and stage_index < state["stage_index"]:
+            _set_trainable(model, stage, loop.lora)  # re-create LoRA wrappers so weights line up
+            continue
+        params = _set_trainable(model, stage, loop.lora)
+        if text_data is None and stage.text_only:
+            text_data = _TextOnly(utterances)
+        loader = _loader(model, text_data if stage.text_only else speech_data, stage, loop)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
+        wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        step, history, elapsed = 0, [], 0.0
+        if state and stage_index == state["stage_index"]:
+            step, history, elapsed = _restore(state, checkpoint_dir, model, optimizer, scheduler, accelerator)
+        started = time.perf_counter()
+        progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                            disable=not accelerator.is_main_process)
+        task = progress.add_task(name, total=stage.steps, completed=step, loss=float("nan"))
+        running, loss_value = [], float("nan")
+        batches = _endless(loader, accelerator, start_batch=step * loop.grad_accum)
+        with progress:
+            while step < stage.steps:
+                batch = next(batches)
+                with accelerator.accumulate(wrapped), accelerator.autocast():
+                    losses = wrapped(batch, lm_weight=stage.lm_weight, ctc_weight=stage.ctc_weight,
+                                     text_only=stage.text_only)
+                    accelerator.backward(losses["total"])
+                    if accelerator.sync_gradients and loop.max_grad_norm:
+                        accelerator.clip_grad_norm_(params, loop.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                running.append(float(losses["total"].detach()))
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                loss_value, running = float(np.mean(running)), []
+                progress.update(task, completed=step, loss=loss_value)
+                if step % loop.log_every == 0 or step == stage.steps:
+                    record = {"stage": name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
+                              **{k: float(v.detach()) for k, v in losses.items() if k != "total"}}
+                    history.append(record)
+                    if loop.log_with:
+                        accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
+                if step % loop.checkpoint_every == 0 and step < stage.steps:
+                    _save_checkpoint(checkpoint_dir, accelerator, model, optimizer, scheduler, stage_index, step,
+                                     history, elapsed + time.perf_counter() - started, results)
+        seconds = elapsed + time.perf_counter() - started
+        results.append(StageResult(name, step, seconds, loss_value, history))
+        _save_checkpoint(checkpoint_dir, accelerator, model, None, None, stage_index + 1, 0, [], 0.0, results)
+        state = None
+    if loop.log_with:
+        accelerator.end_training()
+    model.requires_grad_(False)
+    return results
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def _endless(loader, accelerator: Accelerator, start_batch: int = 0):
+    """Batches epoch after epoch (each epoch its own seeded order), starting ``start_batch``
+    batches in, which is how a resumed run sees exactly the batches it would have seen."""
+    epoch, skip = divmod(start_batch, len(loader))
+    while True:
+        loader.set_epoch(epoch)
+        yield from (accelerator.skip_first_batches(loader, skip) if skip else loader)
+        epoch, skip = epoch + 1, 0
+
+
+def _save_checkpoint(directory: Path, accelerator: Accelerator, model: SpeechLLM, optimizer, scheduler,
+                     stage_index: int, step: int, history: list, elapsed: float,
+                     results: list[StageResult]) -> None:
+    """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging = directory.with_name(directory.name + ".partial")
+        staging.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), staging / "model.pt")
+        if optimizer is not None:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        torch.save(rng, staging / "rng.pt")
+        (staging / "state.json").write_text(json.dumps({
+            "stage_index": stage_index, "step": step, "history": history, "elapsed": elapsed,
+            "results": [r.__dict__ for r in results]}))
+        if directory.exists():
+            shutil.rmtree(directory)
+        staging.rename(directory)
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint_state(directory: Path) -> dict | None:
+    path = directory / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _restored_results(state: dict | None) -> list[StageResult]:
+    return [StageResult(**r) for r in state["results"]] if state else []
+
+
+def _restore(state: dict, directory: Path, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
+    model.load_state_dict(torch.load(directory / "model.pt", map_location=accelerator.device, weights_only=True))
+    if (directory / "optim.pt").exists() and state["step"] > 0:
+        saved = torch.load(directory / "optim.pt", map_location=accelerator.device, weights_only=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    rng = torch.load(directory / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    return state["step"], state["history"], state["elapsed"]
+
+
+# ----------------------------------------------------------------------------- the command
+def train(config: TrainConfig) -> Path:
+    """Build (or load with --init) a SpeechLLM and train it through the configured stages.
+
+    OUT becomes a SpeechLLM directory, with ``config.yaml`` (the resolved configuration) and
+    ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files."""
+    out = Path(config.out)
+    utterances = load_manifests(config.train)
+    seed_everything(config.loop.seed)
+    if config.init:
+        model = SpeechLLM.load(config.init)
+    else:
+        texts = [u.target for u in utterances] + [u.text for u in utterances]
+        model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    accelerator = make_accelerator(config.loop, out)
+    model.train()
+    results = run_stages(model, utterances, config.stages, config.loop, out, accelerator, config.resume)
+    model = accelerator.unwrap_model(model) if not isinstance(model, SpeechLLM) else model
+    model.eval()
+    if accelerator.is_main_process:
+        model.save(out)  # replaces OUT whole: checkpoints and config are written again below
+        save_config(config, out / "config.yaml")
+        write_json(out / "train_log.json", {
+            "stages": [r.__dict__ for r in results],
+            "train_seconds": sum(r.seconds for r in results),
+            "num_processes": accelerator.num_processes,
+            "utterances": len(utterances),
+        })
+    accelerator.wait_for_everyone()
+    return out
