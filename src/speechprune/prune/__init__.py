@@ -1,0 +1,1 @@
+"""Pruning: choose decoder layers (strategies), cut them out (surgery), export (run)."""

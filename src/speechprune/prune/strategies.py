@@ -1,0 +1,201 @@
+"""Which decoder layers to remove: the strategies, from a scan result or from a model.
+
+Scan-based (no model needed; ``scan`` is the dict read from ``scan.json``):
+- ``angular``: the contiguous block [l*, l*+n) with l* = argmin_l angular[l][l+n] (Gromov et al.);
+- ``bi``: the n layers of lowest Block Influence BI_l = 1 - cosine[l][l+1], not necessarily
+  adjacent (ShortGPT);
+- ``last``: the n deepest layers before the final one, [L-1-n, L-1) (Gromov's simple baseline).
+
+Model-based, with the measurement passed in as a callable so that this module needs neither the
+scan nor the evaluation stage:
+- ``iterative``: remove one layer at a time, re-scanning the pruned model between steps;
+- ``greedy-score``: SLEB / Moslem; each round, switch each remaining layer off in turn (in place,
+  :func:`~speechprune.prune.surgery.skip_layers`) and keep the removal with the best score.
+
+Every function returns the layers to remove as sorted, 0-based indices of the original decoder.
+Ties are broken towards the lowest index, so every choice is deterministic.
+
+Defaults: ``input="auto"`` takes the scan's speech input when it has one, else its text input;
+``region="all"`` (every real position, token-weighted; ShortGPT's choice; Gromov et al. used the
+last token, ``region="last"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from speechprune.errors import UserError
+from speechprune.prune.surgery import skip_layers
+
+DEFAULT_INPUT = "auto"
+DEFAULT_REGION = "all"
+
+Scan = dict[str, Any]
+
+
+def layers_for_fraction(fraction: float, num_layers: int) -> int:
+    """How many layers a fraction removes: round half up, n = floor(fraction * L + 0.5), capped at
+    L - 1 so that at least one layer always stays. ``fraction`` must be in [0, 1)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise UserError(f"--fraction must be a number in [0, 1), not {fraction!r}")
+    return min(math.floor(fraction * num_layers + 0.5), num_layers - 1)
+
+
+def _check_n(n: int, num_layers: int, most: int | None = None) -> int:
+    most = num_layers - 1 if most is None else most
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= most:
+        raise UserError(f"--remove must be an integer in [0, {most}] for a {num_layers}-layer decoder, not {n!r}")
+    return n
+
+
+def scan_matrix(scan: Scan, metric: str, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[list[float]]:
+    """The (L+1)x(L+1) ``metric`` ("angular" or "cosine") matrix of one input and region."""
+    inputs = scan.get("inputs") or {}
+    if input == "auto":
+        input = "speech" if "speech" in inputs else "text"
+    if input not in inputs:
+        raise UserError(f"the scan has no {input!r} input (it has: {', '.join(sorted(inputs)) or 'none'})")
+    regions = inputs[input].get("regions") or {}
+    if region not in regions:
+        raise UserError(f"the scan's {input!r} input has no region {region!r} (it has: {', '.join(sorted(regions))})")
+    entry = regions[region]
+    if not entry.get("count", 1):
+        raise UserError(f"the scan's {input!r} input counted no position in region {region!r}")
+    matrix = entry.get(metric)
+    size = scan_num_layers(scan) + 1
+    if not isinstance(matrix, list) or len(matrix) != size or any(len(row) != size for row in matrix):
+        raise UserError(f"the scan's {input}/{region} {metric!r} matrix is missing or not {size}x{size}")
+    return matrix
+
+
+def scan_num_layers(scan: Scan) -> int:
+    num_layers = scan.get("num_layers")
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
+        raise UserError(f"the scan's num_layers is {num_layers!r}, not a positive integer")
+    return num_layers
+
+
+def angular(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
+    """The block [l*, l*+n), l* = argmin_l angular[l][l+n] over l = 0..L-n (lowest l on ties)."""
+    num_layers = scan_num_layers(scan)
+    _check_n(n, num_layers)
+    if n == 0:
+        return []
+    distance = scan_matrix(scan, "angular", input, region)
+    start = min(range(num_layers - n + 1), key=lambda l: (distance[l][l + n], l))
+    return list(range(start, start + n))
+
+
+def block_influence(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
+    """The n layers of lowest BI_l = 1 - cosine[l][l+1] (ShortGPT), sorted."""
+    num_layers = scan_num_layers(scan)
+    _check_n(n, num_layers)
+    cosine = scan_matrix(scan, "cosine", input, region)
+    order = sorted(range(num_layers), key=lambda l: (1.0 - cosine[l][l + 1], l))
+    return sorted(order[:n])
+
+
+def last(num_layers: int, n: int) -> list[int]:
+    """The n deepest layers before the final layer: [L-1-n, L-1)."""
+    _check_n(n, num_layers)
+    return list(range(num_layers - 1 - n, num_layers - 1))
+
+
+def _last_from_scan(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
+    return last(scan_num_layers(scan), n)
+
+
+# Strategies that choose from a scan alone: name -> function(scan, n, input, region).
+SCAN_STRATEGIES: dict[str, Callable[..., list[int]]] = {
+    "angular": angular,
+    "bi": block_influence,
+    "last": _last_from_scan,
+}
+
+# Strategies that need the model and a measurement callable.
+MODEL_STRATEGIES = ("iterative", "greedy-score")
+STRATEGIES = (*SCAN_STRATEGIES, *MODEL_STRATEGIES)
+
+
+def iterative(
+    causal_lm: Any,
+    n: int,
+    rescan: Callable[[Any], Scan],
+    input: str = DEFAULT_INPUT,
+    region: str = DEFAULT_REGION,
+    criterion: str = "angular",
+    trace: list[dict] | None = None,
+) -> list[int]:
+    """Remove n layers one at a time: each step scans the model as pruned so far (``rescan(model)``
+    returns a scan dict of that model) and removes the single layer ``criterion`` ("angular" or
+    "bi") picks. The model is pruned in place only while it is re-scanned and is unchanged on return.
+    ``trace``, if given, receives one record per step."""
+    from speechprune.model.decoder import decoder_layers
+
+    if criterion not in ("angular", "bi"):
+        raise UserError(f"iterative criterion must be 'angular' or 'bi', not {criterion!r}")
+    choose = SCAN_STRATEGIES[criterion]
+    num_layers = len(decoder_layers(causal_lm))
+    _check_n(n, num_layers)
+    removed: list[int] = []
+    for step in range(n):
+        with skip_layers(causal_lm, removed) as kept:
+            scan = rescan(causal_lm)
+        if scan_num_layers(scan) != len(kept):
+            raise ValueError(f"rescan returned a {scan_num_layers(scan)}-layer scan for a {len(kept)}-layer model")
+        (local,) = choose(scan, 1, input, region)
+        removed = sorted([*removed, kept[local]])
+        if trace is not None:
+            trace.append({"step": step, "removed": kept[local], "index_in_pruned_model": local})
+    return removed
+
+
+def greedy_score(
+    causal_lm: Any,
+    n: int,
+    score: Callable[[Any], float],
+    candidates: Sequence[int] | None = None,
+    trace: list[dict] | None = None,
+) -> list[int]:
+    """SLEB / Moslem greedy removal: n rounds; each round switches every remaining candidate layer
+    off in turn (together with those already removed; in place, nothing copied) and keeps the one
+    whose ``score(model)`` is lowest (lower is better: loss, WER, negative chrF). ``score`` should
+    run on cached decoder inputs (see :func:`speechprune.prune.calibration.loss_score`).
+    ``candidates`` restricts which layers may go (default: all). The model is unchanged on return."""
+    from speechprune.model.decoder import decoder_layers
+
+    num_layers = len(decoder_layers(causal_lm))
+    _check_n(n, num_layers)
+    pool = list(range(num_layers)) if candidates is None else sorted(set(candidates))
+    outside = [c for c in pool if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_layers]
+    if outside:
+        raise UserError(f"greedy-score candidates {outside} are not layers of a {num_layers}-layer decoder")
+    if len(pool) < n:
+        raise UserError(f"greedy-score cannot remove {n} layers from {len(pool)} candidates")
+    removed: list[int] = []
+    for step in range(n):
+        results = []
+        for candidate in pool:
+            if candidate in removed:
+                continue
+            with skip_layers(causal_lm, [*removed, candidate]):
+                results.append((float(score(causal_lm)), candidate))
+        # NaN (a broken model) ranks last; ties go to the lowest layer index.
+        best_score, best = min(results, key=lambda r: (math.isnan(r[0]), r[0], r[1]))
+        if math.isnan(best_score):
+            raise ValueError("greedy-score: the score is NaN for every candidate")
+        removed = sorted([*removed, best])
+        if trace is not None:
+            trace.append({"step": step, "removed": best, "score": best_score,
+                          "scores": {str(c): s for s, c in sorted(results, key=lambda r: r[1])}})
+    return removed
+
+
+def choose_from_scan(strategy: str, scan: Scan, n: int, input: str = DEFAULT_INPUT,
+                     region: str = DEFAULT_REGION) -> list[int]:
+    """Dispatch a scan-based strategy by name."""
+    if strategy not in SCAN_STRATEGIES:
+        raise UserError(f"strategy {strategy!r} does not choose from a scan alone; scan-based: {', '.join(SCAN_STRATEGIES)}")
+    return SCAN_STRATEGIES[strategy](scan, n, input, region)
