@@ -89,8 +89,8 @@ class WhisperSpeechEncoder(nn.Module):
     def collate(self, features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([f.shape[0] for f in features])
         width = self.max_frames if self.window == "full" else int(lengths.max()) + int(lengths.max()) % 2
-        # pad with the feature extractor's silence level; padded frames are masked anyway
-        batch = torch.full((len(features), features[0].shape[1], width), float(features[0].min()))
+        # zero padding, exactly what the convolutions pad a lone utterance with
+        batch = torch.zeros(len(features), features[0].shape[1], width)
         for row, feature in enumerate(features):
             batch[row, :, : feature.shape[0]] = feature.T
         return {"input_features": batch, "frame_lengths": lengths}
@@ -100,12 +100,16 @@ class WhisperSpeechEncoder(nn.Module):
 
     def forward(self, input_features: torch.Tensor, frame_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
+        frame_lengths = frame_lengths.to(input_features.device)
         hidden = nn.functional.gelu(model.conv1(input_features.to(model.conv1.weight.dtype)))
+        # zero conv1's output past each real length, so conv2 sees what it sees on a lone utterance
+        real = torch.arange(hidden.shape[-1], device=hidden.device)[None, :] < frame_lengths[:, None]
+        hidden = hidden * real[:, None, :].to(hidden.dtype)
         hidden = nn.functional.gelu(model.conv2(hidden)).permute(0, 2, 1)
         width = hidden.shape[1]
         hidden = hidden + model.embed_positions.weight[:width]
         hidden = nn.functional.dropout(hidden, p=model.dropout, training=self.training)
-        lengths = self.output_lengths(frame_lengths.to(hidden.device))
+        lengths = self.output_lengths(frame_lengths)
         mask = _key_padding_mask(lengths, width, hidden.dtype)
         for layer in model.layers:
             hidden = layer(hidden, mask)
