@@ -1,0 +1,17 @@
+"""Redundancy scan: the angular distance and cosine between every pair of decoder layers, per input
+(speech, text) and region, from one streaming pass; every block [l, l+n), l*(n) and ShortGPT's
+Block Influence follow from it; ``compare`` says how much scans agree.
+
+Owns: hooks (capture x_0..x_L), the one pairwise accumulator, block statistics, stability
+bootstrap, the ``scan`` and ``compare`` commands and their figures. Imports model/ and data/ only.
+"""
+
+from speechprune.scan.accumulate import PairwiseStats
+from speechprune.scan.blocks import (INDEX_CONVENTION, best_blocks, block_distances, block_influence,
+                                     layers_for_fraction, removed_layers)
+from speechprune.scan.scanner import ScanBatch, Scanner
+
+__all__ = [
+    "INDEX_CONVENTION", "PairwiseStats", "ScanBatch", "Scanner", "best_blocks", "block_distances",
+    "block_influence", "layers_for_fraction", "removed_layers",
+]

@@ -1,0 +1,154 @@
+"""``speechprune compare``: how much two or more scan profiles agree on the redundant blocks.
+
+A profile is one (scan, input) pair at one region; a scan with both inputs gives two profiles, so
+``speechprune compare OUT`` compares its speech and text profiles. For every pair of profiles:
+Spearman correlation of their block-distance matrices (every valid [l, l+n)), the fraction of
+block sizes n with the same best start l*(n), the mean |l*_a(n) - l*_b(n)|, and the Jaccard index
+of the layers each would remove at the given fractions. Writes compare.json and figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from speechprune.config import option, require
+from speechprune.errors import UserError
+from speechprune.model.layout import REGIONS
+from speechprune.scan.blocks import best_blocks, block_distances, layers_for_fraction, removed_layers
+
+
+@dataclass
+class CompareConfig:
+    positional = "scans"
+
+    out: str = option(help="output directory for compare.json and the side-by-side figures")
+    scans: list[str] = option([], help="scan directories (or their scan.json), given as bare arguments")
+    input: str = option("", help="speech | text: compare only this input of each scan (default: every input)")
+    regions: list[str] = option(["all", "last"], help="regions to compare")
+    fractions: list[float] = option([0.25, 0.5], help="removed fractions for the Jaccard of removed layers")
+    labels: list[str] = option([], help="one label per profile (default: scan folder/input)")
+    plots: bool = option(True, help="write PNG figures")
+
+    def __post_init__(self) -> None:
+        require(len(self.scans) >= 1, "compare needs at least one scan: speechprune compare SCAN [SCAN ...] --out DIR")
+        require(self.input in ("", "speech", "text"), f"--input must be speech or text, not {self.input!r}")
+        bad = [r for r in self.regions if r not in REGIONS]
+        require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
+        bad = [f for f in self.fractions if not 0.0 < f < 1.0]
+        require(not bad, f"--fractions: {bad[0] if bad else ''} is not between 0 and 1")
+
+
+def load_scan(path: str | Path) -> dict:
+    """A scan's payload from its directory or its scan.json."""
+    from speechprune.files import read_json
+
+    path = Path(path)
+    file = path / "scan.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UserError(f"not a scan: {path} (no scan.json)")
+    payload = read_json(file)
+    if "inputs" not in payload or "num_layers" not in payload:
+        raise UserError(f"not a scan: {file} (no 'inputs' or 'num_layers')")
+    return payload
+
+
+def agreement(a: np.ndarray, b: np.ndarray, fractions: list[float]) -> dict:
+    """Agreement of two (L+1)x(L+1) angular matrices of the same L."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise UserError(f"cannot compare scans of {a.shape[0] - 1} and {b.shape[0] - 1} layers")
+    num_layers = a.shape[0] - 1
+    ta, tb = block_distances(a), block_distances(b)
+    valid = np.isfinite(ta)
+    rho = spearmanr(ta[valid], tb[valid]).statistic if valid.sum() > 1 else float("nan")
+    la = [x["start"] for x in best_blocks(a)]
+    lb = [x["start"] for x in best_blocks(b)]
+    choice = range(1, num_layers)  # sizes with more than one candidate start
+    same = [la[n - 1] == lb[n - 1] for n in choice]
+    delta = [abs(la[n - 1] - lb[n - 1]) for n in choice]
+    jaccard = {}
+    for fraction in fractions:
+        n = layers_for_fraction(num_layers, fraction)
+        ra, rb = set(removed_layers(a, n)), set(removed_layers(b, n))
+        jaccard[str(fraction)] = {"layers": n, "a": sorted(ra), "b": sorted(rb),
+                                  "jaccard": (len(ra & rb) / len(ra | rb)) if ra | rb else 1.0}
+    return {
+        "spearman": float(rho),
+        "same_best_start": float(np.mean(same)) if same else 1.0,
+        "mean_abs_delta_start": float(np.mean(delta)) if delta else 0.0,
+        "jaccard": jaccard,
+        "best_start_a": la,
+        "best_start_b": lb,
+    }
+
+
+def compare(config: CompareConfig) -> dict:
+    """How much two or more scans (or the speech and text inputs of one scan) agree:
+    Spearman of block distances, same l*(n), mean |delta l*(n)|, Jaccard of removed layers."""
+    from speechprune.files import staged_dir, write_json
+
+    profiles = []
+    for path in config.scans:
+        payload = load_scan(path)
+        names = [config.input] if config.input else list(payload["inputs"])
+        for name in names:
+            if name not in payload["inputs"]:
+                raise UserError(f"{path}: the scan has no {name!r} input (it has {', '.join(payload['inputs'])})")
+            folder = Path(path).parent.name if Path(path).is_file() else Path(path).name
+            profiles.append({"scan": str(path), "input": name, "label": f"{folder}/{name}",
+                             "num_layers": payload["num_layers"], "regions": payload["inputs"][name]["regions"]})
+    if len(profiles) < 2:
+        raise UserError("compare needs at least two profiles: two scans, or one scan with both inputs")
+    if config.labels:
+        require(len(config.labels) == len(profiles),
+                f"--labels: {len(config.labels)} labels for {len(profiles)} profiles")
+        for profile, label in zip(profiles, config.labels):
+            profile["label"] = label
+    layers = {p["num_layers"] for p in profiles}
+    if len(layers) > 1:
+        raise UserError("compare: the scans have different numbers of layers "
+                        + ", ".join(f"{p['scan']}={p['num_layers']}" for p in profiles))
+    for profile in profiles:
+        for region in config.regions:
+            entry = profile["regions"].get(region)
+            if entry is None or entry.get("angular") is None:
+                raise UserError(f"{profile['scan']}: no {region!r} statistics for the {profile['input']} input "
+                                f"(choose --regions among those it counted)")
+
+    pairs = []
+    for region in config.regions:
+        for a, b in itertools.combinations(profiles, 2):
+            result = agreement(a["regions"][region]["angular"], b["regions"][region]["angular"], config.fractions)
+            pairs.append({"a": a["label"], "b": b["label"], "region": region, **result})
+    payload = {
+        "index_convention": "0-based layers; block [l, l+n) end-exclusive; l*(n) = best start for block size n",
+        "profiles": [{k: p[k] for k in ("label", "scan", "input", "num_layers")} for p in profiles],
+        "regions": list(config.regions),
+        "fractions": list(config.fractions),
+        "pairs": pairs,
+    }
+    with staged_dir(config.out) as staging:
+        if config.plots:
+            from speechprune.scan.plots import compare_figure
+
+            figures = []
+            for region in config.regions:
+                name = f"compare_{region}.png"
+                rho = [p["spearman"] for p in pairs if p["region"] == region]
+                compare_figure([{"label": p["label"], "angular": p["regions"][region]["angular"]} for p in profiles],
+                               staging / name, title=f"{region} positions; Spearman "
+                               + ", ".join(f"{r:.3f}" for r in rho))
+                figures.append(name)
+            payload["figures"] = figures
+        write_json(staging / "compare.json", payload)
+    for pair in pairs:
+        jac = ", ".join(f"J@{k}={v['jaccard']:.2f}" for k, v in pair["jaccard"].items())
+        print(f"{pair['region']:>6}  {pair['a']} vs {pair['b']}: spearman={pair['spearman']:.3f} "
+              f"same l*={pair['same_best_start']:.2f} mean|dl*|={pair['mean_abs_delta_start']:.2f} {jac}")
+    return payload

@@ -1,0 +1,319 @@
+"""``speechprune scan``: load a SpeechLLM or a plain causal LM, stream a manifest through it once,
+and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
+checkpoint/resume and the output layout; the per-batch work is :class:`~speechprune.scan.scanner.Scanner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from speechprune.config import option, require
+from speechprune.errors import UserError
+from speechprune.model.layout import REGIONS
+from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
+from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT_DIR = ".checkpoint"
+
+
+@dataclass
+class ScanConfig:
+    model: str = option(help="SpeechLLM directory, or a plain Hugging Face causal LM directory or hub id")
+    data: str = option(help="manifest (JSONL) whose utterances are scanned")
+    out: str = option(help="output directory: scan.json, heatmaps, l*(n) and stability figures")
+    input: str = option("auto", help="speech | text | both | auto (both for a SpeechLLM, text for a plain LLM)")
+    regions: list[str] = option(list(REGIONS), help="regions to accumulate: speech, prompt, target, last, all")
+    batch_size: int = option(8, help="utterances per forward")
+    max_utterances: int = option(0, help="scan only the first N utterances of the manifest (0 = all)")
+    dtype: str = option("float32", help="model dtype: float32 | bfloat16 | float16 (sums are float64 always)")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N (under accelerate launch: each process's own)")
+    device_map: Optional[str] = option(None, help="'auto' spreads a decoder too large for one GPU over all GPUs")
+    stability_regions: list[str] = option(["all", "last"],
+                                          help="regions whose per-utterance sums are kept for the bootstrap")
+    bootstrap: int = option(1000, help="bootstrap resamples for the stability of l*(n) (0 = none)")
+    seed: int = option(0, help="seed of the bootstrap")
+    checkpoint_every: int = option(20, help="save the sums and the data position every N batches (0 = never)")
+    fresh: bool = option(False, help="ignore an existing checkpoint in OUT and start over")
+    plots: bool = option(True, help="write PNG figures")
+
+    def __post_init__(self) -> None:
+        require(self.input in ("auto", "both") + INPUTS, f"--input must be speech, text, both or auto, not {self.input!r}")
+        bad = [r for r in self.regions if r not in REGIONS]
+        require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
+        require(len(self.regions) > 0, "--regions: give at least one region")
+        bad = [r for r in self.stability_regions if r not in self.regions]
+        require(not bad, f"--stability-regions: {bad[0] if bad else ''!r} is not among --regions")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
+        require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        require(self.device_map in (None, "", "auto"), f"--device-map must be 'auto' or empty, not {self.device_map!r}")
+        require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, not {self.bootstrap}")
+        require(self.checkpoint_every >= 0, f"--checkpoint-every must be 0 or more, not {self.checkpoint_every}")
+
+
+# loading ---------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    kind: str  # "speechllm" or "causal_lm"
+    decoder: torch.nn.Module
+    tokenizer: object
+    speechllm: object = None
+
+
+def _load(config: ScanConfig, device: torch.device) -> Loaded:
+    dtype = DTYPES[config.dtype]
+    extra = {"device_map": "auto"} if config.device_map else {}
+    from speechprune.model.speechllm import SpeechLLM, is_speechllm_dir
+
+    if is_speechllm_dir(config.model):
+        _check_supported(SpeechLLM.load, extra, "SpeechLLM.load")
+        model = SpeechLLM.load(config.model, device=str(device), dtype=dtype, **extra)
+        if hasattr(model, "eval"):
+            model.eval()
+        return Loaded("speechllm", model.decoder, model.tokenizer, model)
+    from speechprune.model.text import load_text_model
+
+    _check_supported(load_text_model, extra, "load_text_model")
+    decoder, tokenizer = load_text_model(config.model, dtype=dtype, device=str(device), **extra)
+    decoder.eval()
+    return Loaded("causal_lm", decoder, tokenizer)
+
+
+def _check_supported(function, extra: dict, name: str) -> None:
+    if extra and "device_map" not in inspect.signature(function).parameters:
+        raise UserError(f"--device-map: {name} does not take a device map yet; run without --device-map")
+
+
+def _resolve_device(config: ScanConfig):
+    from accelerate import PartialState
+
+    state = PartialState(cpu=config.device == "cpu")
+    if state.num_processes > 1:
+        require(not config.device_map, "--device-map auto is for one process; do not combine it with accelerate launch")
+        return state, state.device
+    if config.device_map:
+        return state, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "auto":
+        return state, state.device
+    try:
+        return state, torch.device(config.device)
+    except RuntimeError:
+        raise UserError(f"--device: not a device: {config.device!r}") from None
+
+
+def _inputs_for(config: ScanConfig, kind: str) -> list[str]:
+    if kind == "causal_lm":
+        if config.input == "speech":
+            raise UserError(f"--input speech: {config.model} is a plain causal LM, it has no speech input; use --input text")
+        return ["text"]
+    return list(INPUTS) if config.input in ("auto", "both") else [config.input]
+
+
+# data ------------------------------------------------------------------------------------------
+def _chunks(total: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Contiguous batches of manifest order; process ``rank`` takes every ``world``-th batch."""
+    everything = [list(range(s, min(total, s + batch_size))) for s in range(0, total, batch_size)]
+    return everything[rank::world]
+
+
+def _batches(loaded: Loaded, utterances: list, chunks: list[list[int]], inputs: list[str],
+             batch_size: int) -> Iterator[ScanBatch]:
+    if loaded.kind == "speechllm":
+        model = loaded.speechllm
+        flat = [utterances[i] for chunk in chunks for i in chunk]
+        stream = iter(model.batches(flat, batch_size=batch_size, shuffle=False))
+        for chunk in chunks:
+            batch = next(stream)
+            decoder_inputs = {name: model.decoder_inputs(batch, source=name) for name in inputs}
+            yield ScanBatch(decoder_inputs, _rows(chunk, utterances, next(iter(decoder_inputs.values()))))
+    else:
+        from speechprune.model.text import text_decoder_inputs
+
+        for chunk in chunks:
+            decoder_inputs = text_decoder_inputs(loaded.decoder, loaded.tokenizer, [utterances[i] for i in chunk])
+            yield ScanBatch({"text": decoder_inputs}, _rows(chunk, utterances, decoder_inputs))
+
+
+def _rows(chunk: list[int], utterances: list, decoder_inputs) -> list[int]:
+    """The global index of each row: by utterance id when the inputs carry ids, else chunk order."""
+    ids = list(getattr(decoder_inputs, "utterance_ids", None) or [])
+    if len(ids) != len(chunk):
+        if ids:
+            raise RuntimeError(f"a batch of {len(ids)} rows for {len(chunk)} utterances: batching is not contiguous")
+        return list(chunk)
+    position = {utterances[i].id: i for i in chunk}
+    if set(ids) != set(position):
+        raise RuntimeError("the batches do not follow manifest order (utterance ids differ from the expected chunk)")
+    return [position[i] for i in ids]
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# checkpoint ------------------------------------------------------------------------------------
+def _checkpoint_path(out: Path, rank: int, world: int) -> Path:
+    return out / CHECKPOINT_DIR / f"rank{rank}-of-{world}.pt"
+
+
+def _save_checkpoint(path: Path, fingerprint: dict, batches_done: int, scanner: Scanner) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"fingerprint": fingerprint, "batches_done": batches_done, "stats": scanner.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("fingerprint") != fingerprint:
+        old = state.get("fingerprint") or {}
+        differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        raise UserError(f"{path} was left by a different scan (differs in: {', '.join(differs)}); "
+                        f"rerun with --fresh to start over")
+    return state
+
+
+# the command -----------------------------------------------------------------------------------
+def scan(config: ScanConfig) -> dict:
+    """Angular distance and cosine between every pair of decoder layers, per input and region,
+    from one streaming pass over the manifest; every block [l, l+n) and l*(n) follow from it.
+    Writes OUT/scan.json and figures; resumes from OUT/.checkpoint after an interruption."""
+    from speechprune.data.manifest import load_manifest
+
+    out = Path(config.out)
+    state, device = _resolve_device(config)
+    rank, world = state.process_index, state.num_processes
+    data_path = Path(config.data)
+    if not data_path.is_file():
+        raise UserError(f"--data: manifest not found: {config.data}")
+    utterances = list(load_manifest(config.data))
+    if config.max_utterances:
+        utterances = utterances[: config.max_utterances]
+    if not utterances:
+        raise UserError(f"--data: {config.data} holds no utterances")
+
+    loaded = _load(config, device)
+    inputs = _inputs_for(config, loaded.kind)
+    chunks = _chunks(len(utterances), config.batch_size, rank, world)
+    fingerprint = {
+        "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
+        "data": str(data_path.resolve()), "data_sha256": _sha256(config.data),
+        "inputs": inputs, "regions": list(config.regions), "stability_regions": list(config.stability_regions),
+        "batch_size": config.batch_size, "utterances": len(utterances), "dtype": config.dtype,
+        "rank": rank, "processes": world,
+    }
+    checkpoint = _checkpoint_path(out, rank, world)
+    scanner = Scanner(loaded.decoder, inputs, config.regions, config.stability_regions,
+                      device=None if config.device_map else device)
+    done = 0
+    if not config.fresh:
+        saved = _load_checkpoint(checkpoint, fingerprint)
+        if saved is not None:
+            scanner.load_state_dict(saved["stats"])
+            done = saved["batches_done"]
+            _say(state, f"resuming from {checkpoint}: {done} of {len(chunks)} batches done")
+
+    started = time.perf_counter()
+    with torch.no_grad(), scanner:
+        for k, batch in enumerate(_batches(loaded, utterances, chunks[done:], inputs, config.batch_size), start=done):
+            scanner.step(batch)
+            if config.checkpoint_every and (k + 1) % config.checkpoint_every == 0 and k + 1 < len(chunks):
+                _save_checkpoint(checkpoint, fingerprint, k + 1, scanner)
+                _say(state, f"{k + 1}/{len(chunks)} batches", main_only=False)
+    if config.checkpoint_every and len(chunks) > done:
+        _save_checkpoint(checkpoint, fingerprint, len(chunks), scanner)
+    seconds = time.perf_counter() - started
+    scanner.all_reduce()
+    if not state.is_main_process:
+        return {}
+
+    settings = {
+        "inputs": inputs, "regions": list(config.regions), "batch_size": config.batch_size,
+        "max_utterances": config.max_utterances, "dtype": config.dtype, "device": str(device),
+        "device_map": config.device_map or None, "processes": world, "accumulation": "float64",
+        "stability_regions": list(config.stability_regions), "bootstrap": config.bootstrap, "seed": config.seed,
+    }
+    model_info = _model_info(config.model, loaded)
+    data_info = {"manifest": str(data_path), "sha256": fingerprint["data_sha256"], "utterances": len(utterances)}
+    payload = build_payload(scanner, model=model_info, data=data_info, settings=settings,
+                            bootstrap=config.bootstrap, seed=config.seed)
+    payload["seconds"] = round(seconds, 3)
+    write_outputs(payload, out, plots=config.plots)
+    _say(state, f"wrote {out / 'scan.json'}")
+    return payload
+
+
+def _model_info(path: str, loaded: Loaded) -> dict:
+    from speechprune.model.decoder import text_config
+
+    cfg = text_config(loaded.decoder)
+    return {"path": path, "kind": loaded.kind, "family": getattr(cfg, "model_type", None),
+            "hidden_size": getattr(cfg, "hidden_size", None), "num_layers": getattr(cfg, "num_hidden_layers", None)}
+
+
+def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, bootstrap: int = 1000,
+                  seed: int = 0) -> dict:
+    """The scan.json content from a (reduced) scanner's statistics."""
+    from speechprune.scan.stability import bootstrap_blocks
+
+    result_inputs = {}
+    for name, stats in scanner.stats.items():
+        regions = {}
+        for region in stats.regions:
+            mats = stats.matrices(region)
+            entry = {"angular": None, "cosine": None, "count": mats["count"], "best_blocks": [],
+                     "block_influence": []}
+            if mats["angular"] is not None:
+                entry["angular"] = mats["angular"].tolist()
+                entry["cosine"] = mats["cosine"].tolist()
+                entry["best_blocks"] = best_blocks(mats["angular"])
+                entry["block_influence"] = block_influence(mats["cosine"])
+                if region in stats.per_utterance and bootstrap > 0:
+                    _, utt_angular, utt_count = stats.utterance_sums(region)
+                    entry["stability"] = bootstrap_blocks(utt_angular, utt_count, stats.num_layers,
+                                                          resamples=bootstrap, seed=seed, angular=mats["angular"])
+            regions[region] = entry
+        result_inputs[name] = {"regions": regions}
+    return {
+        "num_layers": scanner.num_layers,
+        "index_convention": INDEX_CONVENTION,
+        "inputs": result_inputs,
+        "model": model,
+        "data": data,
+        "settings": settings,
+    }
+
+
+def write_outputs(payload: dict, out: Path, plots: bool = True) -> None:
+    """scan.json and figures, staged and moved into place (the checkpoint goes with the old OUT)."""
+    from speechprune.files import staged_dir, write_json
+
+    with staged_dir(out) as staging:
+        if plots:
+            from speechprune.scan.plots import scan_figures
+
+            payload["figures"] = scan_figures(payload, staging)
+        write_json(staging / "scan.json", payload)
+
+
+def _say(state, message: str, main_only: bool = True) -> None:
+    if main_only and not state.is_main_process:
+        return
+    prefix = f"[{state.process_index}] " if state.num_processes > 1 else ""
+    print(f"scan: {prefix}{message}", file=sys.stderr, flush=True)
