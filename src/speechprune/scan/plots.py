@@ -30,6 +30,10 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
                       interpolation="nearest")
     starts = [int(np.nanargmin(table[n - 1, : num_layers - n + 1])) for n in range(1, num_layers + 1)]
     ax.plot(starts, range(1, num_layers + 1), "o", color="red", markersize=3, label="l*(n)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("start layer l (block [l, l+n), 0-based)")
     ax.set_ylabel("block size n")
     ax.set_title(title, fontsize=9)
@@ -112,8 +116,10 @@ def compare_figure(profiles: list[dict], path: Path, title: str = "") -> None:
     vmax = float(max(np.nanmax(t) for t in tables))
     fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles) + 1, 4.2), squeeze=False)
     image = None
-    for ax, profile in zip(axes[0], profiles):
+    for k, (ax, profile) in enumerate(zip(axes[0], profiles)):
         image = heatmap(ax, profile["angular"], profile["label"], vmin=vmin, vmax=vmax)
+        if k:
+            ax.set_ylabel("")
     fig.colorbar(image, ax=list(axes[0]), label="angular distance")
     if title:
         fig.suptitle(title, fontsize=9)
