@@ -1,0 +1,298 @@
+"""``speechprune data hf``: a Hugging Face ``datasets`` corpus (hub id, a ``save_to_disk`` folder,
+or a local audio folder with ``metadata.csv``) written as a manifest with 16 kHz mono WAV files.
+
+Audio is never decoded by ``datasets`` (its decoder needs torchcodec, which is absent here): the
+audio column is cast to ``Audio(decode=False)`` and the bytes or path are decoded with soundfile.
+Presets name the usual columns of LibriSpeech, CoVoST2, FLEURS and audio folders; every column can
+be overridden. The WAV files go to ``audio/{manifest stem}/`` beside the manifest.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from speechprune.config import option, require
+from speechprune.data.audio import SAMPLE_RATE, decode_audio_bytes, load_audio, save_audio
+from speechprune.data.manifest import Utterance, write_manifest
+from speechprune.errors import UserError
+from speechprune.files import staged_dir
+
+# Column candidates per preset: the first one the dataset has is used. ``langs_from_name``: the
+# subset name carries the languages (CoVoST2 "en_de" -> en, de; FLEURS "fr_fr" -> fr).
+PRESETS: dict[str, dict[str, Any]] = {
+    "librispeech": {"task": "asr", "src_lang": "en", "audio": ["audio"], "text": ["text"],
+                    "target": [], "id": ["id"]},
+    "covost2": {"task": "st", "audio": ["audio"], "text": ["sentence"], "target": ["translation"],
+                "id": ["id", "file"], "langs_from_name": True},
+    "fleurs": {"task": "asr", "audio": ["audio"], "text": ["raw_transcription", "transcription"],
+               "target": [], "id": ["id"], "langs_from_name": True},
+    "audiofolder": {"task": "asr", "audio": ["audio"],
+                    "text": ["text", "transcription", "sentence", "transcript"],
+                    "target": ["target", "translation"], "id": ["id", "file_name"]},
+    "custom": {"audio": ["audio"], "text": [], "target": [], "id": []},
+}
+
+
+@dataclass
+class HFDataConfig:
+    dataset: str = option(help="hub id, a save_to_disk folder, or a local audio folder (with metadata.csv)")
+    out: str = option(help="manifest to write (.jsonl); the WAV files go to audio/STEM/ beside it")
+    name: Optional[str] = option(None, help="subset / config name (e.g. en_de for CoVoST2, en_us for FLEURS)")
+    split: str = option("test", help="split to export")
+    preset: str = option("custom", help="column preset: " + ", ".join(PRESETS))
+    audio_column: Optional[str] = option(None, help="audio column (default: the preset's)")
+    text_column: Optional[str] = option(None, help="source transcript column (default: the preset's)")
+    target_column: Optional[str] = option(None, help="translation column for task st (default: the preset's)")
+    id_column: Optional[str] = option(None, help="id column (default: the preset's, else the row number)")
+    task: Optional[str] = option(None, help="asr or st (default: the preset's)")
+    src_lang: Optional[str] = option(None, help="source language code (default: from the preset or subset name)")
+    tgt_lang: Optional[str] = option(None, help="target language code for st (asr: the source language)")
+    max_items: Optional[int] = option(None, help="stop after this many utterances")
+    max_seconds: Optional[float] = option(None, help="skip utterances longer than this (their text would not fit a cut)")
+    streaming: bool = option(False, help="stream a hub dataset instead of downloading it whole")
+    cache_dir: Optional[str] = option(None, help="datasets cache folder (default: the datasets default)")
+    overwrite: bool = option(False, help="replace an existing manifest at --out")
+
+    def __post_init__(self) -> None:
+        require(self.preset in PRESETS, f"--preset: unknown {self.preset!r} (choose from {', '.join(PRESETS)})")
+        require(self.task in (None, "asr", "st"), f"--task: unknown {self.task!r} (asr or st)")
+        require(self.max_items is None or self.max_items > 0, "--max-items must be positive")
+        require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")
+        require(str(self.out).endswith(".jsonl"), f"--out {self.out}: a manifest path ending in .jsonl")
+
+
+def _resolve_settings(config: HFDataConfig) -> dict[str, Any]:
+    preset = PRESETS[config.preset]
+    task = config.task or preset.get("task")
+    if task is None:
+        raise UserError(f"--task is required with preset {config.preset!r} (asr or st)")
+    src, tgt = config.src_lang, config.tgt_lang
+    if preset.get("langs_from_name") and config.name:
+        parts = re.split(r"[_-]", config.name)
+        src = src or parts[0]
+        if task == "st" and len(parts) >= 2:
+            tgt = tgt or parts[1]
+    src = src or preset.get("src_lang")
+    if src is None:
+        hint = " or --name (e.g. en_de)" if preset.get("langs_from_name") else ""
+        raise UserError(f"--src-lang{hint} is required: the preset does not give the source language")
+    if task == "asr":
+        if tgt not in (None, src):
+            raise UserError(f"task asr needs --tgt-lang equal to --src-lang ({src}), got {tgt}")
+        tgt = src
+    elif tgt is None:
+        raise UserError("--tgt-lang is required for task st")
+    elif tgt == src:
+        raise UserError(f"task st with --src-lang == --tgt-lang == {src!r} (use task asr)")
+    return {"task": task, "src_lang": src, "tgt_lang": tgt}
+
+
+_METADATA = ("metadata.csv", "metadata.jsonl")
+
+
+def _read_audiofolder(folder: Path, split: str) -> list[dict[str, Any]]:
+    """Rows of an audio folder: ``metadata.csv`` / ``metadata.jsonl`` with a ``file_name`` column
+    (audio path relative to the metadata file) and any other columns; in ``folder/SPLIT/`` or in
+    ``folder/`` itself. Read here rather than by the ``audiofolder`` builder, which encodes audio
+    through torchcodec.
+    """
+    import csv
+    import json
+
+    for directory in (folder / split, folder):
+        found = [directory / name for name in _METADATA if (directory / name).is_file()]
+        if found:
+            metadata = found[0]
+            break
+    else:
+        raise UserError(f"{folder}: no metadata.csv or metadata.jsonl (in it or in {split}/); an audio folder "
+                        f"needs one with a file_name column and a transcript column")
+    rows: list[dict[str, Any]] = []
+    with open(metadata, encoding="utf-8", newline="") as handle:
+        if metadata.suffix == ".csv":
+            records = list(csv.DictReader(handle))
+        else:
+            records = []
+            for line_number, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise UserError(f"{metadata}:{line_number}: malformed JSON ({error.msg})") from None
+    for line_number, record in enumerate(records, start=2 if metadata.suffix == ".csv" else 1):
+        name = record.pop("file_name", None)
+        if not name:
+            raise UserError(f"{metadata}:{line_number}: missing file_name")
+        path = metadata.parent / name
+        if not path.is_file():
+            raise UserError(f"{metadata}:{line_number}: audio file not found: {path}")
+        rows.append({"audio": str(path), **record})
+    if not rows:
+        raise UserError(f"{metadata}: no rows")
+    return rows
+
+
+def _load(config: HFDataConfig):
+    """The chosen split: a ``datasets`` Dataset / IterableDataset, or a list of row dicts."""
+    import datasets
+
+    source = Path(config.dataset)
+    try:
+        if source.is_dir() and ((source / "state.json").is_file() or (source / "dataset_dict.json").is_file()):
+            loaded = datasets.load_from_disk(str(source))
+            if isinstance(loaded, datasets.DatasetDict):
+                if config.split not in loaded:
+                    raise UserError(f"{source}: no split {config.split!r} (has {', '.join(loaded)})")
+                loaded = loaded[config.split]
+            return loaded
+        if source.is_dir():
+            has_metadata = any((d / m).is_file() for d in (source, source / config.split) for m in _METADATA)
+            if config.preset == "audiofolder" or has_metadata:
+                return _read_audiofolder(source, config.split)
+            try:
+                loaded = datasets.load_dataset(str(source), config.name, split=None, streaming=config.streaming,
+                                               cache_dir=config.cache_dir)
+            except ValueError as error:
+                # A plain local folder has no subsets; --name then only names the languages.
+                if config.name is None or "BuilderConfig" not in str(error):
+                    raise
+                loaded = datasets.load_dataset(str(source), None, split=None, streaming=config.streaming,
+                                               cache_dir=config.cache_dir)
+        else:
+            if source.exists() or config.dataset.startswith((".", "/")):
+                raise UserError(f"--dataset {config.dataset}: not a dataset folder")
+            loaded = datasets.load_dataset(config.dataset, config.name, split=None, streaming=config.streaming,
+                                           cache_dir=config.cache_dir)
+    except UserError:
+        raise
+    except Exception as error:  # datasets raises many types (network, missing config, bad files)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load dataset {config.dataset!r}: {first}") from None
+    if config.split not in loaded:
+        raise UserError(f"{config.dataset}: no split {config.split!r} (has {', '.join(loaded)})")
+    return loaded[config.split]
+
+
+def _pick(role: str, override: Optional[str], candidates: list[str], columns: list[str], dataset: str,
+          required: bool) -> Optional[str]:
+    if override:
+        if override not in columns:
+            raise UserError(f"{dataset}: no column {override!r} for --{role}-column (columns: {', '.join(columns)})")
+        return override
+    for candidate in candidates:
+        if candidate in columns:
+            return candidate
+    if required:
+        raise UserError(f"{dataset}: cannot tell the {role} column; pass --{role}-column (columns: {', '.join(columns)})")
+    return None
+
+
+def _decode(value: Any, base: Path, name: str) -> np.ndarray:
+    """One audio cell: {bytes, path} (Audio(decode=False)), a path string, or {array, sampling_rate}."""
+    from speechprune.data.audio import resample
+
+    if isinstance(value, dict) and value.get("bytes"):
+        return decode_audio_bytes(value["bytes"], SAMPLE_RATE, None, name=value.get("path") or name)
+    if isinstance(value, dict) and value.get("array") is not None:
+        wave = np.asarray(value["array"], dtype=np.float32)
+        if wave.ndim == 2:
+            wave = wave.mean(axis=0 if wave.shape[0] < wave.shape[1] else 1)
+        return resample(wave, int(value["sampling_rate"]), SAMPLE_RATE)
+    path = value.get("path") if isinstance(value, dict) else value
+    if not path:
+        raise UserError(f"{name}: empty audio cell")
+    path = Path(path)
+    if not path.is_absolute() and (base / path).is_file():
+        path = base / path
+    return load_audio(path, SAMPLE_RATE)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _utterance_id(row: dict[str, Any], id_col: Optional[str], audio_col: str, row_index: int) -> str:
+    """The id column, else the audio file's stem, else the row number; made safe for a file name."""
+    raw = None
+    if id_col and row.get(id_col) is not None:
+        raw = str(row[id_col])
+        if id_col == "file_name":
+            raw = Path(raw).stem
+    else:
+        cell = row.get(audio_col)
+        path = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+        if path:
+            raw = Path(path).stem
+    return _UNSAFE.sub("_", raw or "").strip("_.") or f"{row_index:07d}"
+
+
+def export_hf_dataset(config: HFDataConfig) -> Path:
+    """Write one split of a Hugging Face dataset as a manifest with 16 kHz mono WAV files.
+
+    Rows with an empty transcript (or translation), and rows longer than ``max_seconds``, are
+    skipped and counted. Audio goes to ``audio/STEM/`` beside the manifest, built under a temporary
+    name; the manifest is written last, atomically.
+    """
+    from datasets import Audio
+
+    settings = _resolve_settings(config)
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
+    data = _load(config)
+    if isinstance(data, list):
+        columns, features = list(data[0].keys()), {}
+    else:
+        features = data.features or {}
+        columns = list(data.column_names or features.keys())
+    preset = PRESETS[config.preset]
+    audio_col = _pick("audio", config.audio_column, preset["audio"], columns, config.dataset, True)
+    text_col = _pick("text", config.text_column, preset["text"], columns, config.dataset, True)
+    target_col = _pick("target", config.target_column, preset["target"], columns, config.dataset,
+                       settings["task"] == "st") if settings["task"] == "st" else None
+    id_col = _pick("id", config.id_column, preset["id"], columns, config.dataset, False)
+    if isinstance(features.get(audio_col), Audio):
+        data = data.cast_column(audio_col, Audio(decode=False))
+    base = Path(config.dataset) if Path(config.dataset).is_dir() else Path.cwd()
+
+    audio_dir = out.parent / "audio" / out.stem
+    utterances: list[Utterance] = []
+    seen: dict[str, int] = {}
+    skipped = {"empty": 0, "too_long": 0}
+    with staged_dir(audio_dir, overwrite=True) as stage:
+        for row_index, row in enumerate(data):
+            if config.max_items is not None and len(utterances) >= config.max_items:
+                break
+            text = str(row[text_col] or "").strip()
+            target = str(row[target_col] or "").strip() if target_col else text
+            if not text or not target:
+                skipped["empty"] += 1
+                continue
+            utt_id = _utterance_id(row, id_col, audio_col, row_index)
+            if utt_id in seen:  # e.g. FLEURS: one sentence id, several speakers
+                seen[utt_id] += 1
+                utt_id = f"{utt_id}-{seen[utt_id]}"
+            seen.setdefault(utt_id, 0)
+            wave = _decode(row[audio_col], base, f"{config.dataset} row {row_index}")
+            duration = len(wave) / SAMPLE_RATE
+            if config.max_seconds is not None and duration > config.max_seconds:
+                skipped["too_long"] += 1
+                continue
+            save_audio(stage / f"{utt_id}.wav", wave)
+            utterances.append(Utterance(
+                id=utt_id, audio=str(audio_dir / f"{utt_id}.wav"), text=text, task=settings["task"],
+                src_lang=settings["src_lang"], tgt_lang=settings["tgt_lang"], target=target,
+                duration=round(duration, 4), extra={"source": config.dataset, "split": config.split},
+            ))
+        if not utterances:
+            raise UserError(f"{config.dataset} ({config.split}): no utterances to export "
+                            f"({skipped['empty']} empty, {skipped['too_long']} longer than --max-seconds)")
+    write_manifest(out, utterances)
+    print(f"wrote {len(utterances)} utterances to {out} (skipped {skipped['empty']} empty, "
+          f"{skipped['too_long']} too long)", file=sys.stderr)
+    return out
