@@ -198,14 +198,24 @@ def _yaml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _copy_files(source: Path, target: Path, skip: Callable[[Path], bool]) -> None:
+def _copy_files(source: Path, target: Path, skip: Callable[[Path], bool]) -> list[str]:
+    """Copy ``source``'s entries (recursively) except hidden ones and those ``skip`` names;
+    return the relative paths skipped."""
+    skipped: list[str] = []
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        left_out = [n for n in names if n.startswith(".") or skip(Path(folder) / n)]
+        skipped.extend(str((Path(folder) / n).relative_to(source)) for n in left_out if not n.startswith("."))
+        return left_out
+
     for entry in sorted(source.iterdir()):
-        if entry.name.startswith(".") or skip(entry):
+        if entry.name in ignore(str(source), [entry.name]):
             continue
         if entry.is_dir():
-            shutil.copytree(entry, target / entry.name, symlinks=False)
+            shutil.copytree(entry, target / entry.name, ignore=ignore)
         else:
             shutil.copy2(entry, target / entry.name)
+    return skipped
 
 
 def _load(decoder: Path):
@@ -329,7 +339,12 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
 
     with staged_dir(out) as stage:
         if source.kind == "speechllm":
-            _copy_files(source.root, stage, lambda p: p.name in (DECODER_DIR, "pruning.json", "mergekit.yaml"))
+            # The decoder is written anew; the LoRA adapters of the unpruned decoder (already merged
+            # into it) name layers that no longer exist, so they are left out.
+            stale = {source.root / DECODER_DIR, source.root / "adapters" / DECODER_DIR,
+                     source.root / "pruning.json", source.root / "mergekit.yaml"}
+            skipped = _copy_files(source.root, stage, lambda p: p in stale)
+            pruning["not_copied"] = [p for p in skipped if p != DECODER_DIR]
             target = stage / DECODER_DIR
         else:
             target = stage

@@ -1,0 +1,243 @@
+"""Layer choice: scan-based strategies on synthetic scans with a known answer, the fraction
+rounding, and the iterative / greedy-score strategies with stand-in measurement callables."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from speechprune.errors import UserError
+from speechprune.model.decoder import decoder_layers
+from speechprune.model.layout import DecoderInputs, Segment, assemble
+from speechprune.prune import strategies
+from speechprune.prune.calibration import loss_score
+from speechprune.prune.strategies import (
+    angular,
+    block_influence,
+    greedy_score,
+    iterative,
+    last,
+    layers_for_fraction,
+)
+from speechprune.prune.surgery import remove_layers
+
+
+def synthetic_scan(num_layers: int, redundant: tuple[int, int], step_cos: list[float] | None = None,
+                   inputs=("speech", "text")) -> dict:
+    """A scan whose stream moves by ``step`` radians per layer, except inside the ``redundant``
+    block [a, b), where it hardly moves: the best block of any size inside it starts at a."""
+    a, b = redundant
+    steps = [0.02 if a <= l < b else 0.3 + 0.01 * l for l in range(num_layers)]
+    position = [0.0]
+    for step in steps:
+        position.append(position[-1] + step)
+    size = num_layers + 1
+    ang = [[abs(position[i] - position[j]) / math.pi for j in range(size)] for i in range(size)]
+    cos = [[math.cos(abs(position[i] - position[j])) for j in range(size)] for i in range(size)]
+    if step_cos is not None:
+        for l, c in enumerate(step_cos):
+            cos[l][l + 1] = cos[l + 1][l] = c
+    region = {"angular": ang, "cosine": cos, "count": 100}
+    return {"num_layers": num_layers,
+            "inputs": {name: {"regions": {r: copy.deepcopy(region) for r in ("all", "last", "target")}}
+                       for name in inputs}}
+
+
+def test_angular_finds_the_known_block():
+    scan = synthetic_scan(12, (5, 9))
+    assert angular(scan, 4) == [5, 6, 7, 8]
+    assert angular(scan, 2) == [5, 6]  # ties inside the block go to the lowest start
+    assert angular(scan, 0) == []
+    widest = angular(scan, 11)
+    assert widest in (list(range(11)), list(range(1, 12)))
+
+
+def test_angular_reads_the_selected_input_and_region():
+    scan = synthetic_scan(10, (2, 5))
+    scan["inputs"]["text"] = synthetic_scan(10, (6, 9))["inputs"]["text"]
+    assert angular(scan, 3) == [2, 3, 4]  # auto = speech when scanned
+    assert angular(scan, 3, input="text") == [6, 7, 8]
+    only_text = synthetic_scan(10, (6, 9), inputs=("text",))
+    assert angular(only_text, 3) == [6, 7, 8]  # auto falls back to text (plain LLM scans)
+    with pytest.raises(UserError, match="no 'speech' input"):
+        angular(only_text, 3, input="speech")
+    with pytest.raises(UserError, match="no region 'prompt'"):
+        angular(scan, 3, region="prompt")
+
+
+def test_block_influence_takes_the_lowest_not_necessarily_adjacent():
+    cos = [0.5, 0.99, 0.6, 0.7, 0.98, 0.4, 0.97, 0.2]
+    scan = synthetic_scan(8, (0, 0), step_cos=cos)
+    assert block_influence(scan, 3) == [1, 4, 6]
+    assert block_influence(scan, 1) == [1]
+    assert block_influence(scan, 0) == []
+
+
+def test_last_is_the_deepest_before_the_final_layer():
+    assert last(10, 3) == [6, 7, 8]
+    assert last(10, 0) == []
+    assert last(10, 9) == list(range(9))
+    with pytest.raises(UserError):
+        last(10, 10)
+    assert strategies.choose_from_scan("last", synthetic_scan(10, (0, 2)), 2) == [7, 8]
+
+
+def test_registry_dispatches_by_name():
+    scan = synthetic_scan(12, (5, 9))
+    assert set(strategies.SCAN_STRATEGIES) == {"angular", "bi", "last"}
+    assert strategies.choose_from_scan("angular", scan, 4) == angular(scan, 4)
+    assert strategies.STRATEGIES == ("angular", "bi", "last", "iterative", "greedy-score")
+    with pytest.raises(UserError, match="scan alone"):
+        strategies.choose_from_scan("iterative", scan, 1)
+
+
+@pytest.mark.parametrize("fraction, num_layers, expected", [
+    (0.0, 16, 0), (0.25, 16, 4), (0.1, 16, 2),  # 1.6 -> 2
+    (0.125, 12, 2),  # 1.5 -> 2: half rounds up (not to even)
+    (0.375, 12, 5),  # 4.5 -> 5
+    (0.3, 28, 8),  # 8.4 -> 8
+    (0.99, 8, 7),  # 7.92 -> 8, capped: one layer always stays
+    (0.5, 1, 0),
+])
+def test_fraction_rounding(fraction, num_layers, expected):
+    assert layers_for_fraction(fraction, num_layers) == expected
+
+
+@pytest.mark.parametrize("fraction", [1.0, -0.1, 1.5, "half", True])
+def test_bad_fraction(fraction):
+    with pytest.raises(UserError, match="fraction"):
+        layers_for_fraction(fraction, 10)
+
+
+def test_bad_scan_shapes():
+    scan = synthetic_scan(6, (1, 3))
+    with pytest.raises(UserError, match="--remove"):
+        angular(scan, 6)
+    broken = copy.deepcopy(scan)
+    broken["inputs"]["speech"]["regions"]["all"]["angular"] = [[0.0]]
+    with pytest.raises(UserError, match="7x7"):
+        angular(broken, 2)
+    with pytest.raises(UserError, match="num_layers"):
+        angular({"inputs": {}}, 2)
+
+
+# ---- model-based strategies -------------------------------------------------------------------
+
+def tiny_llama(layers: int = 6, seed: int = 0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=2, num_key_value_heads=1)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_iterative_rescans_the_pruned_model_and_maps_back_to_original_indices():
+    model = tiny_llama(6)
+    # Fake scanner: the "redundant" layer is always the one with the largest original index that is
+    # still present, recognised by an attribute on the layer module (so it sees the pruned model).
+    for index, layer in enumerate(decoder_layers(model)):
+        layer.original_index = index
+    seen = []
+
+    def rescan(m):
+        present = [layer.original_index for layer in decoder_layers(m)]
+        seen.append(present)
+        target = present.index(max(present[:-1]))  # never the final layer
+        return synthetic_scan(len(present), (target, target + 1))
+
+    trace = []
+    removed = iterative(model, 3, rescan, trace=trace)
+    assert removed == [2, 3, 4]
+    assert seen == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 5], [0, 1, 2, 5]]
+    assert [step["removed"] for step in trace] == [4, 3, 2]
+    assert len(decoder_layers(model)) == 6 and model.config.num_hidden_layers == 6  # unchanged
+
+
+def calibration_batches(model, count: int = 2):
+    embed = model.get_input_embeddings()
+    generator = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(count):
+        utterances = []
+        for length in (5, 7):
+            speech = torch.randn(length, 32, generator=generator)
+            target = torch.randint(0, 53, (4,), generator=generator)
+            with torch.no_grad():
+                utterances.append([Segment(speech, "speech"), Segment(embed(target), "target", target)])
+        batches.append(assemble(utterances))
+    return batches
+
+
+def test_greedy_score_matches_the_deep_copy_way_without_copying(monkeypatch):
+    model = tiny_llama(6)
+    batches = calibration_batches(model)
+    score = loss_score(batches)
+
+    # the slow way: deep-copy the model per candidate and really remove the layers
+    def brute_force(n):
+        removed = []
+        for _ in range(n):
+            results = []
+            for candidate in range(6):
+                if candidate in removed:
+                    continue
+                clone = copy.deepcopy(model)
+                remove_layers(clone, sorted([*removed, candidate]))
+                results.append((score(clone), candidate))
+            removed = sorted([*removed, min(results)[1]])
+        return removed
+
+    expected = brute_force(2)
+    baseline = score(model)
+
+    def no_copies(*args, **kwargs):
+        raise AssertionError("greedy-score must not copy the model")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copies)
+    trace = []
+    assert greedy_score(model, 2, score, trace=trace) == expected
+    assert sorted(step["removed"] for step in trace) == expected
+    assert len(trace[0]["scores"]) == 6 and len(trace[1]["scores"]) == 5
+    assert score(model) == baseline  # the model is back as it was
+
+
+def test_greedy_score_reuses_cached_inputs_and_respects_candidates():
+    model = tiny_llama(5)
+    calls = []
+
+    def score(m):
+        present = len(decoder_layers(m))
+        calls.append(present)
+        # prefers removing layer ids with the highest weight norm of their first projection
+        return -sum(float(layer.mlp.up_proj.weight.detach().abs().sum()) for layer in decoder_layers(m))
+
+    removed = greedy_score(model, 1, score, candidates=[1, 2])
+    assert len(removed) == 1 and removed[0] in (1, 2)
+    assert calls == [4, 4]
+    with pytest.raises(UserError, match="candidates"):
+        greedy_score(model, 1, score, candidates=[9])
+    with pytest.raises(UserError, match="cannot remove 3"):
+        greedy_score(model, 3, score, candidates=[0, 1])
+
+
+def test_loss_score_is_token_weighted_and_ignores_unlabelled_positions():
+    model = tiny_llama(3)
+    batches = calibration_batches(model, 2)
+    score = loss_score(batches)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            out = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids).logits
+            for b in range(out.shape[0]):
+                for t in range(out.shape[1]):
+                    label = int(batch.labels[b, t])
+                    if label != -100:
+                        total += float(torch.nn.functional.cross_entropy(out[b, t][None], torch.tensor([label])))
+                        count += 1
+    assert count == 2 * 2 * 4
+    assert score(model) == pytest.approx(total / count, rel=1e-6)
+    assert isinstance(batches[0], DecoderInputs)
