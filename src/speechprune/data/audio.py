@@ -81,11 +81,19 @@ def audio_info(path: str | Path) -> tuple[int, int]:
     return info.frames, info.samplerate
 
 
-def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
-    """Write a mono WAV (16-bit PCM by default; samples clipped to [-1, 1]) atomically."""
+def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16",
+               atomic: bool = True) -> None:
+    """Write a mono WAV (16-bit PCM by default; samples clipped to [-1, 1]).
+
+    Atomic by default (a temporary file, then a rename); ``atomic=False`` writes in place, for
+    folders that are themselves staged.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
+    if not atomic:
+        sf.write(str(path), wave, sample_rate, subtype=subtype, format="WAV")
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

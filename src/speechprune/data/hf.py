@@ -283,7 +283,7 @@ def export_hf_dataset(config: HFDataConfig) -> Path:
             if config.max_seconds is not None and duration > config.max_seconds:
                 skipped["too_long"] += 1
                 continue
-            save_audio(stage / f"{utt_id}.wav", wave)
+            save_audio(stage / f"{utt_id}.wav", wave, atomic=False)  # the folder is staged
             utterances.append(Utterance(
                 id=utt_id, audio=str(audio_dir / f"{utt_id}.wav"), text=text, task=settings["task"],
                 src_lang=settings["src_lang"], tgt_lang=settings["tgt_lang"], target=target,

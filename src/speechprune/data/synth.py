@@ -205,7 +205,7 @@ def _render_job(job: _Job, out: Path, config: SynthConfig) -> tuple[float, int]:
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0.99:
         wave = wave * (0.99 / peak)
-    save_audio(out / job.relpath, wave)
+    save_audio(out / job.relpath, wave, atomic=False)  # the whole folder is staged
     return round(len(wave) / SAMPLE_RATE, 4), speed
 
 
