@@ -223,3 +223,18 @@ def test_cli_synth_and_bad_input_exit_codes(tmp_path: Path, capsys) -> None:
     assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--languages", "en,xx"]) == 2
     assert "unsupported language 'xx'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_voice_lists_per_language_and_split() -> None:
+    config = SynthConfig(out="x", accents=["en:en-us", "en:en-gb"], ood_accents=["en:en-gb-scotland"],
+                         variants=["m1"], ood_variants=["f4"])
+    assert config.voices("en", "train") == ["en-us+m1", "en-gb+m1"]
+    assert config.voices("en", "dev") == config.voices("en", "train")
+    assert config.voices("en", "test-ood") == ["en-gb-scotland+f4"]
+    assert config.voices("fr", "test-ood") == ["fr+f4"]  # no accent given: the language code
+    # held out by accent alone is enough
+    SynthConfig(out="x", languages=["en", "fr"], st_pairs=["en-fr"], variants=["m1"], ood_variants=["m1"],
+                ood_accents=["en:en-gb", "fr:fr-be"])
+    with pytest.raises(UserError, match="held out of training; fr shares"):
+        SynthConfig(out="x", languages=["en", "fr"], st_pairs=["en-fr"], variants=["m1"], ood_variants=["m1"],
+                    ood_accents=["en:en-gb"])

@@ -56,12 +56,12 @@ class SynthConfig:
     test_ood_sentences: int = option(200, help="test meanings re-spoken out of domain (<= test sentences)")
     train_repeats: int = option(1, help="times each train sentence is spoken (each time another voice)")
     accents: list[str] = option(["en:en-us", "fr:fr-fr", "de:de", "es:es"],
-                                help="espeak-ng base voices LANG:VOICE for train/dev/test (default: the language code)")
+                                help="espeak-ng base voices LANG:VOICE for train/dev/test (a language not listed: its code)")
     variants: list[str] = option(["m1", "m2", "m3", "m4", "f1", "f2", "f3"],
                                  help="espeak-ng voice variants for train/dev/test (voice = accent+variant)")
     speeds: list[int] = option([145, 160, 175], help="speaking rates (words per minute) for train/dev/test")
     pitches: list[int] = option([35, 50, 65], help="pitches (0-99) for train/dev/test")
-    ood_accents: list[str] = option([], help="base voices LANG:VOICE for test-ood (empty: the same as --accents)")
+    ood_accents: list[str] = option([], help="base voices LANG:VOICE for test-ood (a language not listed: its --accents)")
     ood_variants: list[str] = option(["m6", "m7", "f4", "f5"], help="voice variants held out for test-ood")
     ood_speeds: list[int] = option([125, 195], help="speaking rates held out for test-ood")
     ood_pitches: list[int] = option([20, 80], help="pitches for test-ood")
@@ -82,7 +82,8 @@ class SynthConfig:
             require(len(parts) == 2 and all(parts), f"--st-pairs: {pair!r} is not SRC-TGT (e.g. en-fr)")
             require(parts[0] != parts[1], f"--st-pairs: {pair!r} translates a language into itself")
             for lang in parts:
-                require(lang in self.languages, f"--st-pairs: {pair!r} uses {lang!r}, which is not in --languages")
+                require(lang in self.languages, f"--st-pairs: {pair!r} uses {lang!r}, which is not in --languages "
+                                                f"(pass --st-pairs with pairs of those languages, or '' for none)")
         require(len(set(self.st_pairs)) == len(self.st_pairs), "--st-pairs lists a pair twice")
         require(self.train_sentences >= 1, "--train-sentences must be at least 1")
         for name in ("dev_sentences", "test_sentences", "test_ood_sentences"):
@@ -113,9 +114,11 @@ class SynthConfig:
 
     def voices(self, lang: str, split: str) -> list[str]:
         """The espeak-ng voices (accent+variant) that speak ``lang`` in ``split``."""
+        def accents_of(entries: list[str]) -> list[str]:
+            return [e.partition(":")[2] for e in entries if e.partition(":")[0] == lang]
+
         ood = split == "test-ood"
-        entries = (self.ood_accents or self.accents) if ood else self.accents
-        accents = [e.partition(":")[2] for e in entries if e.partition(":")[0] == lang] or [lang]
+        accents = (accents_of(self.ood_accents) if ood else []) or accents_of(self.accents) or [lang]
         variants = self.ood_variants if ood else self.variants
         return [f"{accent}+{variant}" for accent in accents for variant in variants]
 
