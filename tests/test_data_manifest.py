@@ -148,3 +148,18 @@ def test_load_manifests_concatenates_lists_and_comma_strings(folder: Path) -> No
         load_manifests([str(a), str(folder / "c.jsonl")])
     with pytest.raises(UserError, match="no manifest"):
         load_manifests([])
+
+
+def test_cli_bad_manifest_is_exit_2_with_file_and_line(folder: Path, capsys) -> None:
+    from speechprune.cli import main
+
+    out = folder / "eval-out"
+    code = main(["eval", "--model", str(folder / "no-model"), "--data", str(folder / "absent.jsonl"),
+                 "--out", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "manifest not found" in err and "absent.jsonl" in err and "Traceback" not in err
+    bad = _write_lines(folder / "bad.jsonl", [_record(), _record(id="u2", target="")])
+    assert main(["eval", "--model", str(folder / "no-model"), "--data", str(bad), "--out", str(out)]) == 2
+    assert f"{bad}:2: empty 'target'" in capsys.readouterr().err
+    assert not out.exists()
