@@ -85,6 +85,7 @@ class SynthConfig:
                 require(lang in self.languages, f"--st-pairs: {pair!r} uses {lang!r}, which is not in --languages "
                                                 f"(pass --st-pairs with pairs of those languages, or '' for none)")
         require(len(set(self.st_pairs)) == len(self.st_pairs), "--st-pairs lists a pair twice")
+        require(self.seed >= 0, "--seed must be >= 0")
         require(self.train_sentences >= 1, "--train-sentences must be at least 1")
         for name in ("dev_sentences", "test_sentences", "test_ood_sentences"):
             require(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0")
