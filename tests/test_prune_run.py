@@ -98,20 +98,26 @@ def test_drop_range_checked_against_the_decoder():
 
 
 def test_config_validation():
-    with pytest.raises(UserError, match="exactly one of --drop"):
+    with pytest.raises(UserError, match="give --drop"):
         PruneConfig(model="m", out="o")
-    with pytest.raises(UserError, match="exactly one of --drop"):
+    with pytest.raises(UserError, match="not with --drop"):
         PruneConfig(model="m", out="o", drop="1:2", scan="s")
-    with pytest.raises(UserError, match="--remove or --fraction"):
+    with pytest.raises(UserError, match="not with --drop"):
+        PruneConfig(model="m", out="o", drop="1:2", remove=1)
+    with pytest.raises(UserError, match="--remove N / --fraction F"):
         PruneConfig(model="m", out="o", scan="s")
-    with pytest.raises(UserError, match="--remove or --fraction"):
+    with pytest.raises(UserError, match="--remove N / --fraction F"):
         PruneConfig(model="m", out="o", scan="s", remove=2, fraction=0.2)
     with pytest.raises(UserError, match="--strategy 'best'"):
         PruneConfig(model="m", out="o", scan="s", remove=2, strategy="best")
-    with pytest.raises(UserError, match="go with --scan"):
-        PruneConfig(model="m", out="o", drop="1:2", remove=1)
+    with pytest.raises(UserError, match="chooses from a scan"):
+        PruneConfig(model="m", out="o", remove=2)
+    with pytest.raises(UserError, match="chooses from a scan"):
+        PruneConfig(model="m", out="o", remove=2, strategy="bi")
     with pytest.raises(UserError, match="fraction"):
         PruneConfig(model="m", out="o", scan="s", fraction=1.0)
+    PruneConfig(model="m", out="o", remove=2, strategy="last")  # needs no scan
+    PruneConfig(model="m", out="o", remove=2, strategy="greedy-score", data="d.jsonl")
     # the option parser reads a lone 10:14 as the base-60 integer 614; it is read back
     assert PruneConfig(model="m", out="o", drop="614").drop == "10:14"
 
@@ -177,7 +183,7 @@ def test_scan_of_another_model_is_refused(lm_dir, tmp_path):
 def test_model_strategies_need_their_callables(lm_dir, tmp_path):
     (tmp_path / "scan.json").write_text(json.dumps(synthetic_scan(L, (3, 6))))
     for strategy in ("iterative", "greedy-score"):
-        with pytest.raises(UserError, match=strategy):
+        with pytest.raises(UserError, match=f"--strategy {strategy} .* give --data"):
             prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "o"), scan=str(tmp_path), remove=1,
                               strategy=strategy))
     assert not (tmp_path / "o").exists()
@@ -252,18 +258,28 @@ def test_prune_speechllm_directory(lm_dir, tmp_path):
     assert [s["sources"][0]["layer_range"] for s in recipe["slices"]] == [[0, 5], [7, 8]]
 
 
-def test_prune_a_real_speechllm(tmp_path):
-    from tests.conftest import tiny_model_config
+@pytest.fixture(scope="module")
+def speechllm_dir(tmp_path_factory) -> tuple[Path, Path]:
+    from speechprune.model.speechllm import SpeechLLM
+    from tests.conftest import SENTENCES, tiny_model_config, write_tiny_manifest
 
+    folder = tmp_path_factory.mktemp("slm")
+    manifest = write_tiny_manifest(folder / "data", with_st=False)
+    torch.manual_seed(0)
+    model = SpeechLLM.build(tiny_model_config(layers=6), texts=[t for pair in SENTENCES for t in pair])
+    model.save(folder / "slm")
+    return folder / "slm", manifest
+
+
+def test_prune_a_real_speechllm(speechllm_dir, tmp_path):
     from speechprune.model.speechllm import SpeechLLM
 
-    model = SpeechLLM.build(tiny_model_config(layers=6), texts=["the red cat sleeps.", "two dogs run."])
-    model.save(tmp_path / "slm")
-    prune(PruneConfig(model=str(tmp_path / "slm"), out=str(tmp_path / "pruned"), drop="1:3"))
+    source, _ = speechllm_dir
+    prune(PruneConfig(model=str(source), out=str(tmp_path / "pruned"), drop="1:3"))
     pruned = SpeechLLM.load(tmp_path / "pruned")
     assert len(decoder_layers(pruned.decoder)) == 4
     embeds = torch.randn(1, 7, pruned.decoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
-    original = SpeechLLM.load(tmp_path / "slm")
+    original = SpeechLLM.load(source)
 
     def identity(module, args, kwargs, output):
         return args[0] if args else kwargs["hidden_states"]
@@ -273,6 +289,49 @@ def test_prune_a_real_speechllm(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(pruned.decoder(inputs_embeds=embeds).logits,
                                    original.decoder(inputs_embeds=embeds).logits, atol=1e-5, rtol=0)
+
+
+def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_path):
+    from speechprune.model.speechllm import SpeechLLM
+    from speechprune.prune.calibration import cached_decoder_inputs, loss_score, scan_rescan
+    from speechprune.prune.strategies import angular, greedy_score
+
+    source, manifest = speechllm_dir
+    # the same choice as greedy-score computed by hand on the same cached inputs
+    decoder, batches = cached_decoder_inputs(str(source), str(manifest), "speech", batch_size=4)
+    assert len(batches) == 2 and batches[0].regions["speech"].any()
+    expected = greedy_score(decoder, 2, loss_score(batches))
+
+    encodes = []
+    original_encode = SpeechLLM.encode
+
+    def counting_encode(self, batch):
+        encodes.append(len(batch.ids))
+        return original_encode(self, batch)
+
+    SpeechLLM.encode = counting_encode
+    try:
+        out = tmp_path / "greedy"
+        assert main(["prune", "--model", str(source), "--out", str(out), "--strategy", "greedy-score",
+                     "--remove", "2", "--data", str(manifest), "--batch-size", "4", "--device", "cpu"]) == 0
+    finally:
+        SpeechLLM.encode = original_encode
+    assert sum(encodes) == 6  # every utterance encoded once, not once per candidate
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["removed"] == expected and record["utterances"] == 6
+    assert len(record["steps"]) == 2 and len(record["steps"][0]["scores"]) == 6
+    assert SpeechLLM.load(out).decoder.config.num_hidden_layers == 4
+
+    # iterative: its first step is the best single layer of a scan of the full model
+    rescan = scan_rescan(batches, "speech", ["all"])
+    full_scan = rescan(decoder)
+    assert full_scan["num_layers"] == 6
+    first = angular(full_scan, 1)[0]
+    out = tmp_path / "iterative"
+    assert main(["prune", "--model", str(source), "--out", str(out), "--strategy", "iterative",
+                 "--fraction", "0.34", "--data", str(manifest), "--device", "cpu"]) == 0
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["n"] == 2 and record["steps"][0]["removed"] == first and len(record["removed"]) == 2
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -290,6 +349,9 @@ def test_cli_prune_succeeds(lm_dir, tmp_path):
     assert main(["prune", "--model", str(lm_dir), "--out", str(out3), "--scan", str(tmp_path),
                  "--fraction", "0.25", "--strategy", "angular"]) == 0
     assert json.loads((out3 / "pruning.json").read_text())["removed"] == [3, 4]
+    out4 = tmp_path / "out4"
+    assert main(["prune", "--model", str(lm_dir), "--out", str(out4), "--strategy", "last", "--remove", "3"]) == 0
+    assert json.loads((out4 / "pruning.json").read_text())["removed"] == [4, 5, 6]
 
 
 @pytest.mark.parametrize("args", [
@@ -303,6 +365,10 @@ def test_cli_prune_succeeds(lm_dir, tmp_path):
     ["--scan", "SCAN", "--remove", "2", "--strategy", "iterative"],
     ["--scan", "SCAN", "--remove", "2", "--input", "speech"],
     ["--scan", "SCAN", "--fraction", "1.5"],
+    ["--remove", "2"],
+    ["--remove", "2", "--strategy", "greedy-score"],
+    ["--remove", "2", "--strategy", "greedy-score", "--data", "missing.jsonl"],
+    ["--drop", "1:2", "--scan", "SCAN"],
 ])
 def test_cli_bad_input_exits_2_and_leaves_no_output(lm_dir, tmp_path, args, capsys):
     (tmp_path / "scan").mkdir()

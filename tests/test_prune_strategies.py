@@ -102,6 +102,7 @@ def test_registry_dispatches_by_name():
     (0.3, 28, 8),  # 8.4 -> 8
     (0.99, 8, 7),  # 7.92 -> 8, capped: one layer always stays
     (0.5, 1, 0),
+    (0.58, 25, 15),  # 0.58 * 25 = 14.499999999999998 in binary: still the half, up
 ])
 def test_fraction_rounding(fraction, num_layers, expected):
     assert layers_for_fraction(fraction, num_layers) == expected

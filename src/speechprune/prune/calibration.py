@@ -45,3 +45,52 @@ def loss_score(batches: Sequence[DecoderInputs]) -> Callable[[Any], float]:
         return float(total / count)
 
     return score
+
+
+def scan_rescan(batches: Sequence[DecoderInputs], input_name: str, regions: Sequence[str] = ("all",)
+                ) -> Callable[[Any], dict]:
+    """A ``rescan(causal_lm) -> scan dict`` for the iterative strategy: one scan pass
+    (:class:`~speechprune.scan.scanner.Scanner`) over the cached ``batches`` of the model as it is
+    now (pruned so far), reported under ``inputs.<input_name>``."""
+    from speechprune.scan.run import build_payload
+    from speechprune.scan.scanner import ScanBatch, Scanner
+
+    batches = list(batches)
+
+    def rescan(causal_lm: Any) -> dict:
+        with Scanner(causal_lm, inputs=[input_name], regions=list(regions), per_utterance=()) as scanner:
+            for batch in batches:
+                scanner.step(ScanBatch({input_name: batch}))
+        return build_payload(scanner, model={}, data={}, settings={"regions": list(regions)}, bootstrap=0)
+
+    return rescan
+
+
+@torch.no_grad()
+def cached_decoder_inputs(model_dir: str, manifest: str, input_name: str, batch_size: int = 8,
+                          max_utterances: int = 0, device: str = "cpu") -> tuple[Any, list[DecoderInputs]]:
+    """Load ``model_dir`` (SpeechLLM or plain causal LM) and turn ``manifest`` into decoder inputs
+    once: the encoder and projector run here and never again. Returns the decoder (a causal LM) and
+    the cached batches; the rest of the SpeechLLM is released."""
+    from speechprune.data.manifest import load_manifest
+    from speechprune.errors import UserError
+    from speechprune.model.speechllm import SpeechLLM, is_speechllm_dir
+
+    utterances = list(load_manifest(manifest))
+    if max_utterances:
+        utterances = utterances[:max_utterances]
+    if not utterances:
+        raise UserError(f"--data {manifest}: no utterances")
+    if is_speechllm_dir(model_dir):
+        speechllm = SpeechLLM.load(model_dir, device=device)
+        batches = [speechllm.decoder_inputs(batch, source=input_name)
+                   for batch in speechllm.batches(utterances, batch_size=batch_size, shuffle=False)]
+        return speechllm.decoder, batches
+    if input_name != "text":
+        raise UserError(f"--input {input_name}: {model_dir} is a plain causal LM; its calibration input is text")
+    from speechprune.model.text import load_text_model, text_decoder_inputs
+
+    decoder, tokenizer = load_text_model(model_dir, device=device)
+    batches = [text_decoder_inputs(decoder, tokenizer, utterances[start: start + batch_size])
+               for start in range(0, len(utterances), batch_size)]
+    return decoder, batches

@@ -39,13 +39,19 @@ class PruneConfig:
     model: str = option(help="SpeechLLM directory (speechllm.json + decoder/) or plain Hugging Face causal-LM directory")
     out: str = option(help="output directory, of the same kind as --model")
     drop: str = option("", help="layers to remove: 0-based, end-exclusive START:END blocks, e.g. 10:14,20:22")
-    scan: str = option("", help="scan directory (holding scan.json) to choose the layers from, with --remove or --fraction")
-    remove: int | None = option(None, help="number of layers to remove (with --scan)")
-    fraction: float | None = option(None, help="fraction of layers to remove, n = floor(fraction*L + 0.5), "
-                                               "at most L-1 (with --scan)")
-    strategy: str = option("angular", help="with --scan: " + " | ".join(strategies.STRATEGIES))
-    input: str = option(strategies.DEFAULT_INPUT, help="scan input to use: speech | text | auto (speech if scanned)")
-    region: str = option(strategies.DEFAULT_REGION, help="scan region to use: speech | prompt | target | last | all")
+    remove: int | None = option(None, help="number of layers to remove, chosen by --strategy")
+    fraction: float | None = option(None, help="fraction of layers to remove, chosen by --strategy: "
+                                               "n = floor(fraction*L + 0.5), at most L-1")
+    strategy: str = option("angular", help="angular | bi (from --scan) | last | iterative | greedy-score (on --data)")
+    scan: str = option("", help="scan directory (holding scan.json) for --strategy angular or bi")
+    input: str = option(strategies.DEFAULT_INPUT, help="input to choose by: speech | text | auto (speech when the "
+                                                       "scan / model has it, else text)")
+    region: str = option(strategies.DEFAULT_REGION, help="scan region to choose by: speech | prompt | target | last | all")
+    data: str = option("", help="calibration manifest for --strategy iterative (re-scanned after every removal) "
+                                "and greedy-score (target loss); encoded once and cached")
+    max_utterances: int = option(0, help="use only the first N utterances of --data (0 = all)")
+    batch_size: int = option(8, help="utterances per forward on --data")
+    device: str = option("auto", help="where --data is run: auto | cpu | cuda | cuda:N (the export itself is on CPU)")
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
 
@@ -53,17 +59,22 @@ class PruneConfig:
         require(bool(self.model), "--model is empty")
         require(bool(self.out), "--out is empty")
         self.drop = _normalise_drop(self.drop)
-        require(bool(self.drop) != bool(self.scan), "give exactly one of --drop START:END[,...] or --scan SCAN_DIR")
         if self.drop:
-            require(self.remove is None and self.fraction is None, "--remove/--fraction go with --scan, not with --drop")
+            require(self.remove is None and self.fraction is None and not self.scan and not self.data,
+                    "--remove/--fraction/--scan/--data choose layers by --strategy; not with --drop")
             parse_drop(self.drop)  # syntax now; ranges once the decoder's size is known
         else:
-            require((self.remove is None) != (self.fraction is None), "with --scan give exactly one of --remove or --fraction")
+            require((self.remove is None) != (self.fraction is None),
+                    "give --drop START:END[,...], or exactly one of --remove N / --fraction F with --strategy")
             require(self.strategy in strategies.STRATEGIES,
                     f"--strategy {self.strategy!r} is not one of {', '.join(strategies.STRATEGIES)}")
             require(self.remove is None or self.remove >= 0, f"--remove must be >= 0, not {self.remove}")
             require(self.fraction is None or 0 <= self.fraction < 1, f"--fraction must be in [0, 1), not {self.fraction}")
+            require(bool(self.scan) or self.strategy not in ("angular", "bi"),
+                    f"--strategy {self.strategy} chooses from a scan: give --scan SCAN_DIR")
         require(self.input in ("auto", "speech", "text"), f"--input must be speech, text or auto, not {self.input!r}")
+        require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
+        require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
 
 
 def _normalise_drop(drop: Any) -> str:
@@ -145,38 +156,64 @@ def _read_scan(scan: str) -> tuple[dict, Path]:
         raise UserError(f"{path}: not valid JSON ({error})") from None
 
 
-def _select(config: PruneConfig, num_layers: int, rescan: Callable | None, score: Callable | None,
-            load: Callable[[], Any]) -> tuple[list[int], dict[str, Any]]:
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(name))
+    except RuntimeError:
+        raise UserError(f"--device: not a device: {name!r}") from None
+
+
+def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Callable | None,
+            score: Callable | None, load: Callable[[], Any]) -> tuple[list[int], dict[str, Any]]:
     """The layers to remove and how they were chosen (recorded in pruning.json)."""
     if config.drop:
         return parse_drop(config.drop, num_layers), {"strategy": "drop", "drop": config.drop}
-    scan, scan_path = _read_scan(config.scan)
-    scanned_layers = strategies.scan_num_layers(scan)
-    if scanned_layers != num_layers:
-        raise UserError(f"--scan {config.scan}: scanned a {scanned_layers}-layer decoder, --model has {num_layers} layers")
     if config.fraction is not None:
         n = strategies.layers_for_fraction(config.fraction, num_layers)
     else:
         n = config.remove
-    record: dict[str, Any] = {"strategy": config.strategy, "n": n, "fraction": config.fraction,
-                              "scan": str(scan_path.resolve()), "input": config.input, "region": config.region}
+    record: dict[str, Any] = {"strategy": config.strategy, "n": n, "fraction": config.fraction}
+    if config.strategy == "last":
+        return strategies.last(num_layers, n), record
     if config.strategy in strategies.SCAN_STRATEGIES:
+        scan, scan_path = _read_scan(config.scan)
+        scanned_layers = strategies.scan_num_layers(scan)
+        if scanned_layers != num_layers:
+            raise UserError(f"--scan {config.scan}: scanned a {scanned_layers}-layer decoder, --model has {num_layers} layers")
+        record.update(scan=str(scan_path.resolve()), input=config.input, region=config.region)
         removed = strategies.choose_from_scan(config.strategy, scan, n, config.input, config.region)
         if config.strategy == "angular" and n:
             distance = strategies.scan_matrix(scan, "angular", config.input, config.region)
             record["block_distance"] = distance[removed[0]][removed[0] + n]
         return removed, record
+
+    # iterative / greedy-score: measured on the model itself
+    model = None
+    needed = rescan if config.strategy == "iterative" else score
+    if needed is None:
+        if not config.data:
+            raise UserError(f"--strategy {config.strategy} measures the model on a calibration set: give --data MANIFEST")
+        from speechprune.prune.calibration import cached_decoder_inputs, loss_score, scan_rescan
+
+        input_name = config.input if config.input != "auto" else ("speech" if source.kind == "speechllm" else "text")
+        model, batches = cached_decoder_inputs(str(source.root), config.data, input_name, config.batch_size,
+                                               config.max_utterances, _device(config.device))
+        record.update(data=str(Path(config.data).resolve()), input=input_name,
+                      utterances=sum(int(b.attention_mask.shape[0]) for b in batches))
+        if config.strategy == "iterative":
+            rescan = scan_rescan(batches, input_name, [config.region])
+            record["region"] = config.region
+        else:
+            score = loss_score(batches)
+            record["score"] = "target cross-entropy"
+    model = model if model is not None else load()
     trace: list[dict] = []
     if config.strategy == "iterative":
-        if rescan is None:
-            raise UserError("--strategy iterative re-scans the model after every removal and needs the scan stage: "
-                            "call speechprune.prune.run.prune(config, rescan=...) from Python")
-        removed = strategies.iterative(load(), n, rescan, config.input, config.region, trace=trace)
+        removed = strategies.iterative(model, n, rescan, config.input, config.region, trace=trace)
     else:
-        if score is None:
-            raise UserError("--strategy greedy-score scores every candidate on a calibration set and needs the "
-                            "evaluation stage: call speechprune.prune.run.prune(config, score=...) from Python")
-        removed = strategies.greedy_score(load(), n, score, trace=trace)
+        removed = strategies.greedy_score(model, n, score, trace=trace)
     record["steps"] = trace
     return removed, record
 
@@ -296,9 +333,10 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
           score: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """Remove decoder layers and export a standard checkpoint of the same kind as the input.
 
-    Layers come from --drop, or from --scan with --remove/--fraction and --strategy. From Python,
-    ``rescan(model) -> scan dict`` enables the iterative strategy and ``score(model) -> float``
-    (lower is better) the greedy-score one. Returns what pruning.json records.
+    Layers come from --drop, or --remove/--fraction with --strategy: angular and bi choose from
+    --scan, last needs nothing, iterative and greedy-score measure the model on --data (encoded once).
+    From Python, ``rescan(model) -> scan dict`` (iterative) and ``score(model) -> float`` (greedy-score,
+    lower is better) replace --data. Returns what pruning.json records.
     """
     source = _source(config.model)
     out = Path(config.out)
@@ -313,7 +351,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
             loaded.append(_load(source.decoder))
         return loaded[0]
 
-    removed, record = _select(config, num_layers, rescan, score, load)
+    removed, record = _select(config, source, num_layers, rescan, score, load)
     model = load()
     probe = _probe_ids(model)
     reference = reference_logits(model, removed, probe) if config.verify else None

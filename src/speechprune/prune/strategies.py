@@ -40,7 +40,8 @@ def layers_for_fraction(fraction: float, num_layers: int) -> int:
     L - 1 so that at least one layer always stays. ``fraction`` must be in [0, 1)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise UserError(f"--fraction must be a number in [0, 1), not {fraction!r}")
-    return min(math.floor(fraction * num_layers + 0.5), num_layers - 1)
+    # round(..., 9) first, so that binary noise (0.35 * 10 = 3.4999999999999996) cannot flip a half
+    return min(math.floor(round(fraction * num_layers, 9) + 0.5), num_layers - 1)
 
 
 def _check_n(n: int, num_layers: int, most: int | None = None) -> int:
