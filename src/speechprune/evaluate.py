@@ -8,6 +8,7 @@ corpus-level per condition (task, source language, target language) and over all
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -126,32 +127,36 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def evaluate(config: EvalConfig) -> EvalResult:
-    """Decode the test manifest(s) with a SpeechLLM and write per-utterance hypotheses and
-    references (``hypotheses.jsonl``) and ``metrics.json`` (WER, BLEU, chrF per condition)."""
-    utterances = load_manifests(config.data)
-    if config.max_utterances is not None:
-        utterances = utterances[: config.max_utterances]
+def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
+    """Decode each test manifest with a SpeechLLM and write, per manifest, the hypotheses and
+    references (``<manifest>.hypotheses.jsonl``) and one ``metrics.json`` holding WER, BLEU and
+    chrF per manifest and condition."""
+    test_sets = {}
+    for path in config.data:
+        utterances = load_manifests([path])
+        test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
     model = SpeechLLM.load(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
-    result = decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams)
-    result.metrics["model"] = str(Path(config.model).resolve())
-    result.metrics["data"] = [str(Path(d).resolve()) for d in config.data]
-    result.metrics["wer_normaliser"] = "lower-case, remove punctuation (Unicode P), collapse whitespace"
+    results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams)
+               for name, utterances in test_sets.items()}
+    metrics = {"model": str(Path(config.model).resolve()),
+               "wer_normaliser": "lower-case, remove punctuation (Unicode P), collapse whitespace",
+               "sets": {name: result.metrics for name, result in results.items()}}
     with staged_dir(config.out) as staging:
-        import json
-
-        (staging / "hypotheses.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
-        write_json(staging / "metrics.json", result.metrics)
+        for name, result in results.items():
+            (staging / f"{name}.hypotheses.jsonl").write_text(
+                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows), encoding="utf-8")
+        write_json(staging / "metrics.json", metrics)
         save_config(config, staging / "config.yaml")
-    _print_summary(result.metrics)
-    return result
+    for name, result in results.items():
+        _print_summary(name, result.metrics)
+    return results
 
 
-def _print_summary(metrics: dict) -> None:
+def _print_summary(name: str, metrics: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="speechprune eval")
+    table = Table(title=f"speechprune eval: {name}")
     for column in ("condition", "utterances", "WER", "BLEU", "chrF"):
         table.add_column(column)
     for name, entry in metrics.items():

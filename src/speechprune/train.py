@@ -16,6 +16,7 @@ is skipped; a YAML file or ``stages.joint.steps=...`` changes them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, gather_object
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import get_cosine_schedule_with_warmup
 
@@ -271,6 +272,9 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                     record = {"stage": name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                               **{k: float(v.detach()) for k, v in losses.items() if k != "total"}}
                     history.append(record)
+                    if accelerator.is_main_process and not progress.console.is_terminal:
+                        progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f} "
+                                               f"({elapsed + time.perf_counter() - started:.0f}s)")
                     if loop.log_with:
                         accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
                 if step % loop.checkpoint_every == 0 and step < stage.steps:
@@ -284,6 +288,15 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         accelerator.end_training()
     model.requires_grad_(False)
     return results
+
+
+def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> list[str]:
+    """A hash of every process's weights: data-parallel replicas must end up identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return gather_object([digest.hexdigest()])
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -360,7 +373,7 @@ def train(config: TrainConfig) -> Path:
     accelerator = make_accelerator(config.loop, out)
     model.train()
     results = run_stages(model, utterances, config.stages, config.loop, out, accelerator, config.resume)
-    model = accelerator.unwrap_model(model) if not isinstance(model, SpeechLLM) else model
+    fingerprints = replica_fingerprints(model, accelerator)
     model.eval()
     if accelerator.is_main_process:
         model.save(out)  # replaces OUT whole: checkpoints and config are written again below
@@ -369,6 +382,7 @@ def train(config: TrainConfig) -> Path:
             "stages": [r.__dict__ for r in results],
             "train_seconds": sum(r.seconds for r in results),
             "num_processes": accelerator.num_processes,
+            "replica_fingerprints": fingerprints,
             "utterances": len(utterances),
         })
     accelerator.wait_for_everyone()

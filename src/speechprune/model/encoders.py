@@ -58,10 +58,11 @@ class WhisperSpeechEncoder(nn.Module):
         self.max_frames = encoder.config.max_source_positions * 2  # conv2 has stride 2
 
     @classmethod
-    def from_config(cls, config: dict, window: str = "dynamic") -> "WhisperSpeechEncoder":
+    def from_config(cls, config: dict, window: str = "dynamic", hop_length: int = 160) -> "WhisperSpeechEncoder":
         whisper_config = WhisperConfig(**config)
-        extractor = WhisperFeatureExtractor(feature_size=whisper_config.num_mel_bins,
-                                            chunk_length=whisper_config.max_source_positions * 2 // 100)
+        frames = whisper_config.max_source_positions * 2
+        extractor = WhisperFeatureExtractor(feature_size=whisper_config.num_mel_bins, hop_length=hop_length,
+                                            chunk_length=max(1, frames * hop_length // SAMPLE_RATE))
         return cls(WhisperEncoder(whisper_config), extractor, window)
 
     @classmethod
@@ -130,7 +131,7 @@ class WaveformSpeechEncoder(nn.Module):
         self.output_dim = model.config.hidden_size
 
     @classmethod
-    def from_config(cls, config: dict, window: str = "dynamic") -> "WaveformSpeechEncoder":
+    def from_config(cls, config: dict, window: str = "dynamic", hop_length: int = 160) -> "WaveformSpeechEncoder":
         from transformers import Wav2Vec2FeatureExtractor
 
         model_config = AutoConfig.for_model(**config)
@@ -182,14 +183,15 @@ def _encoder_class(model_type: str) -> type[nn.Module]:
     return ENCODERS[model_type]
 
 
-def build_encoder(config: dict, window: str = "dynamic") -> nn.Module:
-    """A randomly initialised encoder from a config dict that names its ``model_type``."""
+def build_encoder(config: dict, window: str = "dynamic", hop_length: int = 160) -> nn.Module:
+    """A randomly initialised encoder from a config dict that names its ``model_type``
+    (``hop_length`` applies to log-mel encoders only)."""
     config = dict(config)
     model_type = config.get("model_type", "whisper")
     cls = _encoder_class(model_type)
     if cls is WhisperSpeechEncoder:
         config.pop("model_type", None)
-    return cls.from_config(config, window)
+    return cls.from_config(config, window, hop_length)
 
 
 def load_encoder(path: str, window: str = "dynamic") -> nn.Module:

@@ -47,10 +47,12 @@ DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the spe
 @dataclass
 class EncoderConfig:
     pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); None builds `config`")
-    config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 256, "encoder_layers": 4,
-                           "encoder_attention_heads": 4, "encoder_ffn_dim": 1024, "max_source_positions": 750,
+    config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 192, "encoder_layers": 4,
+                           "encoder_attention_heads": 4, "encoder_ffn_dim": 768, "max_source_positions": 750,
                            "dropout": 0.0},
                           help="config of a randomly initialised encoder (model_type: whisper|wav2vec2|hubert|wavlm)")
+    hop_length: int = option(320, help="mel hop (samples) of a newly built Whisper encoder: 320 = 50 frames/s, "
+                                       "25 encoder positions/s after its stride-2 conv (real Whisper: 160)")
     window: str = option("dynamic", help="Whisper window: dynamic (fit the batch) or full (30 s)")
 
     def __post_init__(self):
@@ -59,9 +61,9 @@ class EncoderConfig:
 
 @dataclass
 class ProjectorConfig:
-    stack: int = option(5, help="encoder frames stacked into one decoder position")
+    stack: int = option(4, help="encoder frames stacked into one decoder position")
     kind: str = option("mlp", help="mlp (Linear-ReLU-Linear) or linear")
-    hidden_dim: int = option(1024, help="hidden width of the mlp projector")
+    hidden_dim: int = option(512, help="hidden width of the mlp projector")
 
     def __post_init__(self):
         require(self.stack >= 1, "projector.stack must be >= 1")
@@ -71,7 +73,7 @@ class ProjectorConfig:
 @dataclass
 class DecoderConfig:
     pretrained: str | None = option(None, help="causal LM checkpoint (local path or hub id); None builds `config`")
-    config: dict = option({"model_type": "llama", "hidden_size": 256, "intermediate_size": 768,
+    config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
                            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
                            "max_position_embeddings": 512, "tie_word_embeddings": True},
                           help="config of a randomly initialised decoder (any AutoConfig model_type)")
@@ -147,7 +149,7 @@ class SpeechLLM(nn.Module):
         """A new SpeechLLM: pretrained parts loaded, the others built from their configs.
         ``texts`` trains the BPE when the decoder has no tokenizer; ``ctc_texts`` give the alphabet."""
         encoder = (load_encoder(config.encoder.pretrained, config.encoder.window) if config.encoder.pretrained
-                   else build_encoder(config.encoder.config, config.encoder.window))
+                   else build_encoder(config.encoder.config, config.encoder.window, config.encoder.hop_length))
         prompts = [p.format(target_language=name) for p in config.prompts.values() for name in LANGUAGE_NAMES.values()]
         if config.decoder.pretrained:
             decoder = _load_decoder(config.decoder.pretrained)

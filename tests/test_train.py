@@ -1,0 +1,111 @@
+"""Training: stages, LoRA export, exact resume after an interruption, two-process agreement."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import speechprune.train as train_module
+from speechprune.config import to_yaml
+from speechprune.model.speechllm import SpeechLLM
+from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
+from tests.conftest import tiny_model_config
+
+
+def tiny_train_config(manifest: Path, out: Path, **loop) -> TrainConfig:
+    stages = {
+        "text-lm": StageConfig(steps=3, text_only=True, encoder="frozen", projector="frozen", lr=3e-3),
+        "ctc": StageConfig(steps=3, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=3e-3),
+        "joint": StageConfig(steps=4, ctc_weight=0.3, lr=3e-3),
+    }
+    return TrainConfig(train=[str(manifest)], out=str(out), model=tiny_model_config(), stages=stages,
+                       loop=LoopConfig(batch_size=4, log_every=1, **loop))
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return SpeechLLM.load(directory).state_dict()
+
+
+def test_training_runs_stages_and_writes_a_speechllm(tiny_manifest, tmp_path):
+    out = train(tiny_train_config(tiny_manifest, tmp_path / "run"))
+    log = json.loads((out / "train_log.json").read_text())
+    assert [s["name"] for s in log["stages"]] == ["text-lm", "ctc", "joint"]
+    assert [s["steps"] for s in log["stages"]] == [3, 3, 4]
+    joint = [h for h in log["stages"][2]["history"]]
+    assert {"lm", "ctc"} <= set(joint[0]) and len(joint) == 4
+    assert (out / "speechllm.json").exists() and (out / "config.yaml").exists()
+    assert not (out / "checkpoints").exists()
+    model = SpeechLLM.load(out)
+    assert model.decoder.config.num_hidden_layers == 4
+
+
+def test_frozen_components_do_not_move(tiny_manifest, tmp_path):
+    """The ctc stage trains only the encoder and CTC head: the decoder must stay bit-identical."""
+    config = tiny_train_config(tiny_manifest, tmp_path / "a")
+    config.stages = {"text-lm": config.stages["text-lm"]}
+    first = weights(train(config))
+    config2 = tiny_train_config(tiny_manifest, tmp_path / "b")
+    config2.init = str(tmp_path / "a")
+    config2.stages = {"ctc": config2.stages["ctc"]}
+    second = weights(train(config2))
+    for name, tensor in first.items():
+        if name.startswith("decoder.") or name.startswith("projector."):
+            assert torch.equal(tensor, second[name]), name
+    assert any(not torch.equal(first[n], second[n]) for n in first if n.startswith("encoder."))
+
+
+def test_lora_stage_exports_merged_decoder_and_adapter(tiny_manifest, tmp_path):
+    config = tiny_train_config(tiny_manifest, tmp_path / "lora")
+    config.stages = {"joint": StageConfig(steps=3, decoder="lora", encoder="frozen", lr=1e-2)}
+    out = train(config)
+    assert (out / "adapters" / "decoder" / "adapter_config.json").exists()
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(out / "decoder")
+    assert not any("lora" in name for name in plain.state_dict())
+
+
+def test_resume_after_interruption_gives_the_same_model(tiny_manifest, tmp_path, monkeypatch):
+    reference = weights(train(tiny_train_config(tiny_manifest, tmp_path / "straight", checkpoint_every=2)))
+
+    real_save = train_module._save_checkpoint
+
+    def save_then_die(directory, accelerator, model, optimizer, scheduler, stage_index, step, *rest):
+        real_save(directory, accelerator, model, optimizer, scheduler, stage_index, step, *rest)
+        if stage_index == 2 and step == 2:  # mid-way through the joint stage
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    config = tiny_train_config(tiny_manifest, tmp_path / "resumed", checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert not (tmp_path / "resumed" / "speechllm.json").exists(), "an interrupted run must not look finished"
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = weights(train(config))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_two_process_training_replicas_agree(tiny_manifest, tmp_path):
+    config = tiny_train_config(tiny_manifest, tmp_path / "ddp")
+    config.stages = {"joint": StageConfig(steps=3, ctc_weight=0.3, lr=3e-3)}
+    config.loop.batch_size = 2
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(to_yaml(config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "speechprune.cli", "train", "--config", str(config_file), "loop.cpu=true"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = json.loads((tmp_path / "ddp" / "train_log.json").read_text())
+    assert log["num_processes"] == 2
+    assert len(log["replica_fingerprints"]) == 2
+    assert log["replica_fingerprints"][0] == log["replica_fingerprints"][1]
