@@ -140,6 +140,7 @@ def test_prune_plain_lm_directory(lm_dir, tmp_path):
     pruning = json.loads((out / "pruning.json").read_text())
     assert pruning["removed"] == [2, 3, 6]
     assert pruning["kept_ranges"] == [[0, 2], [4, 6], [7, 8]]
+    assert pruning["removed_blocks"] == [[2, 4], [6, 7]] and pruning["receiving_layers"] == [2, 4]
     assert pruning["original_num_layers"] == 8 and pruning["num_layers"] == 5
     assert pruning["strategy"] == "drop" and pruning["kind"] == "causal-lm"
     assert "0-based" in pruning["index_convention"] and "end-exclusive" in pruning["index_convention"]

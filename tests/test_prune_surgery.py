@@ -21,7 +21,7 @@ from transformers import (
 
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers
-from speechprune.prune.surgery import kept_ranges, remove_layers, skip_layers, validate_indices
+from speechprune.prune.surgery import kept_ranges, receiving_layers, remove_layers, skip_layers, validate_indices
 
 L = 8
 VOCAB = 97
@@ -209,6 +209,13 @@ def test_bad_indices_are_user_errors():
 def test_kept_ranges_are_end_exclusive():
     assert kept_ranges([0, 1, 4, 6, 7]) == [[0, 2], [4, 5], [6, 8]]
     assert kept_ranges([]) == []
+
+
+def test_receiving_layers_are_pruned_model_indices():
+    # removed [2, 4) and [5, 6) of 8: layers 4 and 6 receive, at pruned positions 2 and 3
+    assert receiving_layers([0, 1, 4, 6, 7], 8) == [2, 3]
+    assert receiving_layers([0, 1, 2], 5) == []  # the removed block ends the decoder
+    assert receiving_layers([3, 4], 5) == [0]
 
 
 def test_surgery_does_not_copy_weights():

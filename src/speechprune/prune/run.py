@@ -23,7 +23,13 @@ from speechprune.config import option, require
 from speechprune.errors import UserError
 from speechprune.files import read_json, staged_dir, write_json, write_text
 from speechprune.prune import strategies
-from speechprune.prune.surgery import INDEX_CONVENTION, kept_ranges, remove_layers, validate_indices
+from speechprune.prune.surgery import (
+    INDEX_CONVENTION,
+    kept_ranges,
+    receiving_layers,
+    remove_layers,
+    validate_indices,
+)
 
 SPEECHLLM_FILE = "speechllm.json"
 DECODER_DIR = "decoder"
@@ -360,7 +366,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     ranges = kept_ranges(kept)
     previous = source.root / "pruning.json"
     pruning = {
-        "index_convention": INDEX_CONVENTION,
+        "index_convention": INDEX_CONVENTION + " Only receiving_layers index the pruned decoder.",
         "model": str(source.root.resolve()),
         "kind": source.kind,
         "original_num_layers": num_layers,
@@ -368,6 +374,9 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         "removed": removed,
         "kept": kept,
         "kept_ranges": ranges,
+        "removed_blocks": kept_ranges(removed),
+        # indices in the PRUNED model: the layer now fed by each removed block (heal's receiving-mlp)
+        "receiving_layers": receiving_layers(kept, num_layers),
         **record,
         "dtype": dtype,
         "config": asdict(config),

@@ -76,6 +76,14 @@ def kept_ranges(kept: Sequence[int]) -> list[list[int]]:
     return ranges
 
 
+def receiving_layers(kept: Sequence[int], num_layers: int) -> list[int]:
+    """For each removed block, the index IN THE PRUNED MODEL of the kept layer that now receives the
+    block's input (the first kept layer after it; none for a block that ends the decoder)."""
+    removed = [i for i in range(num_layers) if i not in set(kept)]
+    position = {old: new for new, old in enumerate(kept)}
+    return [position[end] for _, end in kept_ranges(removed) if end < num_layers]
+
+
 def remove_layers(causal_lm: Any, remove: Sequence[int]) -> list[int]:
     """Remove the decoder layers ``remove`` in place; return the kept (pre-surgery) indices.
 
