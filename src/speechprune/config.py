@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -42,9 +43,30 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _is_list_type(tp: Any) -> bool:
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin is typing.Union or type(tp).__name__ == "UnionType":
         return any(_is_list_type(arg) for arg in typing.get_args(tp) if arg is not type(None))
     return origin in (list, tuple)
+
+
+def _is_str_type(tp: Any) -> bool:
+    if typing.get_origin(tp) is typing.Union or type(tp).__name__ == "UnionType":
+        return any(_is_str_type(arg) for arg in typing.get_args(tp) if arg is not type(None))
+    return tp is str
+
+
+def _dotted_type(cls: type, key: str) -> Any:
+    """The annotated type of ``a.b.c`` inside nested dataclasses (None when not a dataclass field)."""
+    tp: Any = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = _field_types(tp).get(part)
+    return tp
+
+
+def _quoted(value: str) -> str:
+    """A YAML single-quoted scalar (a quote inside is written twice)."""
+    return "'" + value.replace("'", "''") + "'"
 
 
 def argv_to_dotlist(cls: type, argv: list[str]) -> tuple[list[str], str | None]:
@@ -77,8 +99,11 @@ def argv_to_dotlist(cls: type, argv: list[str]) -> tuple[list[str], str | None]:
                 top = key.split(".")[0]
                 if top not in types:
                     raise UserError(f"unknown option --{token[2:].split('=')[0]}")
-                if _is_list_type(types.get(key, None)) and not value.startswith("["):
+                field_type = _dotted_type(cls, key)
+                if _is_list_type(field_type) and not value.startswith("["):
                     value = "[" + value + "]"
+                elif _is_str_type(field_type):
+                    value = _quoted(value)  # keep "10:14" a string: YAML would read it as base-60 614
                 dotlist.append(f"{key}={value}")
         elif "=" in token:
             top = token.split("=", 1)[0].split(".")[0]
@@ -105,7 +130,7 @@ def build_config(cls: type[T], dotlist: list[str] = (), config_file: str | None 
         if missing:
             raise UserError("missing required option: " + ", ".join("--" + m.replace("_", "-") for m in missing))
         return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as error:
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(f"bad configuration: {first_line}") from None
 
