@@ -90,8 +90,8 @@ class PairwiseStats:
         step = max(1, self.chunk_bytes // (width * hidden * 8))
         for start in range(0, n, step):
             stop = min(n, start + step)
-            x = states[start:stop].to(torch.float64)
-            x = x / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-300)
+            x = states[start:stop].to(torch.float64, copy=True)
+            x.div_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-300))
             gram = torch.bmm(x, x.transpose(1, 2))  # [c, L+1, L+1]
             del x
             cos = gram[:, pair_rows, pair_cols].clamp_(-1.0, 1.0)  # [c, P]

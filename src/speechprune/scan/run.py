@@ -130,10 +130,9 @@ def _batches(loaded: Loaded, utterances: list, chunks: list[list[int]], inputs: 
              batch_size: int) -> Iterator[ScanBatch]:
     if loaded.kind == "speechllm":
         model = loaded.speechllm
-        flat = [utterances[i] for chunk in chunks for i in chunk]
-        stream = iter(model.batches(flat, batch_size=batch_size, shuffle=False))
         for chunk in chunks:
-            batch = next(stream)
+            # one small dataset per batch: nothing (features included) is kept across batches
+            batch = next(iter(model.batches([utterances[i] for i in chunk], batch_size=len(chunk), shuffle=False)))
             decoder_inputs = {name: model.decoder_inputs(batch, source=name) for name in inputs}
             yield ScanBatch(decoder_inputs, _rows(chunk, utterances, next(iter(decoder_inputs.values()))))
     else:
@@ -155,6 +154,15 @@ def _rows(chunk: list[int], utterances: list, decoder_inputs) -> list[int]:
     if set(ids) != set(position):
         raise RuntimeError("the batches do not follow manifest order (utterance ids differ from the expected chunk)")
     return [position[i] for i in ids]
+
+
+def _dir_signature(path: str) -> list:
+    """Names, sizes and modification times of a local model's files (a changed model is not resumed)."""
+    root = Path(path)
+    if not root.is_dir():
+        return []
+    return sorted([str(p.relative_to(root)), p.stat().st_size, int(p.stat().st_mtime)]
+                  for p in root.rglob("*") if p.is_file())
 
 
 def _sha256(path: str) -> str:
@@ -213,6 +221,7 @@ def scan(config: ScanConfig) -> dict:
     chunks = _chunks(len(utterances), config.batch_size, rank, world)
     fingerprint = {
         "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
+        "model_files": _dir_signature(config.model),
         "data": str(data_path.resolve()), "data_sha256": _sha256(config.data),
         "inputs": inputs, "regions": list(config.regions), "stability_regions": list(config.stability_regions),
         "batch_size": config.batch_size, "utterances": len(utterances), "dtype": config.dtype,
