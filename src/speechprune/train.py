@@ -153,8 +153,9 @@ def _with_lora(model: SpeechLLM, component: str, lora: LoraConfig) -> torch.nn.M
     if hasattr(current, "peft_config"):
         return current
     targets = lora.encoder_targets if component == "encoder" else lora.decoder_targets
+    # peft takes "all-linear" as a bare string; anything else as a list of names or name suffixes
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules=targets if len(targets) > 1 or "*" not in targets[0] else targets[0])
+                            target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets))
     wrapped = get_peft_model(current, config)
     if component == "encoder":
         model.encoder.model = wrapped

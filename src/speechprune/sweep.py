@@ -1,0 +1,219 @@
+"""The pruning sweep: for every (strategy, fraction removed, healing) prune -> heal -> evaluate,
+with decode speed and model size against the unpruned model, and the largest acceptable
+fraction per strategy and healing.
+
+Acceptability (per test set):
+- ASR: WER <= max(baseline WER x (1 + ``wer_rise``), baseline WER + ``wer_floor``). The relative
+  rule is the seed paper's (+25%); the absolute floor keeps a near-zero baseline (0.5% WER) from
+  failing every pruning level over one extra word.
+- ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
+  budget as for WER).
+
+Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished cells.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from speechprune.config import option, require, save_config
+from speechprune.data.manifest import load_manifests
+from speechprune.evaluate import decode
+from speechprune.files import read_json, write_json, write_text
+from speechprune.heal import TARGETS as HEAL_TARGETS
+from speechprune.heal import healing_layers, heal_in_place, lora_targets
+from speechprune.model.speechllm import SpeechLLM
+from speechprune.prune.strategies import SCAN_STRATEGIES, choose_from_scan, layers_for_fraction
+from speechprune.prune.surgery import remove_layers
+
+
+@dataclass
+class SweepConfig:
+    model: str = option(help="SpeechLLM directory to prune")
+    scan: str = option(help="scan directory (scan.json) of that model")
+    train: list[str] = option(help="healing manifest(s)")
+    test: list[str] = option(help="test manifest(s); each is scored separately (e.g. in-domain and out-of-domain)")
+    out: str = option(help="sweep directory")
+    fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
+    strategies: list[str] = option(["angular", "bi", "last"])
+    heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")
+    heal_steps: int = option(200)
+    heal_lr: float = option(1e-3)
+    heal_projector: bool = option(False, help="unfreeze the projector while healing")
+    input: str = option("auto", help="scan input the strategies choose by")
+    region: str = option("all", help="scan region the strategies choose by")
+    max_test_utterances: int | None = option(None)
+    batch_size: int = option(16)
+    wer_rise: float = option(0.25, help="acceptable relative WER rise")
+    wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
+    bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
+
+    def __post_init__(self):
+        require(all(0 <= f < 1 for f in self.fractions), "--fractions must lie in [0, 1)")
+        unknown = [s for s in self.strategies if s not in SCAN_STRATEGIES]
+        require(not unknown, f"--strategies: unknown {unknown}; the sweep takes {', '.join(SCAN_STRATEGIES)}")
+        bad = [h for h in self.heal if h != "none" and h not in HEAL_TARGETS]
+        require(not bad, f"--heal: unknown {bad}; use none or one of {', '.join(HEAL_TARGETS)}")
+
+
+def _cell_name(strategy: str, removed: int, heal: str) -> str:
+    return "baseline" if removed == 0 else f"{strategy}-remove{removed}-{heal}"
+
+
+def _model_bytes(model: SpeechLLM) -> dict:
+    decoder = sum(p.numel() * p.element_size() for p in model.decoder.parameters())
+    return {"decoder_bytes": decoder, "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def _measure(model: SpeechLLM, test_sets: dict, batch_size: int) -> dict:
+    """Decode every test set; on CUDA also the peak memory while doing it."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    results = {name: decode(model, utts, batch_size).metrics for name, utts in test_sets.items()}
+    measured = {"sets": results, **_model_bytes(model)}
+    if torch.cuda.is_available():
+        measured["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    return measured
+
+
+def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
+             train_utterances: list, out: Path) -> dict:
+    model = SpeechLLM.load(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    num_layers = model.decoder.config.num_hidden_layers
+    n = layers_for_fraction(fraction, num_layers)
+    removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
+    kept = remove_layers(model.decoder, removed)
+    record = {"strategy": strategy if n else "none", "fraction": fraction, "removed_count": n, "heal": heal,
+              "removed": removed, "kept_layers": len(kept), "original_layers": num_layers}
+    started = time.perf_counter()
+    if heal != "none" and n:
+        targets = lora_targets(model.decoder, heal, healing_layers(kept, num_layers))
+        heal_in_place(model, train_utterances, targets, out / "healing" / _cell_name(strategy, n, heal),
+                      config.heal_steps, config.heal_lr, projector=config.heal_projector,
+                      batch_size=config.batch_size, resume=False)
+        _merge_lora(model)
+    record["heal_seconds"] = time.perf_counter() - started
+    record.update(_measure(model, test_sets, config.batch_size))
+    return record
+
+
+def _merge_lora(model: SpeechLLM) -> None:
+    if hasattr(model.decoder, "merge_and_unload"):
+        model.decoder = model.decoder.merge_and_unload()
+
+
+def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> bool:
+    """Whether ``cell`` keeps the quality of ``baseline`` on one test set (rules in the module doc)."""
+    pruned, base = cell["sets"][set_name], baseline["sets"][set_name]
+    if "asr" in base:
+        limit = max(base["asr"]["wer"] * (1 + config.wer_rise), base["asr"]["wer"] + config.wer_floor)
+        if pruned["asr"]["wer"] > limit:
+            return False
+    if "st" in base and pruned["st"]["bleu"] < base["st"]["bleu"] * (1 - config.bleu_drop):
+        return False
+    return True
+
+
+def summarise(cells: list[dict], config: SweepConfig) -> dict:
+    baseline = next(c for c in cells if c["removed_count"] == 0)
+    summary = {"baseline": {name: {k: v for k, v in m.items() if k in ("asr", "st")} for name, m in baseline["sets"].items()},
+               "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop},
+               "largest_acceptable": {}}
+    for strategy in config.strategies:
+        for heal in config.heal:
+            line = sorted((c for c in cells if c["strategy"] == strategy and c["heal"] == heal),
+                          key=lambda c: c["removed_count"])
+            for set_name in baseline["sets"]:
+                best = {"fraction": 0.0, "removed_count": 0}
+                for cell in line:  # the largest level such that it and every smaller one are acceptable
+                    if not acceptable(cell, baseline, set_name, config):
+                        break
+                    best = {"fraction": cell["removed_count"] / cell["original_layers"],
+                            "removed_count": cell["removed_count"]}
+                summary["largest_acceptable"][f"{strategy}/{heal}/{set_name}"] = best
+    return summary
+
+
+def _table(cells: list[dict], baseline: dict) -> list[dict]:
+    rows = []
+    for cell in cells:
+        for set_name, metrics in cell["sets"].items():
+            base = baseline["sets"][set_name]
+            rows.append({
+                "strategy": cell["strategy"], "heal": cell["heal"], "removed": cell["removed_count"],
+                "fraction": round(cell["removed_count"] / cell["original_layers"], 4), "set": set_name,
+                "wer": metrics.get("asr", {}).get("wer"), "bleu": metrics.get("st", {}).get("bleu"),
+                "chrf": metrics.get("st", {}).get("chrf"),
+                "decode_speedup": base["decode_seconds"] / metrics["decode_seconds"],
+                "decoder_size_ratio": cell["decoder_bytes"] / baseline["decoder_bytes"],
+                "removed_layers": " ".join(map(str, cell["removed"])),
+            })
+    return rows
+
+
+def _plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for set_name in sorted({r["set"] for r in rows}):
+        metric = "wer" if any(r["wer"] is not None for r in rows if r["set"] == set_name) else "bleu"
+        figure, axis = plt.subplots(figsize=(6, 4))
+        baseline = [r for r in rows if r["set"] == set_name and r["removed"] == 0]
+        for key in sorted({(r["strategy"], r["heal"]) for r in rows if r["removed"] > 0}):
+            line = sorted(baseline + [r for r in rows if r["set"] == set_name and (r["strategy"], r["heal"]) == key],
+                          key=lambda r: r["fraction"])
+            axis.plot([r["fraction"] for r in line], [r[metric] for r in line], marker="o", label="/".join(key))
+        axis.set_xlabel("fraction of decoder layers removed")
+        axis.set_ylabel(metric.upper())
+        axis.set_title(set_name)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / f"curve_{set_name}.png", dpi=120)
+        plt.close(figure)
+
+
+def sweep(config: SweepConfig) -> dict:
+    """Prune -> heal -> evaluate for every strategy, fraction and healing; tables, curves and the
+    largest acceptable fraction per strategy, healing and test set."""
+    out = Path(config.out)
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    scan = read_json(Path(config.scan) / "scan.json")
+    test_sets = {Path(p).name.removesuffix(".jsonl"): load_manifests([p])[: config.max_test_utterances]
+                 for p in config.test}
+    train_utterances = load_manifests(config.train) if any(h != "none" for h in config.heal) else []
+    num_layers = int(scan["num_layers"])
+    plan = {("none", 0, "none")}
+    for fraction in config.fractions:
+        n = layers_for_fraction(fraction, num_layers)
+        if n:
+            plan |= {(s, n, h) for s in config.strategies for h in config.heal}
+    cells = []
+    for strategy, n, heal in sorted(plan, key=lambda p: (p[1], p[0], p[2])):
+        path = out / "cells" / f"{_cell_name(strategy, n, heal)}.json"
+        if path.exists():
+            cells.append(read_json(path))
+            continue
+        cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out)
+        write_json(path, cell)
+        cells.append(cell)
+    baseline = next(c for c in cells if c["removed_count"] == 0)
+    rows = _table(cells, baseline)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "results.csv", buffer.getvalue())
+    write_json(out / "results.json", rows)
+    _plot(rows, out)
+    summary = summarise(cells, config)
+    write_json(out / "summary.json", summary)
+    return summary
