@@ -128,14 +128,14 @@ def test_hooks_capture_the_residual_stream_before_the_final_norm():
               position_ids=inputs.position_ids, use_cache=False)
         captured = capture.take()
     for i, state in enumerate(states):
-        torch.testing.assert_close(captured[:, i], state.reshape(-1, state.shape[-1])[index])
+        torch.testing.assert_close(captured[i], state.reshape(-1, state.shape[-1])[index])
 
 
 def test_state_dict_round_trip_and_pair_order():
     rows, cols = pair_index(3)
     assert list(zip(rows.tolist(), cols.tolist())) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
     stats = PairwiseStats(3, ["all"], ["all"])
-    states = torch.randn(10, 4, 8)
+    states = torch.randn(4, 10, 8)  # [L+1, N, H]
     stats.add(states, torch.ones(1, 10, dtype=torch.bool), torch.arange(10) % 2, torch.tensor([5, 6]))
     other = PairwiseStats(3, ["all"], ["all"])
     other.load_state_dict(stats.state_dict())

@@ -160,3 +160,19 @@ def test_a_checkpoint_of_another_scan_is_refused_unless_fresh(models, tmp_path, 
 def test_config_from_dotted_overrides():
     config = build_config(ScanConfig, ["model=m", "data=d", "out=o", "dtype=bfloat16", "device_map=auto"])
     assert config.dtype == "bfloat16" and config.device_map == "auto" and config.input == "auto"
+
+
+def test_device_map_and_dtype_options_on_a_plain_llm(models, tmp_path):
+    common = dict(model=str(models["llm"]), data=str(models["manifest"]), bootstrap=0, plots=False,
+                  regions=["all"], stability_regions=[])
+    plain = scan(ScanConfig(out=str(tmp_path / "a"), **common))
+    mapped = scan(ScanConfig(out=str(tmp_path / "b"), device_map="auto", **common))
+    assert mapped["settings"]["device_map"] == "auto"
+    np.testing.assert_allclose(mapped["inputs"]["text"]["regions"]["all"]["angular"],
+                               plain["inputs"]["text"]["regions"]["all"]["angular"], rtol=0, atol=1e-9)
+    half = scan(ScanConfig(out=str(tmp_path / "c"), dtype="bfloat16", **common))
+    assert half["settings"]["dtype"] == "bfloat16" and half["settings"]["accumulation"] == "float64"
+    np.testing.assert_allclose(half["inputs"]["text"]["regions"]["all"]["angular"],
+                               plain["inputs"]["text"]["regions"]["all"]["angular"], rtol=0, atol=0.05)
+    with pytest.raises(UserError, match="device"):  # a SpeechLLM does not load with a device map yet
+        scan(ScanConfig(out=str(tmp_path / "d"), **{**common, "model": str(models["slm"])}, device_map="auto"))

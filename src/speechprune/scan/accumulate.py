@@ -2,9 +2,10 @@
 every pair of residual-stream states (x_i, x_j), 0 <= i < j <= L, per region.
 
 Every scan (speech input, text input, a plain LLM, every region) goes through ``PairwiseStats``.
-Per batch it takes the captured states ``[N, L+1, H]`` of the counted positions, normalises each
-state once, gets all (L+1)x(L+1) cosines of a position with one batched matmul (in float64, in
-chunks of positions so the extra memory stays bounded), and adds masked sums per region. Means are
+Per batch it takes the captured states ``[L+1, N, H]`` of the counted positions and gets all
+(L+1)x(L+1) inner products of a position with one batched matmul (in float64, in chunks of
+positions so the extra memory stays bounded); each state's norm comes from the Gram diagonal, so
+every state is normalised once, and the cosines follow, and adds masked sums per region. Means are
 taken once, at the end, from the summed totals (sum / count), after an all-reduce across processes.
 For the regions named in ``per_utterance`` it also keeps each utterance's sums (float32), which is
 what the bootstrap in :mod:`speechprune.scan.stability` resamples.
@@ -37,7 +38,7 @@ class PairwiseStats:
     """Float64 sums of arccos(cos)/pi and of cos for every layer pair, with counts, per region."""
 
     def __init__(self, num_layers: int, regions: Sequence[str], per_utterance: Sequence[str] = (),
-                 chunk_bytes: int = 16 << 20):
+                 chunk_bytes: int = 8 << 20):
         unknown = [name for name in per_utterance if name not in regions]
         if unknown:
             raise ValueError(f"per-utterance regions {unknown} are not among the scanned regions {list(regions)}")
@@ -47,6 +48,7 @@ class PairwiseStats:
         self.chunk_bytes = chunk_bytes
         self.num_pairs = (num_layers + 1) * num_layers // 2
         self._rows, self._cols = pair_index(num_layers)
+        self._flat = self._rows * (num_layers + 1) + self._cols
         shape = (len(self.regions), self.num_pairs)
         self.angular_sum = torch.zeros(shape, dtype=torch.float64)
         self.cosine_sum = torch.zeros(shape, dtype=torch.float64)
@@ -62,12 +64,12 @@ class PairwiseStats:
             utterances: torch.Tensor | None = None) -> None:
         """Add one batch.
 
-        states: [N, L+1, H] the counted positions' x_0..x_L (any float dtype, any device).
+        states: [L+1, N, H] the counted positions' x_0..x_L (any float dtype, any device).
         masks: [R, N] bool, which positions belong to each region (same order as ``regions``).
         rows: [N] long, the batch row of each position; utterances: [B] long, each row's global
         utterance index. Both are needed only when per-utterance sums are kept.
         """
-        n, width, hidden = states.shape
+        width, n, hidden = states.shape
         if width != self.num_layers + 1:
             raise ValueError(f"states hold {width} layers of residual stream, expected {self.num_layers + 1}")
         if masks.shape != (len(self.regions), n):
@@ -75,7 +77,7 @@ class PairwiseStats:
         device = states.device
         if self.angular_sum.device != device:
             self._move(device)
-        pair_rows, pair_cols = self._rows.to(device), self._cols.to(device)
+        pair_rows, pair_cols, pair_flat = self._rows.to(device), self._cols.to(device), self._flat.to(device)
         masks = masks.to(device)
         self.count += masks.sum(dim=1).to(self.count.device)
         keep_utt = bool(self.per_utterance)
@@ -90,12 +92,13 @@ class PairwiseStats:
         step = max(1, self.chunk_bytes // (width * hidden * 8))
         for start in range(0, n, step):
             stop = min(n, start + step)
-            x = states[start:stop].to(torch.float64, copy=True)
-            x.div_(torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(1e-300))
-            gram = torch.bmm(x, x.transpose(1, 2))  # [c, L+1, L+1]
+            x = states[:, start:stop].transpose(0, 1).to(torch.float64, memory_format=torch.contiguous_format)
+            gram = torch.bmm(x, x.transpose(1, 2))  # [c, L+1, L+1] inner products
             del x
-            cos = gram[:, pair_rows, pair_cols].clamp_(-1.0, 1.0)  # [c, P]
+            inv_norm = torch.diagonal(gram, dim1=1, dim2=2).sqrt().clamp_min(1e-300).reciprocal()  # [c, L+1]
+            cos = gram.reshape(stop - start, -1).index_select(1, pair_flat)  # [c, P]
             del gram
+            cos.mul_(inv_norm[:, pair_rows]).mul_(inv_norm[:, pair_cols]).clamp_(-1.0, 1.0)
             ang = torch.arccos(cos).div_(math.pi)
             weight = masks[:, start:stop].to(torch.float64)  # [R, c]
             self.angular_sum += weight @ ang

@@ -2,7 +2,7 @@
 
 x_0 is the input of layer 0 (after any embedding scaling the base model applies, as Gemma's),
 x_i (i >= 1) the output of layer i-1; x_L is the last layer's output BEFORE the final norm. The
-states of the selected (non-pad) positions are copied into one buffer ``[N, L+1, H]`` that is
+states of the selected (non-pad) positions are copied into one buffer ``[L+1, N, H]`` that is
 allocated once per batch and dropped after it: nothing is kept across batches.
 """
 
@@ -34,7 +34,7 @@ class LayerCapture:
     """Registers the hooks on enter, removes them on exit.
 
     Per batch: ``arm(flat_index)`` with the flat indices (into ``B*T``) of the positions to keep,
-    run the forward, then ``take()`` returns the filled ``[N, L+1, H]`` buffer (model dtype, on
+    run the forward, then ``take()`` returns the filled ``[L+1, N, H]`` buffer (model dtype, on
     ``device``, by default the device of layer 0's input). With ``stop=True`` the last layer's hook
     raises :class:`StopForward`, so the caller skips the final norm (and anything after it).
     """
@@ -99,7 +99,11 @@ class LayerCapture:
             index = self._index_on[flat.device] = self._index.to(flat.device)
         if self._buffer is None:
             device = self.device if self.device is not None else flat.device
-            self._buffer = torch.empty(index.numel(), self.num_layers + 1, flat.shape[-1],
+            self._buffer = torch.empty(self.num_layers + 1, index.numel(), flat.shape[-1],
                                        dtype=flat.dtype, device=device)
-        self._buffer[:, slot].copy_(flat.index_select(0, index))
+        target = self._buffer[slot]
+        if target.device == flat.device and target.dtype == flat.dtype:
+            torch.index_select(flat, 0, index, out=target)  # one pass, no temporary
+        else:  # a layer on another device (device_map="auto")
+            target.copy_(flat.index_select(0, index))
         self._filled[slot] = True
