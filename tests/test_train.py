@@ -20,7 +20,7 @@ from tests.conftest import tiny_model_config
 
 def tiny_train_config(manifest: Path, out: Path, **loop) -> TrainConfig:
     stages = {
-        "text-lm": StageConfig(steps=3, text_only=True, encoder="frozen", projector="frozen", lr=3e-3),
+        "text-lm": StageConfig(steps=3, input="lm", encoder="frozen", projector="frozen", lr=3e-3),
         "ctc": StageConfig(steps=3, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=3e-3),
         "joint": StageConfig(steps=4, ctc_weight=0.3, lr=3e-3),
     }

@@ -22,6 +22,7 @@ import math
 import random
 import shutil
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +41,16 @@ from speechprune.model.speechllm import ModelConfig, SpeechLLM
 from speechprune.model.text import text_batch
 
 MODES = ("frozen", "lora", "full")
+INPUTS = ("speech", "text", "lm")
 COMPONENTS = ("encoder", "projector", "decoder")
 
 
 @dataclass
 class StageConfig:
     steps: int = option(0, help="optimiser steps in this stage; 0 skips it")
-    text_only: bool = option(False, help="train the decoder as a language model on the target texts")
+    input: str = option("speech", help="speech: the full SpeechLLM; text: the source transcript in place of the "
+                                       "speech (no audio is read); lm: the decoder alone as a language model "
+                                       "on the corpus text")
     lm_weight: float = option(1.0, help="weight of the next-token loss on the target")
     ctc_weight: float = option(0.0, help="weight of the character CTC loss on the encoder")
     encoder: str = option("full", help="frozen | lora | full")
@@ -64,7 +68,8 @@ class StageConfig:
                     f"stage {component} mode must be one of {', '.join(MODES)}, not {getattr(self, component)!r}")
         require(self.projector != "lora", "the projector is small: train it full or keep it frozen")
         require(self.lm_weight > 0 or self.ctc_weight > 0, "a stage needs lm_weight > 0 or ctc_weight > 0")
-        require(not (self.text_only and self.ctc_weight > 0), "a text_only stage has no audio for CTC")
+        require(self.input in INPUTS, f"stage input must be one of {', '.join(INPUTS)}, not {self.input!r}")
+        require(self.input == "speech" or self.ctc_weight == 0, f"a stage with input {self.input} has no audio for CTC")
         require(0 <= self.warmup < 1, "stage warmup must be in [0, 1)")
 
 
@@ -99,7 +104,7 @@ class LoopConfig:
 
 def default_stages() -> dict:
     return {
-        "text-lm": StageConfig(steps=150, text_only=True, encoder="frozen", projector="frozen", lr=2e-3,
+        "text-lm": StageConfig(steps=150, input="lm", encoder="frozen", projector="frozen", lr=2e-3,
                                batch_size=32),
         "ctc": StageConfig(steps=250, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3),
         "joint": StageConfig(steps=700, ctc_weight=0.3, lr=1e-3),
@@ -135,9 +140,9 @@ def _set_trainable(model: SpeechLLM, stage: StageConfig, lora: LoraConfig) -> li
                 param.requires_grad_("lora_" in name)
         elif mode == "full":
             module.requires_grad_(True)
-    if stage.text_only:  # the encoder side is not run at all
+    if stage.input != "speech":  # the encoder side is not run at all
         model.encoder.requires_grad_(False)
-        model.projector.requires_grad_(False)
+        model.projector.net.requires_grad_(False)
     if stage.ctc_weight > 0:
         if model.ctc_head is None:
             raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
@@ -165,7 +170,9 @@ def _with_lora(model: SpeechLLM, component: str, lora: LoraConfig) -> torch.nn.M
 
 
 # ----------------------------------------------------------------------------- data
-class _TextOnly(torch.utils.data.Dataset):
+class _CorpusText(torch.utils.data.Dataset):
+    """Every distinct target and source sentence once, as an utterance whose target it is."""
+
     def __init__(self, utterances: list[Utterance]):
         texts = sorted({u.target for u in utterances} | {u.text for u in utterances})
         self.items = [Utterance(id=f"text-{i}", audio="", text=t, task="asr", src_lang="xx", tgt_lang="xx", target=t)
@@ -178,12 +185,16 @@ class _TextOnly(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def _loader(model: SpeechLLM, dataset, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(loop.seed)
-    collate = ((lambda items: text_batch(model.tokenizer, items, model.prompts)) if stage.text_only
-               else model.collate)
-    return torch.utils.data.DataLoader(dataset, batch_size=stage.batch_size or loop.batch_size, shuffle=True,
-                                       collate_fn=collate, generator=generator, drop_last=len(dataset) > (stage.batch_size or loop.batch_size))
+def _loader(model: SpeechLLM, utterances: list[Utterance], speech_data, stage: StageConfig,
+            loop: LoopConfig) -> torch.utils.data.DataLoader:
+    """Speech batches from the (feature-caching) speech dataset; text batches without audio."""
+    datasets = {"speech": lambda: speech_data, "text": lambda: utterances, "lm": lambda: _CorpusText(utterances)}
+    dataset = datasets[stage.input]()
+    collate = model.collate if stage.input == "speech" else partial(text_batch, model.tokenizer, prompts=model.prompts)
+    batch_size = stage.batch_size or loop.batch_size
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                       generator=torch.Generator().manual_seed(loop.seed),
+                                       drop_last=len(dataset) > batch_size)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -225,7 +236,6 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
     checkpoint_dir = out / "checkpoints"
     state = _load_checkpoint_state(checkpoint_dir) if resume else None
     speech_data = model.dataset(utterances, loop.max_seconds)
-    text_data = None
     results: list[StageResult] = list(_restored_results(state))
     active = [(name, stage) for name, stage in stages.items() if stage.steps > 0]
     if loop.log_with:
@@ -235,9 +245,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
             _set_trainable(model, stage, loop.lora)  # re-create LoRA wrappers so weights line up
             continue
         params = _set_trainable(model, stage, loop.lora)
-        if text_data is None and stage.text_only:
-            text_data = _TextOnly(utterances)
-        loader = _loader(model, text_data if stage.text_only else speech_data, stage, loop)
+        loader = _loader(model, utterances, speech_data, stage, loop)
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
         wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -256,7 +264,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                 batch = next(batches)
                 with accelerator.accumulate(wrapped), accelerator.autocast():
                     losses = wrapped(batch, lm_weight=stage.lm_weight, ctc_weight=stage.ctc_weight,
-                                     text_only=stage.text_only)
+                                     input=stage.input)
                     accelerator.backward(losses["total"])
                     if accelerator.sync_gradients and loop.max_grad_norm:
                         accelerator.clip_grad_norm_(params, loop.max_grad_norm)

@@ -257,13 +257,15 @@ class SpeechLLM(nn.Module):
         return assemble(utterances, "right", batch.ids)
 
     def forward(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0,
-                text_only: bool = False) -> dict[str, torch.Tensor]:
-        """Weighted training losses; ``total`` is what the optimiser follows. ``text_only`` trains
-        the decoder as a language model on the targets, without the encoder."""
-        if text_only:
-            loss = self.lm_loss(self.text_lm_inputs(batch))
-            return {"lm": loss, "total": lm_weight * loss}
-        return self.losses(batch, lm_weight, ctc_weight)
+                input: str = "speech") -> dict[str, torch.Tensor]:
+        """Weighted training losses; ``total`` is what the optimiser follows. ``input`` is
+        ``speech`` (the whole model), ``text`` (the source transcript in place of the speech) or
+        ``lm`` (the decoder alone as a language model on the targets)."""
+        if input == "speech":
+            return self.losses(batch, lm_weight, ctc_weight)
+        inputs = self.text_lm_inputs(batch) if input == "lm" else self.decoder_inputs(batch, source="text")
+        loss = self.lm_loss(inputs)
+        return {"lm": loss, "total": lm_weight * loss}
 
     def losses(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
         encoded, lengths = self.encode(batch)
