@@ -10,9 +10,11 @@
 Time (the machine may be shared, so measurements are paired): one process loads the model once,
 warms up, then ``--repeats`` times runs, batch by batch, forward-base, forward-lm and the scan step
 on the same batch back to back; per method and batch the fastest repeat is kept and the batches
-are summed (the scan's end-of-pass work, means and l*(n), is timed once and added). PruneMe is
-timed in its own process, one repeat.
-Peak memory (CPU): every method runs once in its own process started with
+are summed (the scan's end-of-pass work, means and l*(n), is timed each round, fastest added).
+PruneMe runs in the first timed round only, right after the others on each batch (all L block
+sizes, or ``--pruneme-sizes K`` of them, extrapolated linearly to L).
+Peak memory (CPU): every method runs once over all batches in its own process (PruneMe: one block size,
+since every one of its passes peaks alike) started with
 MALLOC_MMAP_THRESHOLD_=65536, so freed tensors go back to the system and the resident set follows
 the live tensors; after loading and the warm-up the kernel's high-water mark is reset
 (``echo 5 > /proc/self/clear_refs``) and VmHWM is read after the run. "peak" is the whole process
@@ -39,7 +41,6 @@ from pathlib import Path
 import torch
 
 METHODS = ("forward-lm", "forward-base", "scan", "pruneme")
-PAIRED = ("forward-base", "forward-lm", "scan")
 
 
 def build_model(args) -> Path:
@@ -97,125 +98,106 @@ def rss_kib(field: str = "VmRSS") -> int:
     raise RuntimeError(field)
 
 
-def paired_times(args) -> dict:
-    """Paired timing of forward-base, forward-lm and the scan, batch by batch, in this process."""
+def setup(args):
     from transformers import AutoModelForCausalLM
-
-    from speechprune.scan import ScanBatch, Scanner
 
     torch.set_num_threads(args.threads)
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         batches = make_data(model, args)
+    return model, batches
+
+
+def run_batch(model, method: str, batch: dict, scanner=None, sizes=()) -> None:
+    """One batch (both inputs) the way ``method`` processes it."""
+    from speechprune.scan import ScanBatch
+
+    num_layers = model.config.num_hidden_layers
 
     def kwargs(inputs):
         return dict(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                     position_ids=inputs.position_ids, use_cache=False)
 
-    best = {m: [math.inf] * len(batches) for m in PAIRED}
+    if method == "scan":
+        scanner.step(ScanBatch({"speech": batch["speech"], "text": batch["text"]}, batch["rows"]))
+    elif method in ("forward-base", "forward-lm"):
+        forward = model.model if method == "forward-base" else model
+        for name in ("speech", "text"):
+            forward(**kwargs(batch[name]))
+    elif method == "pruneme":
+        for n in sizes:  # one pass per block size, as PruneMe does (its sums would go on across batches)
+            for name in ("speech", "text"):
+                inputs = batch[name]
+                hidden = model(**kwargs(inputs), output_hidden_states=True).hidden_states
+                last = inputs.attention_mask.sum(1) - 1
+                rows = torch.arange(len(last))
+                distances = torch.zeros(num_layers - n + 1, dtype=torch.float64)
+                for l in range(num_layers - n + 1):
+                    a, b = hidden[l][rows, last].double(), hidden[l + n][rows, last].double()
+                    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
+                    distances[l] += (torch.arccos(cos) / math.pi).sum()
+                del hidden
+
+
+def finish_scan(scanner) -> None:
+    for stats in scanner.stats.values():
+        for region in stats.regions:
+            stats.matrices(region)
+
+
+def paired_times(args) -> dict:
+    """Paired timing of every method, batch by batch, in this process."""
+    from speechprune.scan import Scanner
+
+    model, batches = setup(args)
+    sizes = list(range(1, args.layers + 1))[: args.pruneme_sizes or None]
+    best = {m: [math.inf] * len(batches) for m in METHODS}
     finish = math.inf
     with torch.no_grad():
         for rep in range(args.repeats + 1):  # the first round is the warm-up
             scanner = Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last"))
-            for k, batch in enumerate(batches):
-                for method in PAIRED:
-                    start = time.perf_counter()
-                    if method == "scan":
-                        with scanner:
-                            scanner.step(ScanBatch({"speech": batch["speech"], "text": batch["text"]}, batch["rows"]))
-                    else:
-                        forward = model.model if method == "forward-base" else model
-                        for name in ("speech", "text"):
-                            forward(**kwargs(batch[name]))
-                    if rep:
-                        best[method][k] = min(best[method][k], time.perf_counter() - start)
+            with scanner:
+                for k, batch in enumerate(batches):
+                    for method in METHODS:
+                        if method == "pruneme" and rep != 1:
+                            continue  # PruneMe takes L forwards: timed in one round only
+                        start = time.perf_counter()
+                        run_batch(model, method, batch, scanner, sizes)
+                        if rep:
+                            best[method][k] = min(best[method][k], time.perf_counter() - start)
             start = time.perf_counter()
-            for stats in scanner.stats.values():
-                for region in stats.regions:
-                    stats.matrices(region)
+            finish_scan(scanner)
             if rep:
                 finish = min(finish, time.perf_counter() - start)
-            print(f"  round {rep}: " + ", ".join(f"{m} {sum(best[m]):.2f} s" for m in PAIRED), file=sys.stderr,
+            print(f"  round {rep}: " + ", ".join(f"{m} {sum(best[m]):.2f} s" for m in METHODS), file=sys.stderr,
                   flush=True)
-    seconds = {m: sum(best[m]) for m in PAIRED}
+    seconds = {m: sum(best[m]) for m in METHODS}
     seconds["scan"] += finish
-    return {"seconds": seconds, "per_batch": best, "finish": finish}
+    seconds["pruneme"] *= args.layers / len(sizes)
+    return {"seconds": seconds, "per_batch": best, "finish": finish, "pruneme_sizes": len(sizes)}
 
 
 def child(args) -> dict:
-    """One measurement in this (fresh) process."""
-    from transformers import AutoModelForCausalLM
+    """Peak memory of one method over all batches, in this (fresh) process."""
+    from speechprune.scan import Scanner
 
-    from speechprune.scan import Scanner, ScanBatch
-
-    torch.set_num_threads(args.threads)
-    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32).eval()
-    num_layers = model.config.num_hidden_layers
-    with torch.no_grad():
-        batches = make_data(model, args)
+    model, batches = setup(args)
     method = args.child
-
-    def kwargs(inputs):
-        return dict(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                    position_ids=inputs.position_ids, use_cache=False)
-
-    scanner = Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last")) if method == "scan" else None
-    sizes = list(range(1, num_layers + 1))
-    if method == "pruneme" and args.pruneme_sizes:
-        sizes = sizes[: args.pruneme_sizes]
-
-    def run(data):
-        if method == "forward-lm":
-            for batch in data:
-                for name in ("speech", "text"):
-                    model(**kwargs(batch[name]))
-        elif method == "forward-base":
-            for batch in data:
-                for name in ("speech", "text"):
-                    model.model(**kwargs(batch[name]))
-        elif method == "scan":
-            with scanner:
-                for batch in data:
-                    scanner.step(ScanBatch({"speech": batch["speech"], "text": batch["text"]}, batch["rows"]))
-            for stats in scanner.stats.values():
-                for region in stats.regions:
-                    stats.matrices(region)
-        elif method == "pruneme":
-            for n in sizes:  # one pass per block size, as PruneMe does
-                sums = torch.zeros(num_layers - n + 1, dtype=torch.float64)
-                for batch in data:
-                    for name in ("speech", "text"):
-                        inputs = batch[name]
-                        hidden = model(**kwargs(inputs), output_hidden_states=True).hidden_states
-                        last = inputs.attention_mask.sum(1) - 1
-                        rows = torch.arange(len(last))
-                        for l in range(num_layers - n + 1):
-                            a, b = hidden[l][rows, last].double(), hidden[l + n][rows, last].double()
-                            cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).clamp(-1, 1)
-                            sums[l] += (torch.arccos(cos) / math.pi).sum()
-                        del hidden
-
-    with torch.no_grad():
-        warm = [{**batches[0], "rows": batches[0]["rows"]}]
-        if method == "scan":
-            warm_scanner, scanner = scanner, Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last"))
-            run(warm)
-            scanner = warm_scanner
-        elif method == "pruneme":
-            saved, sizes = sizes, sizes[:1]
-            run(warm)
-            sizes = saved
-        else:
-            run(warm)
+    scanner = Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last"))
+    with torch.no_grad(), scanner:
+        run_batch(model, method, batches[0], scanner, [1])  # warm-up
+        scanner = Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last"))
+    with torch.no_grad(), scanner:
         Path("/proc/self/clear_refs").write_text("5")
         before = rss_kib()
-        start = time.perf_counter()
-        run(batches)
-        seconds = time.perf_counter() - start
+        for batch in batches:
+            run_batch(model, method, batch, scanner, [1])  # one block size: every PruneMe pass peaks alike
+        if method == "scan":
+            finish_scan(scanner)
         peak = rss_kib("VmHWM")
     tokens = sum(int(b[name].attention_mask.sum()) for b in batches for name in ("speech", "text"))
-    return {"method": method, "seconds": seconds, "peak_mib": peak / 1024, "before_mib": before / 1024,
-            "extra_mib": (peak - before) / 1024, "tokens": tokens, "sizes": len(sizes) if method == "pruneme" else None}
+    return {"method": method, "peak_mib": peak / 1024, "before_mib": before / 1024,
+            "extra_mib": (peak - before) / 1024, "tokens": tokens}
 
 
 def measure(args, method: str) -> dict:
@@ -257,15 +239,12 @@ def main() -> None:
         args.workdir = args.workdir or tmp
         args.model_dir = build_model(args)
         memory = {}
-        for method in PAIRED:
+        for method in METHODS:
             memory[method] = measure(args, method)
             print(f"  memory {method:<13} peak {memory[method]['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)
         timing = measure(args, "paired")
-        memory["pruneme"] = measure(args, "pruneme")
 
-    seconds = dict(timing["seconds"])
-    pruneme = memory["pruneme"]
-    seconds["pruneme"] = pruneme["seconds"] * args.layers / pruneme["sizes"]
+    seconds = timing["seconds"]
     peak = {m: memory[m]["peak_mib"] for m in METHODS}
     extra = {m: memory[m]["extra_mib"] for m in METHODS}
     tokens = memory["scan"]["tokens"]
@@ -282,8 +261,8 @@ def main() -> None:
         print(f"{method:<14}{seconds[method]:>9.2f}{peak[method]:>10.1f}{extra[method]:>11.1f}"
               f"{seconds[method] / seconds['forward-base']:>12.3f}{seconds[method] / seconds['forward-lm']:>10.3f}"
               f"{peak[method] / peak['forward-base']:>11.3f}{peak[method] / peak['forward-lm']:>9.3f}")
-    if pruneme["sizes"] != args.layers:
-        print(f"(pruneme timed on {pruneme['sizes']} of {args.layers} block sizes, extrapolated linearly)")
+    if timing["pruneme_sizes"] != args.layers:
+        print(f"(pruneme timed on {timing['pruneme_sizes']} of {args.layers} block sizes, extrapolated linearly)")
     print(f"scan vs pruneme: {seconds['pruneme'] / seconds['scan']:.1f}x faster")
     results = {"seconds": seconds, "memory": memory, "paired": timing}
     if args.json:
