@@ -12,7 +12,9 @@ warms up, then ``--repeats`` times runs, batch by batch, forward-base, forward-l
 on the same batch back to back; per method and batch the fastest repeat is kept and the batches
 are summed (the scan's end-of-pass work, means and l*(n), is timed each round, fastest added).
 PruneMe runs in the first timed round only, right after the others on each batch (all L block
-sizes, or ``--pruneme-sizes K`` of them, extrapolated linearly to L).
+sizes, or ``--pruneme-sizes K`` of them, extrapolated linearly to L). Both wall-clock and process
+CPU time are kept; on a machine shared with other jobs, CPU time with ``--threads 1`` is the
+steadier measure of the work each method does.
 Peak memory (CPU): every method runs once over all batches in its own process (PruneMe: one block size,
 since every one of its passes peaks alike) started with
 MALLOC_MMAP_THRESHOLD_=65536, so freed tensors go back to the system and the resident set follows
@@ -152,7 +154,8 @@ def paired_times(args) -> dict:
     model, batches = setup(args)
     sizes = list(range(1, args.layers + 1))[: args.pruneme_sizes or None]
     best = {m: [math.inf] * len(batches) for m in METHODS}
-    finish = math.inf
+    best_cpu = {m: [math.inf] * len(batches) for m in METHODS}
+    finish = finish_cpu = math.inf
     with torch.no_grad():
         for rep in range(args.repeats + 1):  # the first round is the warm-up
             scanner = Scanner(model, inputs=("speech", "text"), per_utterance=("all", "last"))
@@ -161,20 +164,26 @@ def paired_times(args) -> dict:
                     for method in METHODS:
                         if method == "pruneme" and rep != 1:
                             continue  # PruneMe takes L forwards: timed in one round only
-                        start = time.perf_counter()
+                        start, cpu = time.perf_counter(), time.process_time()
                         run_batch(model, method, batch, scanner, sizes)
                         if rep:
                             best[method][k] = min(best[method][k], time.perf_counter() - start)
-            start = time.perf_counter()
+                            best_cpu[method][k] = min(best_cpu[method][k], time.process_time() - cpu)
+            start, cpu = time.perf_counter(), time.process_time()
             finish_scan(scanner)
             if rep:
                 finish = min(finish, time.perf_counter() - start)
+                finish_cpu = min(finish_cpu, time.process_time() - cpu)
             print(f"  round {rep}: " + ", ".join(f"{m} {sum(best[m]):.2f} s" for m in METHODS), file=sys.stderr,
                   flush=True)
     seconds = {m: sum(best[m]) for m in METHODS}
+    cpu_seconds = {m: sum(best_cpu[m]) for m in METHODS}
     seconds["scan"] += finish
+    cpu_seconds["scan"] += finish_cpu
     seconds["pruneme"] *= args.layers / len(sizes)
-    return {"seconds": seconds, "per_batch": best, "finish": finish, "pruneme_sizes": len(sizes)}
+    cpu_seconds["pruneme"] *= args.layers / len(sizes)
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "per_batch": best, "per_batch_cpu": best_cpu,
+            "finish": finish, "pruneme_sizes": len(sizes)}
 
 
 def child(args) -> dict:
@@ -244,7 +253,7 @@ def main() -> None:
             print(f"  memory {method:<13} peak {memory[method]['peak_mib']:8.1f} MiB", file=sys.stderr, flush=True)
         timing = measure(args, "paired")
 
-    seconds = timing["seconds"]
+    seconds, cpu_seconds = timing["seconds"], timing["cpu_seconds"]
     peak = {m: memory[m]["peak_mib"] for m in METHODS}
     extra = {m: memory[m]["extra_mib"] for m in METHODS}
     tokens = memory["scan"]["tokens"]
@@ -255,11 +264,14 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{args.threads}, torch {torch.__version__}; {datetime.date.today().isoformat()}")
     print()
-    print(f"{'method':<14}{'time s':>9}{'peak MiB':>10}{'extra MiB':>11}{'t/fwd-base':>12}{'t/fwd-lm':>10}"
-          f"{'peak/base':>11}{'peak/lm':>9}")
+    print(f"{'method':<14}{'wall s':>9}{'cpu s':>9}{'peak MiB':>10}{'extra MiB':>11}{'wall/base':>11}"
+          f"{'wall/lm':>9}{'cpu/base':>10}{'cpu/lm':>8}{'peak/base':>11}{'peak/lm':>9}")
     for method in METHODS:
-        print(f"{method:<14}{seconds[method]:>9.2f}{peak[method]:>10.1f}{extra[method]:>11.1f}"
-              f"{seconds[method] / seconds['forward-base']:>12.3f}{seconds[method] / seconds['forward-lm']:>10.3f}"
+        print(f"{method:<14}{seconds[method]:>9.2f}{cpu_seconds[method]:>9.2f}{peak[method]:>10.1f}"
+              f"{extra[method]:>11.1f}{seconds[method] / seconds['forward-base']:>11.3f}"
+              f"{seconds[method] / seconds['forward-lm']:>9.3f}"
+              f"{cpu_seconds[method] / cpu_seconds['forward-base']:>10.3f}"
+              f"{cpu_seconds[method] / cpu_seconds['forward-lm']:>8.3f}"
               f"{peak[method] / peak['forward-base']:>11.3f}{peak[method] / peak['forward-lm']:>9.3f}")
     if timing["pruneme_sizes"] != args.layers:
         print(f"(pruneme timed on {timing['pruneme_sizes']} of {args.layers} block sizes, extrapolated linearly)")
