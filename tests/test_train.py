@@ -109,3 +109,34 @@ def test_two_process_training_replicas_agree(tiny_manifest, tmp_path):
     assert log["num_processes"] == 2
     assert len(log["replica_fingerprints"]) == 2
     assert log["replica_fingerprints"][0] == log["replica_fingerprints"][1]
+
+
+def test_stage_order_and_text_input_stage(tiny_manifest, tmp_path):
+    """A YAML-added stage runs where stage_order puts it; a text-input stage reads no audio and
+    trains the decoder on the source transcript in the speech slot."""
+    config = tiny_train_config(tiny_manifest, tmp_path / "ordered")
+    config.stages["text-task"] = StageConfig(steps=2, input="text", encoder="frozen", lr=3e-3)
+    config.stage_order = ["text-lm", "text-task", "joint"]
+    log = json.loads((train(config) / "train_log.json").read_text())
+    assert [s["name"] for s in log["stages"]] == ["text-lm", "text-task", "joint"]
+    with pytest.raises(Exception, match="unknown stage"):
+        TrainConfig(train=["x"], out="y", stage_order=["nope"])
+
+
+def test_token_ctc_pulls_speech_towards_the_spoken_tokens(tiny_manifest):
+    from speechprune.data.manifest import load_manifest
+
+    utterances = [u for u in load_manifest(tiny_manifest) if u.task == "asr"]
+    torch.manual_seed(0)
+    model = SpeechLLM.build(tiny_model_config(), [u.target for u in utterances], [u.text for u in utterances])
+    batch = next(model.batches(utterances, batch_size=6))
+    optimizer = torch.optim.Adam(model.projector.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = model(batch, lm_weight=0.0, token_ctc_weight=1.0)["token_ctc"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+    assert all(p.grad is None for p in model.decoder.parameters()), "the decoder's embeddings stay untouched"

@@ -69,8 +69,7 @@ def demo(config: DemoConfig) -> Path:
                         out=str(out / "scan")))
     CompareConfig, compare = _optional("speechprune.scan.compare", "CompareConfig", "compare")
     if _step("compare speech vs text", out / "compare" / "compare.json"):
-        compare(CompareConfig(scans=[str(out / "scan") + ":speech", str(out / "scan") + ":text"],
-                              out=str(out / "compare")))
+        compare(CompareConfig(scans=[str(out / "scan")], out=str(out / "compare")))
     SweepConfig, sweep = _optional("speechprune.sweep", "SweepConfig", "sweep")
     if _step("sweep", out / "sweep" / "summary.json"):
         sweep(SweepConfig(model=str(model_dir), scan=str(out / "scan"), train=[str(corpus / "asr-en.train.jsonl")],

@@ -53,6 +53,8 @@ class StageConfig:
                                        "on the corpus text")
     lm_weight: float = option(1.0, help="weight of the next-token loss on the target")
     ctc_weight: float = option(0.0, help="weight of the character CTC loss on the encoder")
+    token_ctc_weight: float = option(0.0, help="weight of the CTC between projected speech and the transcript's "
+                                               "token embeddings (pulls speech towards the text it says)")
     encoder: str = option("full", help="frozen | lora | full")
     projector: str = option("full", help="frozen | full")
     decoder: str = option("full", help="frozen | lora | full")
@@ -67,9 +69,11 @@ class StageConfig:
             require(getattr(self, component) in MODES,
                     f"stage {component} mode must be one of {', '.join(MODES)}, not {getattr(self, component)!r}")
         require(self.projector != "lora", "the projector is small: train it full or keep it frozen")
-        require(self.lm_weight > 0 or self.ctc_weight > 0, "a stage needs lm_weight > 0 or ctc_weight > 0")
+        require(self.lm_weight > 0 or self.ctc_weight > 0 or self.token_ctc_weight > 0,
+                "a stage needs a loss: lm_weight, ctc_weight or token_ctc_weight > 0")
         require(self.input in INPUTS, f"stage input must be one of {', '.join(INPUTS)}, not {self.input!r}")
-        require(self.input == "speech" or self.ctc_weight == 0, f"a stage with input {self.input} has no audio for CTC")
+        require(self.input == "speech" or self.ctc_weight == self.token_ctc_weight == 0,
+                f"a stage with input {self.input} has no audio for CTC")
         require(0 <= self.warmup < 1, "stage warmup must be in [0, 1)")
 
 
@@ -117,13 +121,21 @@ class TrainConfig:
     out: str = option(help="output directory: becomes the SpeechLLM directory")
     init: str | None = option(None, help="continue from this SpeechLLM directory instead of building one")
     model: ModelConfig = option(ModelConfig())
-    stages: dict[str, StageConfig] = option(default_stages(), help="ordered training stages")
+    stages: dict[str, StageConfig] = option(default_stages(), help="training stages by name")
+    stage_order: list[str] = option([], help="the order to run stages in (default: as listed; a YAML file that "
+                                             "adds a stage appends it after the default ones)")
     loop: LoopConfig = option(LoopConfig())
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
 
     def __post_init__(self):
         require(len(self.train) > 0, "--train needs at least one manifest")
-        require(any(stage.steps > 0 for stage in self.stages.values()), "every stage has 0 steps: nothing to train")
+        unknown = [name for name in self.stage_order if name not in self.stages]
+        require(not unknown, f"stage_order names unknown stage(s) {unknown}; stages are {list(self.stages)}")
+        require(any(stage.steps > 0 for stage in self.ordered_stages().values()), "every stage has 0 steps: nothing to train")
+
+    def ordered_stages(self) -> dict[str, StageConfig]:
+        names = self.stage_order or list(self.stages)
+        return {name: self.stages[name] for name in names}
 
 
 # ----------------------------------------------------------------------------- components
@@ -264,7 +276,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                 batch = next(batches)
                 with accelerator.accumulate(wrapped), accelerator.autocast():
                     losses = wrapped(batch, lm_weight=stage.lm_weight, ctc_weight=stage.ctc_weight,
-                                     input=stage.input)
+                                     input=stage.input, token_ctc_weight=stage.token_ctc_weight)
                     accelerator.backward(losses["total"])
                     if accelerator.sync_gradients and loop.max_grad_norm:
                         accelerator.clip_grad_norm_(params, loop.max_grad_norm)
@@ -381,7 +393,7 @@ def train(config: TrainConfig) -> Path:
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out)
     model.train()
-    results = run_stages(model, utterances, config.stages, config.loop, out, accelerator, config.resume)
+    results = run_stages(model, utterances, config.ordered_stages(), config.loop, out, accelerator, config.resume)
     fingerprints = replica_fingerprints(model, accelerator)
     model.eval()
     if accelerator.is_main_process:

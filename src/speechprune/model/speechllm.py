@@ -257,23 +257,42 @@ class SpeechLLM(nn.Module):
         return assemble(utterances, "right", batch.ids)
 
     def forward(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0,
-                input: str = "speech") -> dict[str, torch.Tensor]:
+                input: str = "speech", token_ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
         """Weighted training losses; ``total`` is what the optimiser follows. ``input`` is
         ``speech`` (the whole model), ``text`` (the source transcript in place of the speech) or
         ``lm`` (the decoder alone as a language model on the targets)."""
         if input == "speech":
-            return self.losses(batch, lm_weight, ctc_weight)
+            return self.losses(batch, lm_weight, ctc_weight, token_ctc_weight)
         inputs = self.text_lm_inputs(batch) if input == "lm" else self.decoder_inputs(batch, source="text")
         loss = self.lm_loss(inputs)
         return {"lm": loss, "total": lm_weight * loss}
 
-    def losses(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    def token_ctc_loss(self, speech: list[torch.Tensor], batch: SpeechBatch, scale: float = 16.0) -> torch.Tensor:
+        """CTC between the projected speech positions and the source transcript's tokens, scored
+        by cosine similarity with the decoder's (frozen) token embeddings: it pulls each speech
+        position towards the embedding of the token spoken there, so speech enters the decoder
+        looking like the text it says. The pad token serves as the CTC blank."""
+        embeddings = nn.functional.normalize(self.decoder.get_input_embeddings().weight.detach().float(), dim=-1)
+        lengths = torch.tensor([len(s) for s in speech], device=embeddings.device)
+        padded = nn.utils.rnn.pad_sequence([s.float() for s in speech], batch_first=True)
+        logits = scale * nn.functional.normalize(padded, dim=-1) @ embeddings.T
+        targets = torch.cat(batch.source_ids).to(embeddings.device)
+        target_lengths = torch.tensor([len(t) for t in batch.source_ids], device=embeddings.device)
+        return nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, lengths, target_lengths,
+                                      blank=self.tokenizer.pad_token_id, zero_infinity=True)
+
+    def losses(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0,
+               token_ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
         encoded, lengths = self.encode(batch)
         out: dict[str, torch.Tensor] = {}
         total = encoded.new_zeros((), dtype=torch.float32)
+        speech = self.project(encoded, lengths) if lm_weight > 0 or token_ctc_weight > 0 else None
         if lm_weight > 0:
-            out["lm"] = self.lm_loss(self.decoder_inputs(batch, speech=self.project(encoded, lengths)))
+            out["lm"] = self.lm_loss(self.decoder_inputs(batch, speech=speech))
             total = total + lm_weight * out["lm"]
+        if token_ctc_weight > 0:
+            out["token_ctc"] = self.token_ctc_loss(speech, batch)
+            total = total + token_ctc_weight * out["token_ctc"]
         if ctc_weight > 0:
             out["ctc"] = self.ctc_loss(encoded, lengths, batch)
             total = total + ctc_weight * out["ctc"]
