@@ -74,17 +74,22 @@ def test_sweep_writes_table_curves_and_skips_finished_cells(tiny_speechllm, tiny
     scan = fake_scan(tmp_path, 6)
     config = SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[str(tiny_manifest)],
                          test=[str(tiny_manifest)], out=str(tmp_path / "sweep"), fractions=[0.0, 0.34],
-                         strategies=["angular", "last"], heal=["none", "receiving-mlp"], heal_steps=2, batch_size=6)
+                         strategies=["angular", "last"], heal=["none", "receiving-mlp"], heal_steps=2, batch_size=6,
+                         prefill_only=True)
     summary = sweep(config)
     cells = sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir())
-    assert cells == ["angular-remove2-none.json", "angular-remove2-receiving-mlp.json", "baseline.json",
-                     "last-remove2-none.json", "last-remove2-receiving-mlp.json"]
+    assert cells == ["angular-remove2-none.json", "angular-remove2-prefill-only.json",
+                     "angular-remove2-receiving-mlp.json", "baseline.json", "last-remove2-none.json",
+                     "last-remove2-prefill-only.json", "last-remove2-receiving-mlp.json"]
+    prefill = json.loads((tmp_path / "sweep" / "cells" / "angular-remove2-prefill-only.json").read_text())
+    assert prefill["kept_layers"] == 4 and prefill["decoder_bytes"] == json.loads(
+        (tmp_path / "sweep" / "cells" / "baseline.json").read_text())["decoder_bytes"], "prefill-only keeps every weight"
     angular = json.loads((tmp_path / "sweep" / "cells" / "angular-remove2-none.json").read_text())
     assert angular["removed"] == [2, 3] and angular["kept_layers"] == 4
     last = json.loads((tmp_path / "sweep" / "cells" / "last-remove2-none.json").read_text())
     assert last["removed"] == [3, 4]
     assert angular["decoder_bytes"] < json.loads((tmp_path / "sweep" / "cells" / "baseline.json").read_text())["decoder_bytes"]
-    assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 5 * 1 + 1
+    assert (tmp_path / "sweep" / "results.csv").read_text().count("\n") == 7 * 1 + 1
     assert (tmp_path / "sweep" / "curve_tiny.png").exists()
     assert "angular/none/tiny" in summary["largest_acceptable"]
     stamp = (tmp_path / "sweep" / "cells" / "baseline.json").stat().st_mtime_ns

@@ -30,7 +30,10 @@ from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import healing_layers, heal_in_place, lora_targets
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.strategies import SCAN_STRATEGIES, choose_from_scan, layers_for_fraction
+from speechprune.prune.prefill import prefill_skip
 from speechprune.prune.surgery import remove_layers
+
+PREFILL_ONLY = "prefill-only"  # a sweep column beside the healing settings: layers skipped in the prefix only
 
 
 @dataclass
@@ -43,6 +46,8 @@ class SweepConfig:
     fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
     strategies: list[str] = option(["angular", "bi", "last"])
     heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")
+    prefill_only: bool = option(False, help="also evaluate skipping the chosen layers only while the speech and "
+                                            "prompt prefix is encoded (full decoder for generated tokens)")
     heal_steps: int = option(200)
     heal_lr: float = option(1e-3)
     heal_projector: bool = option(False, help="unfreeze the projector while healing")
@@ -88,18 +93,20 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
     num_layers = model.decoder.config.num_hidden_layers
     n = layers_for_fraction(fraction, num_layers)
     removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
-    kept = remove_layers(model.decoder, removed)
+    prefill_only = heal == PREFILL_ONLY
+    kept = [i for i in range(num_layers) if i not in removed] if prefill_only else remove_layers(model.decoder, removed)
     record = {"strategy": strategy if n else "none", "fraction": fraction, "removed_count": n, "heal": heal,
               "removed": removed, "kept_layers": len(kept), "original_layers": num_layers}
     started = time.perf_counter()
-    if heal != "none" and n:
+    if heal not in ("none", PREFILL_ONLY) and n:
         targets = lora_targets(model.decoder, heal, healing_layers(kept, num_layers))
         heal_in_place(model, train_utterances, targets, out / "healing" / _cell_name(strategy, n, heal),
                       config.heal_steps, config.heal_lr, projector=config.heal_projector,
                       batch_size=config.batch_size, resume=False)
         _merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
-    record.update(_measure(model, test_sets, config.batch_size))
+    with prefill_skip(model.decoder, removed if prefill_only else []):
+        record.update(_measure(model, test_sets, config.batch_size))
     return record
 
 
@@ -126,7 +133,7 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
                "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop},
                "largest_acceptable": {}}
     for strategy in config.strategies:
-        for heal in config.heal:
+        for heal in [*config.heal, *([PREFILL_ONLY] if config.prefill_only else [])]:
             line = sorted((c for c in cells if c["strategy"] == strategy and c["heal"] == heal),
                           key=lambda c: c["removed_count"])
             for set_name in baseline["sets"]:
@@ -196,6 +203,8 @@ def sweep(config: SweepConfig) -> dict:
         n = layers_for_fraction(fraction, num_layers)
         if n:
             plan |= {(s, n, h) for s in config.strategies for h in config.heal}
+            if config.prefill_only:
+                plan |= {(s, n, PREFILL_ONLY) for s in config.strategies}
     cells = []
     for strategy, n, heal in sorted(plan, key=lambda p: (p[1], p[0], p[2])):
         path = out / "cells" / f"{_cell_name(strategy, n, heal)}.json"
