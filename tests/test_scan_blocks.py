@@ -44,7 +44,7 @@ def test_block_influence_and_removed_layers():
     np.fill_diagonal(angular, 0)
     assert removed_layers(angular, 2) == [2, 3]
     assert removed_layers(angular, 0) == []
-    assert layers_for_fraction(16, 0.25) == 4 and layers_for_fraction(5, 0.99) == 5
+    assert layers_for_fraction(0.25, 16) == 4 and layers_for_fraction(0.99, 5) == 4  # at least one layer stays
 
 
 def test_bootstrap_is_seeded_and_sees_clear_and_tied_blocks():

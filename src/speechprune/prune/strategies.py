@@ -28,20 +28,12 @@ from typing import Any
 
 from speechprune.errors import UserError
 from speechprune.prune.surgery import skip_layers
+from speechprune.scan.blocks import layers_for_fraction  # noqa: F401  (one definition, re-exported)
 
 DEFAULT_INPUT = "auto"
 DEFAULT_REGION = "all"
 
 Scan = dict[str, Any]
-
-
-def layers_for_fraction(fraction: float, num_layers: int) -> int:
-    """How many layers a fraction removes: round half up, n = floor(fraction * L + 0.5), capped at
-    L - 1 so that at least one layer always stays. ``fraction`` must be in [0, 1)."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        raise UserError(f"--fraction must be a number in [0, 1), not {fraction!r}")
-    # round(..., 9) first, so that binary noise (0.35 * 10 = 3.4999999999999996) cannot flip a half
-    return min(math.floor(round(fraction * num_layers, 9) + 0.5), num_layers - 1)
 
 
 def _check_n(n: int, num_layers: int, most: int | None = None) -> int:

@@ -7,7 +7,11 @@ straight into layer l+n, so the block's distance is d(x_l, x_{l+n}) = angular[l]
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from speechprune.errors import UserError
 
 INDEX_CONVENTION = (
     "0-based layers; x_i is the residual stream entering decoder layer i (x_0 = the input of layer 0, "
@@ -45,9 +49,14 @@ def block_influence(cosine: np.ndarray) -> list[float]:
     return [float(1.0 - cosine[l, l + 1]) for l in range(num_layers)]
 
 
-def layers_for_fraction(num_layers: int, fraction: float) -> int:
-    """How many layers a removed fraction means: round(fraction * L), at least 0, at most L."""
-    return int(min(num_layers, max(0, round(fraction * num_layers))))
+def layers_for_fraction(fraction: float, num_layers: int) -> int:
+    """How many layers a removed fraction means, everywhere in the toolkit: round half up,
+    n = floor(fraction * L + 0.5), capped at L - 1 so that at least one layer always stays.
+    ``fraction`` must be in [0, 1)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise UserError(f"--fraction must be a number in [0, 1), not {fraction!r}")
+    # round(..., 9) first, so that binary noise (0.35 * 10 = 3.4999999999999996) cannot flip a half
+    return min(math.floor(round(fraction * num_layers, 9) + 0.5), num_layers - 1)
 
 
 def removed_layers(angular: np.ndarray, n: int) -> list[int]:

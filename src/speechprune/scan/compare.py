@@ -74,7 +74,7 @@ def agreement(a: np.ndarray, b: np.ndarray, fractions: list[float]) -> dict:
     delta = [abs(la[n - 1] - lb[n - 1]) for n in choice]
     jaccard = {}
     for fraction in fractions:
-        n = layers_for_fraction(num_layers, fraction)
+        n = layers_for_fraction(fraction, num_layers)
         ra, rb = set(removed_layers(a, n)), set(removed_layers(b, n))
         jaccard[str(fraction)] = {"layers": n, "a": sorted(ra), "b": sorted(rb),
                                   "jaccard": (len(ra & rb) / len(ra | rb)) if ra | rb else 1.0}
