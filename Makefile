@@ -29,7 +29,8 @@ demo: setup
 	$(VENV)/bin/speechprune demo --out runs/demo
 
 bench: setup
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_scan.py
+	$(PY) bench/bench_prune.py
 
 clean:
 	rm -rf $(VENV) runs
