@@ -32,8 +32,8 @@ class DemoConfig:
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="sweep: fractions of decoder layers removed")
     strategies: list[str] = option(["angular", "bi", "last"], help="sweep: pruning strategies")
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
-    heal_steps: int = option(150)
-    test_utterances: int = option(200, help="utterances per test set in the sweep")
+    heal_steps: int = option(150, help="LoRA healing steps per sweep cell")
+    test_utterances: int = option(100, help="utterances per test set in the sweep")
 
 
 def _step(name: str, done_marker: Path) -> bool:

@@ -40,7 +40,7 @@ class EvalConfig:
     data: list[str] = option(help="test manifest(s), comma-separated")
     out: str = option(help="output directory: hypotheses.jsonl and metrics.json")
     batch_size: int = option(16)
-    max_new_tokens: int = option(96)
+    max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
     num_beams: int = option(1, help="1 = greedy")
     dtype: str = option("float32", help="float32 | bfloat16 | float16")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")
@@ -97,7 +97,7 @@ def score(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 96,
+def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
            num_beams: int = 1) -> EvalResult:
     """Decode ``utterances`` (longest first, to waste little padding) and score them.
     ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding."""

@@ -111,7 +111,7 @@ def default_stages() -> dict:
         "text-lm": StageConfig(steps=150, input="lm", encoder="frozen", projector="frozen", lr=2e-3,
                                batch_size=32),
         "ctc": StageConfig(steps=250, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3),
-        "joint": StageConfig(steps=700, ctc_weight=0.3, lr=1e-3),
+        "joint": StageConfig(steps=900, ctc_weight=0.3, lr=2e-3),
     }
 
 
