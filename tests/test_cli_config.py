@@ -75,3 +75,13 @@ def test_cli_exit_codes(capsys, tmp_path):
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("speechprune: error:") and "none.jsonl" in error[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_training_configs_load():
+    from pathlib import Path
+
+    from speechprune.train import TrainConfig
+
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("train-*.yaml")):
+        config = build_config(TrainConfig, ["train=[x.jsonl]", "out=o"], str(path))
+        assert list(config.ordered_stages())[0] == "text-lm", path
