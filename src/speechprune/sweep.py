@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,9 +101,10 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
     started = time.perf_counter()
     if heal not in ("none", PREFILL_ONLY) and n:
         targets = lora_targets(model.decoder, heal, healing_layers(kept, num_layers))
-        heal_in_place(model, train_utterances, targets, out / "healing" / _cell_name(strategy, n, heal),
-                      config.heal_steps, config.heal_lr, projector=config.heal_projector,
-                      batch_size=config.batch_size, resume=False)
+        checkpoints = out / "healing" / _cell_name(strategy, n, heal)
+        heal_in_place(model, train_utterances, targets, checkpoints, config.heal_steps, config.heal_lr,
+                      projector=config.heal_projector, batch_size=config.batch_size, resume=False)
+        shutil.rmtree(checkpoints, ignore_errors=True)  # a healed cell is re-run whole, never resumed
         _merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
     with prefill_skip(model.decoder, removed if prefill_only else []):
