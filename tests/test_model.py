@@ -126,3 +126,13 @@ def test_text_inputs_for_plain_llm_match_speechllm_text_layout(tiny_manifest):
     for name in ("speech", "prompt", "target"):
         assert plain.regions[name].sum(1).tolist() == with_markers.regions[name].sum(1).tolist()
     assert (with_markers.regions["all"].sum(1) - plain.regions["all"].sum(1)).tolist() == [2, 2, 2]
+
+
+def test_load_with_device_map_and_dtype(tiny_manifest, tmp_path):
+    model, utterances = build(tiny_manifest)
+    model.save(tmp_path / "m")
+    placed = SpeechLLM.load(tmp_path / "m", device_map="auto", dtype=torch.bfloat16)
+    assert next(placed.decoder.parameters()).dtype == torch.bfloat16
+    assert placed.projector.markers.dtype == torch.bfloat16
+    batch = next(placed.batches(utterances[:2], batch_size=2))
+    assert len(placed.generate(batch, max_new_tokens=3)) == 2

@@ -174,5 +174,9 @@ def test_device_map_and_dtype_options_on_a_plain_llm(models, tmp_path):
     assert half["settings"]["dtype"] == "bfloat16" and half["settings"]["accumulation"] == "float64"
     np.testing.assert_allclose(half["inputs"]["text"]["regions"]["all"]["angular"],
                                plain["inputs"]["text"]["regions"]["all"]["angular"], rtol=0, atol=0.05)
-    with pytest.raises(UserError, match="device"):  # a SpeechLLM does not load with a device map yet
-        scan(ScanConfig(out=str(tmp_path / "d"), **{**common, "model": str(models["slm"])}, device_map="auto"))
+    speech = {**common, "model": str(models["slm"])}
+    slm_plain = scan(ScanConfig(out=str(tmp_path / "d"), **speech))
+    slm_mapped = scan(ScanConfig(out=str(tmp_path / "e"), device_map="auto", **speech))
+    for name in slm_plain["inputs"]:
+        np.testing.assert_allclose(slm_mapped["inputs"][name]["regions"]["all"]["angular"],
+                                   slm_plain["inputs"][name]["regions"]["all"]["angular"], rtol=0, atol=1e-9)

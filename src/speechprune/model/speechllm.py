@@ -337,13 +337,15 @@ class SpeechLLM(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None) -> "SpeechLLM":
+             dtype: torch.dtype | None = None, device_map: str | None = None) -> "SpeechLLM":
+        """Load a SpeechLLM directory. ``device_map="auto"`` spreads a decoder too large for one
+        device over all of them (Accelerate); encoder and projector then sit with its first layer."""
         directory = Path(directory)
         if not is_speechllm_dir(directory):
             raise UserError(f"{directory} is not a SpeechLLM directory (no {SPEECHLLM_FILE})")
         spec = json.loads((directory / SPEECHLLM_FILE).read_text())
         encoder = load_encoder(str(directory / "encoder"), spec["encoder"]["window"])
-        decoder = _load_decoder(str(directory / "decoder"))
+        decoder = _load_decoder(str(directory / "decoder"), dtype=dtype, device_map=device_map)
         tokenizer = load_tokenizer(str(directory / "tokenizer"))
         projector_config = ProjectorConfig(**spec["projector"])
         projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
@@ -353,6 +355,12 @@ class SpeechLLM(nn.Module):
         if model.ctc_head is not None and (directory / "ctc_head.safetensors").exists():
             model.ctc_head.load_state_dict(load_file(directory / "ctc_head.safetensors"))
         model.eval()
+        if device_map:  # the decoder is placed already; move the rest, not the dispatched decoder
+            first = decoder.get_input_embeddings().weight.device
+            for part in (model.encoder, model.projector, model.ctc_head):
+                if part is not None:
+                    part.to(device=first, dtype=dtype) if dtype is not None else part.to(first)
+            return model
         return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
 
 
@@ -391,9 +399,10 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous() for name, tensor in state.items()}
 
 
-def _load_decoder(path: str) -> PreTrainedModel:
+def _load_decoder(path: str, dtype: torch.dtype | None = None, device_map: str | None = None) -> PreTrainedModel:
+    kwargs = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
     try:
-        return AutoModelForCausalLM.from_pretrained(path)
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load decoder {path!r}: {str(error).splitlines()[0]}") from None
 
