@@ -121,8 +121,7 @@ def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -
     """Whether ``cell`` keeps the quality of ``baseline`` on one test set (rules in the module doc)."""
     pruned, base = cell["sets"][set_name], baseline["sets"][set_name]
     if "asr" in base:
-        limit = max(base["asr"]["wer"] * (1 + config.wer_rise), base["asr"]["wer"] + config.wer_floor)
-        if pruned["asr"]["wer"] > limit:
+        if pruned["asr"]["wer"] > wer_limit(base["asr"]["wer"], config):
             return False
     if "st" in base and pruned["st"]["bleu"] < base["st"]["bleu"] * (1 - config.bleu_drop):
         return False
@@ -166,7 +165,12 @@ def _table(cells: list[dict], baseline: dict) -> list[dict]:
     return rows
 
 
-def _plot(rows: list[dict], out: Path) -> None:
+def wer_limit(baseline_wer: float, config: SweepConfig) -> float:
+    """The largest acceptable WER for a baseline WER (rule in the module doc)."""
+    return max(baseline_wer * (1 + config.wer_rise), baseline_wer + config.wer_floor)
+
+
+def _plot(rows: list[dict], out: Path, config: SweepConfig) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +184,9 @@ def _plot(rows: list[dict], out: Path) -> None:
             line = sorted(baseline + [r for r in rows if r["set"] == set_name and (r["strategy"], r["heal"]) == key],
                           key=lambda r: r["fraction"])
             axis.plot([r["fraction"] for r in line], [r[metric] for r in line], marker="o", label="/".join(key))
+        if metric == "wer" and baseline:
+            axis.axhline(wer_limit(baseline[0]["wer"], config), color="grey", linestyle="--", linewidth=1,
+                         label="acceptable WER")
         axis.set_xlabel("fraction of decoder layers removed")
         axis.set_ylabel(metric.upper())
         axis.set_title(set_name)
@@ -224,7 +231,7 @@ def sweep(config: SweepConfig) -> dict:
     writer.writerows(rows)
     write_text(out / "results.csv", buffer.getvalue())
     write_json(out / "results.json", rows)
-    _plot(rows, out)
+    _plot(rows, out, config)
     summary = summarise(cells, config)
     write_json(out / "summary.json", summary)
     return summary
