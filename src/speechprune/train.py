@@ -163,8 +163,13 @@ def _set_trainable(model: SpeechLLM, stage: StageConfig, lora: LoraConfig) -> li
 
 
 def _with_lora(model: SpeechLLM, component: str, lora: LoraConfig) -> torch.nn.Module:
+    import warnings
+
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
+
+    # peft 0.21 asks transformers 5.24 a deprecated question on every wrap; nothing for users to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
     current = model.encoder.model if component == "encoder" else model.decoder
     if hasattr(current, "peft_config"):
