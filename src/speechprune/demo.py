@@ -33,6 +33,7 @@ class DemoConfig:
     strategies: list[str] = option(["angular", "bi", "last"], help="sweep: pruning strategies")
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
     heal_steps: int = option(150, help="LoRA healing steps per sweep cell")
+    prefill_only: bool = option(True, help="sweep also skips the chosen layers in the prefix only")
     test_utterances: int = option(100, help="utterances per test set in the sweep")
 
 
@@ -74,7 +75,8 @@ def demo(config: DemoConfig) -> Path:
     if _step("sweep", out / "sweep" / "summary.json"):
         sweep(SweepConfig(model=str(model_dir), scan=str(out / "scan"), train=[str(corpus / "asr-en.train.jsonl")],
                           test=tests, fractions=config.fractions, strategies=config.strategies, heal=config.heal,
-                          heal_steps=config.heal_steps, max_test_utterances=config.test_utterances,
+                          heal_steps=config.heal_steps, prefill_only=config.prefill_only,
+                          max_test_utterances=config.test_utterances,
                           out=str(out / "sweep")))
     console.print(f"[bold green]demo finished[/]: {out}")
     return out
