@@ -68,6 +68,22 @@ SECTIONS = ("decoder", "e2e", "memory", "greedy")
 
 
 # ----------------------------------------------------------------------------- timing helpers
+def skip_variants(model, remove, generate) -> dict:
+    """The same generation unpruned, with ``remove`` skipped throughout, and skipped in the prefix only."""
+    from speechprune.prune.prefill import prefill_skip
+    from speechprune.prune.surgery import skip_layers
+
+    def pruned():
+        with skip_layers(model, remove):
+            generate()
+
+    def prefill_only():
+        with prefill_skip(model, remove):
+            generate()
+
+    return {"unpruned": generate, "pruned": pruned, "prefill-only": prefill_only}
+
+
 def interleaved(variants: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
                 ) -> dict[str, list[float]]:
     """Warm every variant up once (unless ``warm_up`` is false), then ``repeats`` rounds running all
@@ -223,9 +239,6 @@ def removed_layers(num_layers: int) -> list[int]:
 def bench_decoder(args) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from speechprune.prune.prefill import prefill_skip
-    from speechprune.prune.surgery import skip_layers
-
     shape = dict(args.decoder_shape)
     model_type = shape.pop("model_type")
     shape.pop("tie_word_embeddings", None)
@@ -243,15 +256,7 @@ def bench_decoder(args) -> dict:
                              min_new_tokens=args.gen_tokens, do_sample=False, pad_token_id=0)
         assert out.shape[1] == ids.shape[1] + args.gen_tokens
 
-    def pruned():
-        with skip_layers(model, remove):
-            generate()
-
-    def prefill_only():
-        with prefill_skip(model, remove):
-            generate()
-
-    times = interleaved({"unpruned": generate, "pruned": pruned, "prefill-only": prefill_only}, args.repeats)
+    times = interleaved(skip_variants(model, remove, generate), args.repeats)
     counter.remove()
     result = summarise(times, "unpruned")
     kept = L - len(remove)
@@ -464,8 +469,7 @@ def bench_gpu_8b(args, shape: dict = LLAMA_31_8B, device: str = "cuda") -> dict:
     via the in-place surgery), then peak memory with the layers really removed."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from speechprune.prune.prefill import prefill_skip
-    from speechprune.prune.surgery import remove_layers, skip_layers
+    from speechprune.prune.surgery import remove_layers
 
     cuda = device.startswith("cuda")
     config = LlamaConfig(**shape, bos_token_id=None, eos_token_id=None, pad_token_id=0)
@@ -485,15 +489,8 @@ def bench_gpu_8b(args, shape: dict = LLAMA_31_8B, device: str = "cuda") -> dict:
         if cuda:
             torch.cuda.synchronize()
 
-    def pruned():
-        with skip_layers(model, remove):
-            generate()
-
-    def prefill_only():
-        with prefill_skip(model, remove):
-            generate()
-
-    times = interleaved({"unpruned": generate, "pruned": pruned, "prefill-only": prefill_only}, args.repeats)
+    variants = skip_variants(model, remove, generate)
+    times = interleaved(variants, args.repeats)
     result = summarise(times, "unpruned")
 
     def peak(run) -> float | None:
@@ -506,7 +503,7 @@ def bench_gpu_8b(args, shape: dict = LLAMA_31_8B, device: str = "cuda") -> dict:
         return torch.cuda.max_memory_allocated() / 2**30
 
     result["unpruned"]["peak_gib"] = peak(generate)
-    result["prefill-only"]["peak_gib"] = peak(prefill_only)
+    result["prefill-only"]["peak_gib"] = peak(variants["prefill-only"])
     remove_layers(model, remove)  # for real: the removed layers' weights are freed
     result["pruned"]["peak_gib"] = peak(generate)
     result["pruned"]["params_gib"] = param_bytes(model) / 2**30

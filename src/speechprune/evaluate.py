@@ -60,9 +60,8 @@ class EvalResult:
 def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
     """Corpus WER after the normaliser; empty normalised references count their hypothesis words
     as insertions (jiwer refuses empty references)."""
-    pairs = [(r, h) for r, h in zip(references, hypotheses)]
-    refs = [" ".join(WER_NORMALISER(r)[0]) if r.strip() else "" for r, _ in pairs]
-    hyps = [" ".join(WER_NORMALISER(h)[0]) if h.strip() else "" for _, h in pairs]
+    refs = [" ".join(WER_NORMALISER(r)[0]) if r.strip() else "" for r in references]
+    hyps = [" ".join(WER_NORMALISER(h)[0]) if h.strip() else "" for h in hypotheses]
     kept = [(r, h) for r, h in zip(refs, hyps) if r]
     insertions_only = sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
     if not kept:
