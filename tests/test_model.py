@@ -7,7 +7,8 @@ import torch
 
 from speechprune.data.manifest import load_manifest
 from speechprune.model.layout import IGNORE_INDEX, Segment, assemble
-from speechprune.model.speechllm import SpeechLLM
+from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
+from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.model.text import text_decoder_inputs
 from tests.conftest import tiny_model_config
 
@@ -136,3 +137,21 @@ def test_load_with_device_map_and_dtype(tiny_manifest, tmp_path):
     assert placed.projector.markers.dtype == torch.bfloat16
     batch = next(placed.batches(utterances[:2], batch_size=2))
     assert len(placed.generate(batch, max_new_tokens=3)) == 2
+
+
+def test_bpe_merges_follow_how_often_the_decoder_reads_a_text():
+    prompt = "Transcribe speech to text."
+    sentences = [f"the {animal} sat on mat number {i}" for i, animal in enumerate(["cat", "dog", "fox"] * 10)]
+    few_merges = 260 + 12  # 256 bytes, 4 special tokens, 12 merges
+    by_frequency = train_bpe_tokenizer([prompt] * 200 + sentences, vocab_size=few_merges)
+    once_each = train_bpe_tokenizer([prompt] + sentences, vocab_size=few_merges)
+    tokens = lambda tokenizer: len(tokenizer(prompt, add_special_tokens=False)["input_ids"])  # noqa: E731
+    assert tokens(by_frequency) <= len(prompt) - 12  # every merge went to the prompt read 200 times
+    assert tokens(once_each) > tokens(by_frequency)
+
+
+def test_decoder_texts_count_each_prompt_once_per_utterance(tiny_manifest):
+    utterances = load_manifest(tiny_manifest)
+    texts = decoder_texts(DEFAULT_PROMPTS, utterances)
+    assert texts.count(DEFAULT_PROMPTS["asr"]) == sum(u.task == "asr" for u in utterances)
+    assert len(texts) == 3 * len(utterances)

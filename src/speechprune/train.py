@@ -37,7 +37,7 @@ from speechprune.config import option, require, save_config
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
 from speechprune.files import write_json
-from speechprune.model.speechllm import ModelConfig, SpeechLLM
+from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 
 MODES = ("frozen", "lora", "full")
@@ -89,7 +89,8 @@ class LoraConfig:
 
 @dataclass
 class LoopConfig:
-    batch_size: int = option(16)
+    batch_size: int = option(8, help="utterances per optimiser step (per process); small batches, more steps: "
+                                     "on the offline default, batch 8 reached a lower WER in the same time than 16 or 4")
     grad_accum: int = option(1, help="gradient accumulation steps")
     mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
     cpu: bool = option(False, help="force the CPU even when a GPU is present")
@@ -107,11 +108,13 @@ class LoopConfig:
 
 
 def default_stages() -> dict:
+    # text-lm is off by default: measured on the offline default, even 60 steps of it made the
+    # decoder listen far later (WER 0.31 instead of 0.045 after the same joint stage)
     return {
-        "text-lm": StageConfig(steps=150, input="lm", encoder="frozen", projector="frozen", lr=2e-3,
-                               batch_size=32),
-        "ctc": StageConfig(steps=250, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3),
-        "joint": StageConfig(steps=900, ctc_weight=0.3, lr=2e-3),
+        "text-lm": StageConfig(steps=0, input="lm", encoder="frozen", projector="frozen", lr=2e-3, batch_size=32),
+        "ctc": StageConfig(steps=150, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3,
+                           batch_size=16),
+        "joint": StageConfig(steps=1100, ctc_weight=0.3, lr=1e-3),
     }
 
 
@@ -263,7 +266,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
             continue
         params = _set_trainable(model, stage, loop.lora)
         loader = _loader(model, utterances, speech_data, stage, loop)
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay,
+                                      fused=all(p.device.type in ("cpu", "cuda") for p in params))
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
         wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         step, history, elapsed = 0, [], 0.0
@@ -392,7 +396,7 @@ def train(config: TrainConfig) -> Path:
     if config.init:
         model = SpeechLLM.load(config.init)
     else:
-        texts = [u.target for u in utterances] + [u.text for u in utterances]
+        texts = decoder_texts(config.model.prompts, utterances)
         model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")

@@ -149,7 +149,8 @@ class SpeechLLM(nn.Module):
     @classmethod
     def build(cls, config: ModelConfig, texts: list[str], ctc_texts: list[str] | None = None) -> "SpeechLLM":
         """A new SpeechLLM: pretrained parts loaded, the others built from their configs.
-        ``texts`` trains the BPE when the decoder has no tokenizer; ``ctc_texts`` give the alphabet."""
+        ``texts`` trains the BPE when the decoder has no tokenizer, each as often as it occurs
+        (:func:`decoder_texts` lists them for a corpus); ``ctc_texts`` give the alphabet."""
         encoder = (load_encoder(config.encoder.pretrained, config.encoder.window) if config.encoder.pretrained
                    else build_encoder(config.encoder.config, config.encoder.window, config.encoder.hop_length))
         prompts = [p.format(target_language=name) for p in config.prompts.values() for name in LANGUAGE_NAMES.values()]
@@ -372,6 +373,13 @@ def prompt_text(prompts: dict, utt: Utterance) -> str:
         raise UserError(f"no prompt for task {utt.task!r} (utterance {utt.id})")
     return template.format(target_language=LANGUAGE_NAMES.get(utt.tgt_lang, utt.tgt_lang),
                            source_language=LANGUAGE_NAMES.get(utt.src_lang, utt.src_lang))
+
+
+def decoder_texts(prompts: dict, utterances: list[Utterance]) -> list[str]:
+    """Every text the decoder reads in training, as often as it reads it: each utterance's
+    prompt, target and source transcript (what a new BPE is trained on)."""
+    return ([prompt_text(prompts, u) for u in utterances] + [u.target for u in utterances]
+            + [u.text for u in utterances])
 
 
 def tokenize_utterance(tokenizer: PreTrainedTokenizerBase, prompts: dict, utt: Utterance,

@@ -12,13 +12,16 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<bos>", "eos_token": "<eos
 
 
 def train_bpe_tokenizer(texts: list[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A byte-level BPE over ``texts`` (any Unicode survives as bytes), with pad/bos/eos/unk."""
+    """A byte-level BPE over ``texts`` (any Unicode survives as bytes), with pad/bos/eos/unk.
+
+    Each text counts as often as it occurs, so the merges follow what the decoder reads: a prompt
+    that precedes every utterance becomes a few tokens instead of one token per character."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    core.train_from_iterator(sorted(set(texts)), trainer)
+    core.train_from_iterator(sorted(texts), trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, **SPECIAL_TOKENS)
 
 
