@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
+from speechprune.data.manifest import Utterance
+from speechprune.model.speechllm import (DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig, SpeechLLM,
+                                        decoder_texts)
 
 SENTENCES = [("the red cat sleeps.", "le chat rouge dort."), ("two dogs run.", "deux chiens courent."),
              ("a big bird sings.", "un grand oiseau chante."), ("the cat sees a dog.", "le chat voit un chien."),
@@ -59,3 +61,11 @@ def tiny_model_config(layers: int = 4, decoder_type: str = "llama", encoder_type
 @pytest.fixture
 def tiny_manifest(tmp_path: Path) -> Path:
     return write_tiny_manifest(tmp_path / "data")
+
+
+def build_tiny_speechllm(utterances: list[Utterance], **config) -> SpeechLLM:
+    """A tiny SpeechLLM built as ``train`` builds one: BPE on the texts the decoder reads, the
+    CTC alphabet from the transcripts; ``config`` goes to :func:`tiny_model_config`."""
+    model_config = tiny_model_config(**config)
+    return SpeechLLM.build(model_config, decoder_texts(model_config.prompts, utterances),
+                           [u.text for u in utterances])

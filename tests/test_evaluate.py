@@ -36,12 +36,11 @@ def test_eval_writes_metrics_per_manifest(tiny_manifest, tmp_path):
     import torch
 
     from speechprune.data.manifest import load_manifest
-    from speechprune.model.speechllm import SpeechLLM
-    from tests.conftest import tiny_model_config, write_tiny_manifest
+    from tests.conftest import build_tiny_speechllm, write_tiny_manifest
 
     utterances = load_manifest(tiny_manifest)
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(), [u.target for u in utterances], [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances)
     model.save(tmp_path / "m")
     second = write_tiny_manifest(tmp_path / "data2", name="other.jsonl", with_st=False, seed=1)
     results = evaluate(EvalConfig(model=str(tmp_path / "m"), data=[str(tiny_manifest), str(second)],

@@ -13,15 +13,14 @@ from speechprune.heal import HealConfig, heal, healing_layers, lora_targets
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.sweep import SweepConfig, sweep
-from tests.conftest import tiny_model_config
+from tests.conftest import build_tiny_speechllm
 
 
 @pytest.fixture
 def tiny_speechllm(tiny_manifest, tmp_path):
     utterances = load_manifest(tiny_manifest)
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(layers=6), [u.target for u in utterances] + [u.text for u in utterances],
-                            [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances, layers=6)
     return model.save(tmp_path / "model")
 
 

@@ -10,14 +10,13 @@ from speechprune.model.layout import IGNORE_INDEX, Segment, assemble
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.model.text import text_decoder_inputs
-from tests.conftest import tiny_model_config
+from tests.conftest import build_tiny_speechllm
 
 
 def build(manifest, **kwargs) -> tuple[SpeechLLM, list]:
     utterances = load_manifest(manifest)
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(**kwargs), [u.target for u in utterances] + [u.text for u in utterances],
-                            [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances, **kwargs)
     return model.eval(), utterances
 
 

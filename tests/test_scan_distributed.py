@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from speechprune.data.manifest import load_manifest
-from speechprune.model.speechllm import SpeechLLM
 from speechprune.scan.run import ScanConfig, scan
-from tests.conftest import tiny_model_config, write_tiny_manifest
+from tests.conftest import build_tiny_speechllm, write_tiny_manifest
 
 
 def free_port() -> int:
@@ -31,8 +30,7 @@ def test_two_process_scan_equals_one_process_scan(tmp_path):
     manifest = write_tiny_manifest(tmp_path / "data")
     utterances = load_manifest(manifest)
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(layers=3), [u.target for u in utterances] + [u.text for u in utterances],
-                            [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances, layers=3)
     model.save(tmp_path / "slm")
     args = ["--model", str(tmp_path / "slm"), "--data", str(manifest), "--batch-size", "2", "--bootstrap", "200",
             "--device", "cpu", "--plots=false"]

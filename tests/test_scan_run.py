@@ -18,7 +18,7 @@ from speechprune.model.layout import REGIONS
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.scan.scanner import Scanner
-from tests.conftest import tiny_model_config, write_tiny_manifest
+from tests.conftest import build_tiny_speechllm, write_tiny_manifest
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def models(tmp_path_factory):
     manifest = write_tiny_manifest(root / "data")
     utterances = load_manifest(manifest)
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(layers=4), [u.target for u in utterances] + [u.text for u in utterances],
-                            [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances, layers=4)
     model.save(root / "slm")
     model.decoder.save_pretrained(root / "llm")
     model.tokenizer.save_pretrained(root / "llm")

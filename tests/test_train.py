@@ -15,7 +15,7 @@ import speechprune.train as train_module
 from speechprune.config import to_yaml
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
-from tests.conftest import tiny_model_config
+from tests.conftest import build_tiny_speechllm, tiny_model_config
 
 
 def tiny_train_config(manifest: Path, out: Path, **loop) -> TrainConfig:
@@ -128,7 +128,7 @@ def test_token_ctc_pulls_speech_towards_the_spoken_tokens(tiny_manifest):
 
     utterances = [u for u in load_manifest(tiny_manifest) if u.task == "asr"]
     torch.manual_seed(0)
-    model = SpeechLLM.build(tiny_model_config(), [u.target for u in utterances], [u.text for u in utterances])
+    model = build_tiny_speechllm(utterances)
     batch = next(model.batches(utterances, batch_size=6))
     optimizer = torch.optim.Adam(model.projector.parameters(), lr=1e-2)
     losses = []
