@@ -69,3 +69,17 @@ def build_tiny_speechllm(utterances: list[Utterance], **config) -> SpeechLLM:
     model_config = tiny_model_config(**config)
     return SpeechLLM.build(model_config, decoder_texts(model_config.prompts, utterances),
                            [u.text for u in utterances])
+
+
+# Greedy decodes of one model through two float32 computations (cached vs uncached, batched vs single,
+# a reference implementation) are promised to agree token for token on any CPU, thread count or BLAS
+# only where no step's top two logits lie within rounding of each other. Such tests assert this
+# margin on their own inputs first, so a failure says "pick another input", not "the code is wrong".
+GREEDY_MARGIN = 1e-4  # ten times the 1e-5 logit tolerance the suite holds two such paths to
+
+
+def assert_clear_greedy_path(logits, margin: float = GREEDY_MARGIN) -> None:
+    """Every step of ``logits`` ([..., vocab]) has its best token ahead of the next by ``margin``."""
+    top_two = logits.float().topk(2, dim=-1).values
+    gap = float((top_two[..., 0] - top_two[..., 1]).min())
+    assert gap > margin, f"greedy path is near a tie (top-2 gap {gap:.2e}): not comparable across machines"

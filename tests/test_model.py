@@ -10,7 +10,7 @@ from speechprune.model.layout import IGNORE_INDEX, Segment, assemble
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.model.text import text_decoder_inputs
-from tests.conftest import build_tiny_speechllm
+from tests.conftest import assert_clear_greedy_path, build_tiny_speechllm
 
 
 def build(manifest, **kwargs) -> tuple[SpeechLLM, list]:
@@ -79,9 +79,14 @@ def test_generate_matches_teacher_forced_argmax_and_batching(tiny_manifest):
     batch = next(model.batches(utterances[:4], batch_size=4))
     texts = model.generate(batch, max_new_tokens=6)
     singles = [model.generate(next(model.batches([u], batch_size=1)), max_new_tokens=6)[0] for u in utterances[:4]]
+    inputs = model.decoder_inputs(batch, with_target=False, padding_side="left")
+    decoded = model.decoder.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                     max_new_tokens=6, do_sample=False, pad_token_id=model.tokenizer.pad_token_id,
+                                     eos_token_id=model.tokenizer.eos_token_id, output_logits=True,
+                                     return_dict_in_generate=True)
+    assert_clear_greedy_path(torch.stack(decoded.logits, 1))
     assert texts == singles
     # the first generated token is the argmax of the teacher-forced logits at <bos>
-    inputs = model.decoder_inputs(batch, with_target=False, padding_side="left")
     out = model.decoder.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                                  max_new_tokens=1, do_sample=False, pad_token_id=model.tokenizer.pad_token_id)
     logits = model.decoder(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,

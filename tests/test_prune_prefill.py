@@ -23,6 +23,7 @@ from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers, final_norm
 from speechprune.prune.prefill import kv_fill_supported, prefill_skip
 from speechprune.prune.surgery import skip_layers
+from tests.conftest import assert_clear_greedy_path
 
 L = 6
 VOCAB = 89
@@ -132,10 +133,11 @@ def test_prefill_is_the_pruned_model_and_later_tokens_the_full_stack(family, whe
         tokens, logits = generate(model, ids)
     with skip_layers(model, skip):
         pruned_tokens, pruned_logits = generate(model, ids, new=1)
+    ref_tokens, ref_logits = reference(model, ids, skip)
+    assert_clear_greedy_path(ref_logits)
     torch.testing.assert_close(logits[:, 0], pruned_logits[:, 0], rtol=0, atol=1e-5)
     assert torch.equal(tokens[:, 0], pruned_tokens[:, 0])
 
-    ref_tokens, ref_logits = reference(model, ids, skip)
     assert torch.equal(tokens, ref_tokens)
     torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
     # the later tokens did run the skipped layers: pruned decoding differs from them
@@ -160,6 +162,7 @@ def test_kv_fill_equals_attention_fill_with_padding(family):
     for fill in ("kv", "attention"):
         with prefill_skip(model, [1, 2, 4], fill=fill):
             results[fill] = generate(model, ids, mask)
+    assert_clear_greedy_path(results["attention"][1])
     assert torch.equal(results["kv"][0], results["attention"][0])
     torch.testing.assert_close(results["kv"][1], results["attention"][1], rtol=1e-5, atol=1e-5)
     with skip_layers(model, [1, 2, 4]):  # padded prefill too equals the pruned model's
