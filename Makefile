@@ -4,13 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps bench clean
+.PHONY: demo test setup system-deps browser-deps bench clean
 
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; \
 	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; \
 	  else echo "speechprune needs espeak-ng: install it with your package manager (e.g. apt-get install espeak-ng)" >&2; exit 2; fi; }
+
+# chromium (headless) for the report's browser tests; where it cannot be installed those tests skip
+# and say so, and the rest of the suite runs
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	  fi; } || true
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  echo "WARNING: chromium could not be installed: the report's browser tests will be SKIPPED" >&2
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +32,7 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)
 
-test: setup
+test: setup browser-deps
 	$(PY) -m pytest tests
 
 demo: setup

@@ -42,6 +42,8 @@ COMMANDS: dict[str, Command] = {
                     "LoRA healing of a pruned SpeechLLM"),
     "sweep": Command("speechprune.sweep", "SweepConfig", "sweep",
                      "prune -> heal -> evaluate over fractions, strategies and healing"),
+    "report": Command("speechprune.report", "ReportConfig", "report",
+                      "one self-contained HTML page and a Markdown summary of a run directory"),
     "demo": Command("speechprune.demo", "DemoConfig", "demo",
                     "the whole chain on the offline default"),
 }

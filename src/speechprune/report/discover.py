@@ -1,0 +1,121 @@
+"""What a run directory holds: every scan, compare, sweep, evaluation, study and demo record the
+toolkit writes, found by their marker files anywhere below the directory. Reading only; nothing
+here knows how the outputs were made.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from speechprune.files import read_json
+
+SAMPLE_TRANSCRIPTS = 5  # per test set: enough to see what the model writes, short enough to read
+
+
+@dataclass
+class Found:
+    """One output directory of one kind, with what was read from it."""
+
+    kind: str
+    path: Path
+    data: dict
+    config: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    root: Path
+    scans: list[Found] = field(default_factory=list)
+    compares: list[Found] = field(default_factory=list)
+    sweeps: list[Found] = field(default_factory=list)
+    evals: list[Found] = field(default_factory=list)
+    studies: list[Found] = field(default_factory=list)
+    demos: list[Found] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    def relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.root)) or "."
+        except ValueError:
+            return str(path)
+
+    def is_empty(self) -> bool:
+        return not any((self.scans, self.compares, self.sweeps, self.evals, self.studies, self.demos))
+
+
+def _config(folder: Path) -> dict:
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _read_scan(folder: Path) -> Found | None:
+    data = read_json(folder / "scan.json")
+    return Found("scan", folder, data) if "inputs" in data and "num_layers" in data else None
+
+
+def _read_compare(folder: Path) -> Found | None:
+    data = read_json(folder / "compare.json")
+    return Found("compare", folder, data) if "pairs" in data else None
+
+
+def _read_sweep(folder: Path) -> Found | None:
+    summary = read_json(folder / "summary.json")
+    if "largest_acceptable" not in summary or not (folder / "results.json").is_file():
+        return None
+    return Found("sweep", folder, summary, _config(folder), {"rows": read_json(folder / "results.json")})
+
+
+def _read_eval(folder: Path) -> Found | None:
+    data = read_json(folder / "metrics.json")
+    if "sets" not in data:
+        return None
+    samples = {}
+    for name in data["sets"]:
+        path = folder / f"{name}.hypotheses.jsonl"
+        if path.is_file():
+            with open(path, encoding="utf-8") as handle:
+                lines = [line for _, line in zip(range(SAMPLE_TRANSCRIPTS), handle)]
+            samples[name] = [json.loads(line) for line in lines if line.strip()]
+    return Found("eval", folder, data, _config(folder), {"samples": samples})
+
+
+def _read_study(folder: Path) -> Found | None:
+    return Found("study", folder, read_json(folder / "study.json"), _config(folder))
+
+
+def _read_demo(folder: Path) -> Found | None:
+    return Found("demo", folder, read_json(folder / "demo.json"), _config(folder))
+
+
+MARKERS = {"scan.json": ("scans", _read_scan), "compare.json": ("compares", _read_compare),
+           "summary.json": ("sweeps", _read_sweep), "metrics.json": ("evals", _read_eval),
+           "study.json": ("studies", _read_study), "demo.json": ("demos", _read_demo)}
+
+
+def discover(root: str | Path) -> Run:
+    """Every output found below ``root`` (hidden and staging folders are skipped), sorted by path."""
+    root = Path(root)
+    run = Run(root)
+    for marker, (attribute, reader) in MARKERS.items():
+        for path in sorted(root.rglob(marker)):
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            try:
+                found = reader(path.parent)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                run.unreadable.append(f"{run.relative(path)}: {type(error).__name__}: {error}")
+                continue
+            if found is not None:
+                getattr(run, attribute).append(found)
+    return run

@@ -1,0 +1,202 @@
+"""``speechprune report``: what it finds in a run directory, what it says is missing, that its
+numbers are the run's numbers, that text from data stays text; and, in headless chromium, that the
+page loads with no console error and no broken image, hovers, and shows markup as text."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from speechprune.cli import main
+from speechprune.data.manifest import load_manifest
+from speechprune.evaluate import EvalConfig, evaluate
+from speechprune.files import write_json
+from speechprune.report import ReportConfig, report
+from speechprune.scan.compare import CompareConfig, compare
+from speechprune.scan.run import ScanConfig, scan
+from speechprune.sweep import SweepConfig, sweep
+from tests.chromium import Browser, find_chromium
+from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+
+LAYERS = 4
+MARKUP = ["<script>window.__pwned = 1</script>", "<img src=x onerror=\"window.__pwned = 2\">"]
+MARKUP_FOLDER = "run <svg onload=window.__pwned=3>"  # a path with markup (no '/': it is one folder)
+
+
+def _sweep_cell(strategy: str, removed: list[int], heal: str, wer: float) -> dict:
+    """A cell record as the sweep writes it (decoding an untrained tiny model for every cell would
+    take minutes; the sweep's own table, summary and curves are then made from these by sweep())."""
+    return {"strategy": strategy if removed else "none", "fraction": len(removed) / LAYERS,
+            "removed_count": len(removed), "heal": heal, "removed": removed, "kept_layers": LAYERS - len(removed),
+            "original_layers": LAYERS, "heal_seconds": 0.0,
+            "sets": {"tiny": {"asr": {"utterances": 6, "wer": wer}, "decode_seconds": 1.0 + 0.5 * (LAYERS - len(removed))}},
+            "decoder_bytes": 1000 * (LAYERS - len(removed)), "model_bytes": 2000}
+
+
+def build_run(root: Path, manifest: Path, labels: list[str] | None = None) -> Path:
+    """A small real run: model, scan (speech and text, bootstrap), compare, eval, sweep."""
+    torch.manual_seed(0)
+    model = build_tiny_speechllm(load_manifest(manifest), layers=LAYERS).save(root / "model")
+    scan(ScanConfig(model=str(model), data=str(manifest), input="both", out=str(root / "scan"), bootstrap=20))
+    compare(CompareConfig(scans=[str(root / "scan")], out=str(root / "compare"), labels=labels or []))
+    evaluate(EvalConfig(model=str(model), data=[str(manifest)], out=str(root / "eval"), max_new_tokens=3))
+    cells = root / "sweep" / "cells"
+    cells.mkdir(parents=True)
+    # baseline WER 0.10: the limit is max(0.125, 0.12) = 0.125
+    records = {"baseline": _sweep_cell("none", [], "none", 0.10),
+               "angular-remove1-none": _sweep_cell("angular", [2], "none", 0.11),
+               "angular-remove2-none": _sweep_cell("angular", [1, 2], "none", 0.30),
+               "angular-remove1-receiving-mlp": _sweep_cell("angular", [2], "receiving-mlp", 0.10),
+               "angular-remove2-receiving-mlp": _sweep_cell("angular", [1, 2], "receiving-mlp", 0.12)}
+    for name, record in records.items():
+        write_json(cells / f"{name}.json", record)
+    sweep(SweepConfig(model=str(model), scan=str(root / "scan"), train=[str(manifest)], test=[str(manifest)],
+                      out=str(root / "sweep"), fractions=[0.0, 0.25, 0.5], strategies=["angular"],
+                      heal=["none", "receiving-mlp"]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("report")
+    return build_run(root / "run", write_tiny_manifest(root / "data"))
+
+
+@pytest.fixture(scope="module")
+def markup_run(tmp_path_factory) -> Path:
+    """A run whose transcripts, labels, claims and paths all contain markup."""
+    root = tmp_path_factory.mktemp("markup") / MARKUP_FOLDER
+    manifest = write_tiny_manifest(root / "data", with_st=False)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for k, line in enumerate(lines):
+        line["text"] = line["target"] = f"{MARKUP[k % 2]} the cat"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    build_run(root, manifest, labels=MARKUP)
+    write_json(root / "study.json", {"claims": [{"claim": MARKUP[0], "measured": MARKUP[1], "paper": "a & b",
+                                                 "evidence": "<b>bold?</b>"}]})
+    return root
+
+
+def _report(run: Path) -> tuple[str, str]:
+    path = report(ReportConfig(run=[str(run)]))
+    return path.read_text(encoding="utf-8"), (path.parent / "report.md").read_text(encoding="utf-8")
+
+
+def test_report_shows_the_runs_own_numbers(small_run):
+    html, md = _report(small_run)
+    payload = json.loads((small_run / "scan" / "scan.json").read_text())
+    # every heatmap cell carries d(x_l, x_l+n) straight from the scan's matrix
+    cells = re.findall(r'data-l="(\d+)" data-n="(\d+)" data-d="([0-9.]+)"', html)
+    per_map = LAYERS * (LAYERS + 1) // 2
+    assert len(cells) == 4 * per_map  # speech and text, all and last positions
+    speech_all = np.asarray(payload["inputs"]["speech"]["regions"]["all"]["angular"])
+    for l, n, d in cells[:per_map]:
+        assert abs(float(d) - speech_all[int(l), int(l) + int(n)]) <= 5e-6  # printed with 5 decimals
+    # the l*(n) table: argmin over starts, recomputed here from the matrix
+    for n in range(1, LAYERS + 1):
+        start = int(np.argmin([speech_all[l, l + n] for l in range(LAYERS - n + 1)]))
+        assert f"| {n} | {start} | [{start},{start + n}) |" in md
+    # the sweep: without healing 1 layer of 4 is acceptable, healed 2 (limit 0.125)
+    assert "| angular | none | tiny | 0.250 | 1 |" in md
+    assert "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
+    pair = json.loads((small_run / "compare" / "compare.json").read_text())["pairs"][0]
+    assert f"| {pair['region']} | scan/speech | scan/text | {pair['spearman']:.3f} |" in md
+    assert html.count("<img ") == 2  # l*(n) figure, one sweep curve, nothing else as a bitmap
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'<img [^>]*src="([^"]*)"', html))
+    assert "Not in this run: no study here" in html and "http://" not in html and "https://" not in html
+
+
+def test_report_says_what_is_missing(small_run, tmp_path):
+    only_scan = tmp_path / "only-scan"
+    shutil.copytree(small_run / "scan", only_scan / "scan")
+    _, md = _report(only_scan)
+    for kind in ("sweep", "eval", "compare", "study"):
+        assert f"no {kind} here" in md
+    nested = tmp_path / "study"
+    shutil.copytree(small_run / "scan", nested / "cond-a" / "scan")
+    shutil.copytree(small_run / "sweep", nested / "cond-a" / "sweep")
+    write_json(nested / "study.json", {
+        "claims": [{"claim": "text and speech agree", "measured": "Spearman 0.97", "paper": "nearly identical",
+                    "evidence": "cond-a/scan"}],
+        "agreement": {"conditions": ["a", "b"], "metrics": {"spearman": [[1, 0.9], [0.9, 1]],
+                                                            "same_best_share": [[1, 0.5], [0.5, 1]],
+                                                            "mean_abs_shift": [[0, 1.5], [1.5, 0]]}},
+        "consensus": {"rows": [{"n": 1, "consensus_start": 2, "per_condition": {"a": 2, "b": 3}}]},
+        "sweeps": {"a": "cond-a/sweep", "b": "cond-b/sweep"}})
+    html, md = _report(nested)
+    assert "| text and speech agree | nearly identical | Spearman 0.97 | cond-a/scan |" in md
+    assert "| 1 | 2 | 2 | 3 |" in md  # n, consensus start, per condition a, b
+    assert "| a | cond-a/sweep | shown below |" in md and "| b | cond-b/sweep | not found |" in md
+    assert "Scan: cond-a/scan" in md and "Sweep: cond-a/sweep" in md
+    assert 'alt="agreement across conditions"' in html
+
+
+def test_report_refuses_what_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no toolkit outputs" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "absent")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not list((tmp_path / "empty").iterdir())
+
+
+def test_markup_from_data_is_escaped(markup_run):
+    html, md = _report(markup_run)
+    assert html.count("<script") == 1  # the page's own
+    assert "<img src=x" not in html and "<svg onload" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt;" in html
+    assert "<script" not in md and "&lt;img src=x onerror=" in md
+
+
+# in a real browser -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def browser():
+    executable = find_chromium()
+    if executable is None:
+        pytest.skip("BROWSER TESTS SKIPPED: chromium is not installed (make test installs it with apt-get "
+                    "install chromium; it could not here)")
+    try:
+        import websocket  # noqa: F401
+    except ImportError:
+        pytest.skip("BROWSER TESTS SKIPPED: the websocket-client package is missing (pip install -e '.[test]')")
+    opened = Browser(executable)
+    yield opened
+    opened.close()
+
+
+def test_report_renders_in_chromium(small_run, browser, tmp_path):
+    path = report(ReportConfig(run=[str(small_run)], out=str(tmp_path)))
+    browser.open(path)
+    assert browser.problems() == []
+    images = browser.evaluate("Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
+    assert len(images) == 2 and all(ok for ok, _ in images), images
+    assert browser.evaluate("document.querySelectorAll('svg.heatmap').length") == 4
+    # hovering a cell reads out its l, n and distance
+    cell = browser.evaluate("(() => { const c = document.querySelectorAll('svg.heatmap rect[data-l]')[5];"
+                            " const r = c.getBoundingClientRect(); c.scrollIntoView();"
+                            " const s = c.getBoundingClientRect();"
+                            " return [s.x + s.width / 2, s.y + s.height / 2, c.dataset.l, c.dataset.n, c.dataset.d]; })()")
+    browser.move_mouse(cell[0], cell[1])
+    shown = browser.evaluate("document.getElementById('hover').textContent")
+    assert shown == f"l={cell[2]}, n={cell[3]}, block [{cell[2]},{int(cell[2]) + int(cell[3])}), distance {cell[4]}"
+    browser.evaluate("window.scrollTo(0, 0)")
+    browser.screenshot(tmp_path / "report.png")
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert browser.problems() == []
+
+
+def test_markup_is_shown_as_text_in_chromium(markup_run, browser):
+    browser.open(report(ReportConfig(run=[str(markup_run)])))
+    assert browser.problems() == []
+    assert browser.evaluate("typeof window.__pwned") == "undefined"
+    assert browser.evaluate("document.scripts.length") == 1
+    assert browser.evaluate("document.querySelectorAll('img:not([src^=\"data:image/png\"]), [onerror], [onload]')"
+                            ".length") == 0
+    text = browser.evaluate("document.body.innerText")
+    assert MARKUP[0] in text and MARKUP[1] in text and MARKUP_FOLDER in text and "<b>bold?</b>" in text
