@@ -200,3 +200,17 @@ def test_markup_is_shown_as_text_in_chromium(markup_run, browser):
                             ".length") == 0
     text = browser.evaluate("document.body.innerText")
     assert MARKUP[0] in text and MARKUP[1] in text and MARKUP_FOLDER in text and "<b>bold?</b>" in text
+
+
+def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tmp_path):
+    from speechprune.demo import DemoConfig, demo
+
+    out = tmp_path / "demo"
+    for step in ("model", "eval", "scan", "compare", "sweep"):
+        shutil.copytree(small_run / step, out / step)
+    write_json(out / "corpus" / "corpus.json", {})
+    stamp = (out / "sweep" / "summary.json").stat().st_mtime_ns
+    path = demo(DemoConfig(out=str(out)))
+    assert path == out / "report.html" and (out / "sweep" / "summary.json").stat().st_mtime_ns == stamp
+    md = (out / "report.md").read_text()
+    assert "## Demo: ." in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md

@@ -108,6 +108,7 @@ def demo(config: DemoConfig) -> Path:
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],
         fractions=config.fractions, strategies=config.strategies, heal=config.heal, heal_steps=config.heal_steps,
         prefill_only=config.prefill_only, max_test_utterances=config.test_utterances, out=str(out / "sweep"))))
+    write_json(timer.path, {"seconds": timer.seconds})  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
     console.rule("[bold]report")  # always rebuilt: it is fast and reflects every step above
     report_path = report(ReportConfig(run=[str(out)]))

@@ -133,6 +133,11 @@ def best_blocks_png(profiles: list[dict]) -> str:
             else:
                 bottom.plot(ns + offset, [b["distance"] for b in profile["best_blocks"]], "o", markersize=3,
                             label=f"{profile['label']} (no bootstrap)")
+        from matplotlib.ticker import MaxNLocator
+
+        for axis in (top, bottom):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        top.yaxis.set_major_locator(MaxNLocator(integer=True))
         top.set_ylabel("best start l*(n)")
         top.legend(fontsize=7)
         bottom.set_ylabel("d(x_l*, x_l*+n)\n95% bootstrap interval")
