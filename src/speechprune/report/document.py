@@ -107,7 +107,7 @@ def scan_section(scan: Found, run: Run) -> Section:
             row = [str(k + 1)]
             for profile in profiles:
                 best = profile["best_blocks"][k]
-                stability = (profile["stability"] or [None] * (k + 1))[k] if profile["stability"] else None
+                stability = profile["stability"][k] if k < len(profile["stability"] or []) else None
                 row += [str(best["start"]), f"[{best['start']},{best['end']})",
                         _num(stability.get("change_rate"), 2) if stability else "-"]
             rows.append(row)
