@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,12 +216,16 @@ def sweep(config: SweepConfig) -> dict:
             if config.prefill_only:
                 plan |= {(s, n, PREFILL_ONLY) for s in config.strategies}
     cells = []
-    for strategy, n, heal in sorted(plan, key=lambda p: (p[1], p[0], p[2])):
+    for number, (strategy, n, heal) in enumerate(sorted(plan, key=lambda p: (p[1], p[0], p[2])), start=1):
         path = out / "cells" / f"{_cell_name(strategy, n, heal)}.json"
         if path.exists():
             cells.append(read_json(path))
             continue
+        print(f"sweep cell {number}/{len(plan)}: {_cell_name(strategy, n, heal)}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
         cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out)
+        print(f"sweep cell {number}/{len(plan)} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+              flush=True)
         write_json(path, cell)
         cells.append(cell)
     baseline = next(c for c in cells if c["removed_count"] == 0)
