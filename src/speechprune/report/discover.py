@@ -6,6 +6,7 @@ here knows how the outputs were made.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,13 +105,16 @@ MARKERS = {"scan.json": ("scans", _read_scan), "compare.json": ("compares", _rea
 
 
 def discover(root: str | Path) -> Run:
-    """Every output found below ``root`` (hidden and staging folders are skipped), sorted by path."""
+    """Every output found below ``root`` (hidden and staging folders are skipped), parents before subfolders."""
     root = Path(root)
     run = Run(root)
+    paths: dict[str, list[Path]] = {marker: [] for marker in MARKERS}
+    for folder, subfolders, files in os.walk(root):  # one walk: a corpus folder can hold thousands of files
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for marker in MARKERS.keys() & set(files):
+            paths[marker].append(Path(folder) / marker)
     for marker, (attribute, reader) in MARKERS.items():
-        for path in sorted(root.rglob(marker)):
-            if any(part.startswith(".") for part in path.relative_to(root).parts):
-                continue
+        for path in paths[marker]:
             try:
                 found = reader(path.parent)
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
