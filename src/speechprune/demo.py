@@ -4,8 +4,8 @@
 
 Every step writes its own directory under OUT and is skipped when that directory is complete,
 so an interrupted demo continues where it stopped. Each step is the same Python function the
-CLI calls; nothing here is demo-only logic. The demo is a reduced study (English ASR only, two
-strategies, a few pruning levels, a short heal); ``speechprune sweep`` and ``speechprune study``
+CLI calls; nothing here is demo-only logic. The demo is a reduced study (English ASR only, angular
+distance, 1-3 of 8 layers removed, a short heal); ``speechprune sweep`` and ``speechprune study``
 run the full grids.
 
 TODO(base LLM): the paper's setting pretrains the decoder on text first and trains the SpeechLLM
