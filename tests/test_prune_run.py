@@ -298,10 +298,12 @@ def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_p
     from speechprune.prune.strategies import angular, greedy_score
 
     source, manifest = speechllm_dir
-    # the same choice as greedy-score computed by hand on the same cached inputs
+    # the same choice as greedy-score computed by hand on the same cached inputs, one full forward
+    # per candidate (the reference; the command reuses each round's prefix)
     decoder, batches = cached_decoder_inputs(str(source), str(manifest), "speech", batch_size=4)
     assert len(batches) == 2 and batches[0].regions["speech"].any()
-    expected = greedy_score(decoder, 2, loss_score(batches))
+    reference_trace: list[dict] = []
+    expected = greedy_score(decoder, 2, loss_score(batches), trace=reference_trace, method="full")
 
     encodes = []
     original_encode = SpeechLLM.encode
@@ -321,6 +323,8 @@ def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_p
     record = json.loads((out / "pruning.json").read_text())
     assert record["removed"] == expected and record["utterances"] == 6
     assert len(record["steps"]) == 2 and len(record["steps"][0]["scores"]) == 6
+    for step, reference in zip(record["steps"], reference_trace):  # same computation; 2e-5: float32 rounding
+        assert step["scores"] == pytest.approx(reference["scores"], abs=2e-5, rel=0)
     assert SpeechLLM.load(out).decoder.config.num_hidden_layers == 4
 
     # iterative: its first step is the best single layer of a scan of the full model
