@@ -168,7 +168,8 @@ def greedy_score(
     candidate (a full forward each); ``"prefix"`` asks ``score.removal_scores(model, removed,
     candidates)`` for the whole round at once, which reuses the layers before each candidate
     (:class:`~speechprune.prune.calibration.LossScore` does); ``"auto"`` takes ``"prefix"`` when the
-    score offers it. Both choose the same layers: the scores are the same computation."""
+    score offers it. Both choose the same layers: each candidate's score comes from the same layer
+    computations on the same inputs (equal bit for bit where tested; at most float rounding apart)."""
     from speechprune.model.decoder import decoder_layers
 
     if method not in GREEDY_METHODS:
