@@ -326,6 +326,8 @@ class SpeechLLM(nn.Module):
                         self.decoder = merged
             self.encoder.save(staging / "encoder")
             self.decoder.save_pretrained(staging / "decoder")
+            # decoder/ is a complete Hugging Face model (AutoTokenizer loads it too, mergekit copies it)
+            self.tokenizer.save_pretrained(staging / "decoder")
             self.tokenizer.save_pretrained(staging / "tokenizer")
             save_file(_contiguous(self.projector.state_dict()), staging / "projector.safetensors")
             if self.ctc_head is not None:

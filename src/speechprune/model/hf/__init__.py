@@ -1,0 +1,1 @@
+"""Hugging Face speech-LLM families, one small adapter each; importing this registers them."""
