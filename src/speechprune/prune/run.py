@@ -327,7 +327,9 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         if reference is not None:
             model.release()  # the original's weights are not needed while the export is reloaded
             pruning["verification"] = verify_export(reload, checkpoint, len(kept), reference, probe)
-        write_json(stage / "pruning.json", pruning)
         if source_checkpoint is not None:
             write_text(stage / "mergekit.yaml", mergekit_yaml(source_checkpoint.resolve(), ranges, dtype, note))
+        else:
+            pruning["mergekit"] = f"no mergekit.yaml: mergekit {note}"
+        write_json(stage / "pruning.json", pruning)
     return pruning

@@ -1,4 +1,4 @@
-"""``speechprune scan``: load a SpeechLLM or a plain causal LM, stream a manifest through it once,
+"""``speechprune scan``: load a model of any kind (``model.load_model``), stream a manifest through it once,
 and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
 checkpoint/resume and the output layout; the per-batch work is :class:`~speechprune.scan.scanner.Scanner`.
 """
@@ -27,10 +27,11 @@ CHECKPOINT_DIR = ".checkpoint"
 
 @dataclass
 class ScanConfig:
-    model: str = option(help="SpeechLLM directory, or a plain Hugging Face causal LM directory or hub id")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
     data: str = option(help="manifest (JSONL) whose utterances are scanned")
     out: str = option(help="output directory: scan.json, heatmaps, l*(n) and stability figures")
-    input: str = option("auto", help="speech | text | both | auto (both for a SpeechLLM, text for a plain LLM)")
+    input: str = option("auto", help="speech | text | both | auto (every input the model takes: both for a "
+                                           "speech model, text for a plain LLM)")
     regions: list[str] = option(list(REGIONS), help="regions to accumulate: speech, prompt, target, last, all")
     batch_size: int = option(8, help="utterances per forward")
     max_utterances: int = option(0, help="scan only the first N utterances of the manifest (0 = all)")
