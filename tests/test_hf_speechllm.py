@@ -169,6 +169,11 @@ def test_regions_follow_the_chat(checkpoints, manifest):
     ids = torch.tensor(tokenizer(model.render(utterances[0], "text", True)[0])["input_ids"])
     assert tokenizer.decode(ids[text.regions["speech"][0]]) == utterances[0].text
 
+    # a template that rewrites the texts leaves no span to find: one clear error, not empty regions
+    model.processor.chat_template = model.processor.chat_template.replace("{{ c.text }}", "{{ c.text | upper }}")
+    with pytest.raises(UserError, match="does not render its prompt text verbatim"):
+        model.decoder_inputs(utterances[:1], source="speech")
+
 
 def test_heal_and_eval_keep_the_original_class(checkpoints, manifest, tmp_path):
     from speechprune.evaluate import EvalConfig, evaluate
@@ -231,3 +236,13 @@ def test_sweep_on_a_speech_llm(checkpoints, manifest, tmp_path):
     assert cells["angular-remove1-none"]["kept_layers"] == LAYERS - 1
     assert cells["angular-remove1-none"]["decoder_bytes"] < cells["baseline"]["decoder_bytes"]
     assert "angular/none/tiny" in summary["largest_acceptable"]
+
+
+def test_greedy_score_measures_the_speech_llm_on_cached_speech_inputs(checkpoints, manifest, tmp_path):
+    record = prune(PruneConfig(model=str(checkpoints["audioflamingo3"]), out=str(tmp_path / "pruned"), remove=1,
+                               strategy="greedy-score", data=str(manifest), max_utterances=2, batch_size=2))
+    assert record["input"] == "speech" and record["utterances"] == 2 and len(record["removed"]) == 1
+    # each step scored every remaining layer; the chosen one has the lowest target loss
+    step = record["steps"][0]
+    assert len(step["scores"]) == LAYERS
+    assert record["removed"][0] == int(min(step["scores"], key=step["scores"].get)) == step["removed"]

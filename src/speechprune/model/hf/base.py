@@ -186,6 +186,10 @@ class HFSpeechLLM(LoadedModel):
             spans["speech"] = _find(text, utt.text, 0, answer_start)
         if with_target:
             spans["target"] = _find(text, utt.target, answer_start, len(text))
+        lost = sorted(name for name, span in spans.items() if span == (0, 0))
+        if lost:
+            raise UserError(f"{self.path}: utterance {utt.id}: the chat template does not render its {lost[0]} text "
+                            "verbatim, so its region cannot be located")
         plain_regions: list[str | None] = []
         for start, end in offsets:
             plain_regions.append(next((name for name, (a, b) in spans.items() if start < b and end > a), None))
@@ -218,7 +222,7 @@ class HFSpeechLLM(LoadedModel):
 
 
 def _find(text: str, needle: str, start: int, end: int) -> tuple[int, int]:
-    """The character span of ``needle`` in ``text[start:end]`` ((0, 0) when it is not there)."""
+    """The character span of ``needle`` in ``text[start:end]`` ((0, 0) when it is not there or empty)."""
     at = text.find(needle, start, end) if needle else -1
     return (at, at + len(needle)) if at >= 0 else (0, 0)
 
