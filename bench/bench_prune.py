@@ -274,6 +274,7 @@ def bench_decoder(args) -> dict:
 def bench_e2e(args, full_dir: Path, manifest: Path) -> dict:
     from speechprune.data.manifest import load_manifest
     from speechprune.evaluate import decode
+    from speechprune.model.kinds import SpeechLLMModel
     from speechprune.model.speechllm import SpeechLLM
     from speechprune.prune.prefill import prefill_skip
     from speechprune.prune.surgery import skip_layers
@@ -292,7 +293,7 @@ def bench_e2e(args, full_dir: Path, manifest: Path) -> dict:
             counter.reset()
             encoder_clock.seconds = 0.0
             with context():
-                decode(model, utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+                decode(SpeechLLMModel(str(full_dir), model), utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
             assert counter.calls == batches * args.e2e_tokens, (counter.calls, batches, args.e2e_tokens)
             parts.setdefault(name, []).append({"encoder_s": encoder_clock.seconds, "prefill_s": counter.prefill_s,
                                                "steps_s": counter.step_s})
@@ -329,6 +330,7 @@ def memory_child(args) -> dict:
     decode the whole manifest once, report resident-memory figures (KiB) and parameter bytes."""
     from speechprune.data.manifest import load_manifest
     from speechprune.evaluate import decode
+    from speechprune.model.kinds import SpeechLLMModel
     from speechprune.model.speechllm import SpeechLLM
     from speechprune.prune.prefill import prefill_skip
 
@@ -342,12 +344,12 @@ def memory_child(args) -> dict:
         skip = [int(i) for i in args.child_prefill_skip.split(",") if i]
         context = (lambda: prefill_skip(model.decoder, skip)) if skip else contextlib.nullcontext
         with context():
-            decode(model, utterances[: args.e2e_batch], batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+            decode(SpeechLLMModel(args.child_model, model), utterances[: args.e2e_batch], batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
         gc.collect()
         before_run = rss_kib()
         Path("/proc/self/clear_refs").write_text("5")
         with context():
-            decode(model, utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+            decode(SpeechLLMModel(args.child_model, model), utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
         peak = rss_kib("VmHWM")
     return {"params_bytes": param_bytes(model), "decoder_params_bytes": param_bytes(model.decoder),
             "rss_before_load_kib": before_load, "rss_before_run_kib": before_run, "vmhwm_kib": peak,

@@ -21,7 +21,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from speechprune.config import option, require, save_config
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.files import staged_dir, write_json
-from speechprune.model.speechllm import SpeechLLM
+from speechprune.model.interface import LoadedModel, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -36,7 +36,7 @@ WER_NORMALISER = jiwer.Compose([
 
 @dataclass
 class EvalConfig:
-    model: str = option(help="SpeechLLM directory")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
     data: list[str] = option(help="test manifest(s), comma-separated")
     out: str = option(help="output directory: hypotheses.jsonl and metrics.json")
     batch_size: int = option(16)
@@ -96,7 +96,7 @@ def score(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
+def decode(model: LoadedModel, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
            num_beams: int = 1) -> EvalResult:
     """Decode ``utterances`` (longest first, to waste little padding) and score them.
     ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding."""
@@ -105,8 +105,8 @@ def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, 
     hypotheses: dict[int, str] = {}
     started = time.perf_counter()
     ordered = [utterances[i] for i in order]
-    for start, batch in zip(range(0, len(ordered), batch_size), model.batches(ordered, batch_size)):
-        texts = model.generate(batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    for start in range(0, len(ordered), batch_size):
+        texts = model.generate(ordered[start: start + batch_size], max_new_tokens=max_new_tokens, num_beams=num_beams)
         for offset, text in enumerate(texts):
             hypotheses[order[start + offset]] = text
     seconds = time.perf_counter() - started
@@ -127,14 +127,14 @@ def resolve_device(device: str) -> str:
 
 
 def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
-    """Decode each test manifest with a SpeechLLM and write, per manifest, the hypotheses and
+    """Decode each test manifest with a model (any kind load_model opens) and write, per manifest, the hypotheses and
     references (``<manifest>.hypotheses.jsonl``) and one ``metrics.json`` holding WER, BLEU and
     chrF per manifest and condition."""
     test_sets = {}
     for path in config.data:
         utterances = load_manifests([path])
         test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
-    model = SpeechLLM.load(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
+    model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
     results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams)
                for name, utterances in test_sets.items()}
     metrics = {"model": str(Path(config.model).resolve()),

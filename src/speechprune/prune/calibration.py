@@ -172,30 +172,28 @@ def scan_rescan(batches: Sequence[DecoderInputs], input_name: str, regions: Sequ
 
 
 @torch.no_grad()
-def cached_decoder_inputs(model_dir: str, manifest: str, input_name: str, batch_size: int = 8,
-                          max_utterances: int = 0, device: str = "cpu") -> tuple[Any, list[DecoderInputs]]:
-    """Load ``model_dir`` (SpeechLLM or plain causal LM) and turn ``manifest`` into decoder inputs
-    once: the encoder and projector run here and never again. Returns the decoder (a causal LM) and
-    the cached batches; the rest of the SpeechLLM is released."""
+def calibration_batches(model: Any, manifest: str, input_name: str, batch_size: int = 8,
+                        max_utterances: int = 0) -> list[DecoderInputs]:
+    """``manifest`` as decoder inputs of ``model`` (a :class:`~speechprune.model.interface.LoadedModel`),
+    computed once: a speech encoder runs here and never again."""
     from speechprune.data.manifest import load_manifest
     from speechprune.errors import UserError
-    from speechprune.model.speechllm import SpeechLLM, is_speechllm_dir
 
     utterances = list(load_manifest(manifest))
     if max_utterances:
         utterances = utterances[:max_utterances]
     if not utterances:
         raise UserError(f"--data {manifest}: no utterances")
-    if is_speechllm_dir(model_dir):
-        speechllm = SpeechLLM.load(model_dir, device=device)
-        batches = [speechllm.decoder_inputs(batch, source=input_name)
-                   for batch in speechllm.batches(utterances, batch_size=batch_size, shuffle=False)]
-        return speechllm.decoder, batches
-    if input_name != "text":
-        raise UserError(f"--input {input_name}: {model_dir} is a plain causal LM; its calibration input is text")
-    from speechprune.model.text import load_text_model, text_decoder_inputs
+    model.check_source(input_name)
+    return [model.decoder_inputs(utterances[start: start + batch_size], source=input_name)
+            for start in range(0, len(utterances), batch_size)]
 
-    decoder, tokenizer = load_text_model(model_dir, device=device)
-    batches = [text_decoder_inputs(decoder, tokenizer, utterances[start: start + batch_size])
-               for start in range(0, len(utterances), batch_size)]
-    return decoder, batches
+
+def cached_decoder_inputs(model_dir: str, manifest: str, input_name: str, batch_size: int = 8,
+                          max_utterances: int = 0, device: str = "cpu") -> tuple[Any, list[DecoderInputs]]:
+    """Load ``model_dir`` (any kind :func:`~speechprune.model.interface.load_model` opens) and turn
+    ``manifest`` into decoder inputs once. Returns the causal LM and the cached batches."""
+    from speechprune.model.interface import load_model
+
+    model = load_model(model_dir, device=device)
+    return model.causal_lm, calibration_batches(model, manifest, input_name, batch_size, max_utterances)
