@@ -30,6 +30,8 @@ COMMANDS: dict[str, Command] = {
                        "write a Hugging Face dataset (LibriSpeech, CoVoST2, FLEURS, audio folder) as a manifest"),
     "train": Command("speechprune.train", "TrainConfig", "train",
                      "build or load a SpeechLLM and train it in stages (Accelerate)"),
+    "base-llm": Command("speechprune.base_llm", "BaseLLMConfig", "pretrain_base_llm",
+                        "pretrain a decoder on grammar text alone: a Hugging Face base LLM"),
     "eval": Command("speechprune.evaluate", "EvalConfig", "evaluate",
                     "batched decoding; WER, BLEU and chrF"),
     "scan": Command("speechprune.scan.run", "ScanConfig", "scan",
@@ -44,6 +46,8 @@ COMMANDS: dict[str, Command] = {
                      "prune -> heal -> evaluate over fractions, strategies and healing"),
     "report": Command("speechprune.report", "ReportConfig", "report",
                       "one self-contained HTML page and a Markdown summary of a run directory"),
+    "study": Command("speechprune.study", "StudyConfig", "study",
+                     "the paper's study: base LLMs, SpeechLLMs, scans, agreement and claims in one run"),
     "demo": Command("speechprune.demo", "DemoConfig", "demo",
                     "the whole chain on the offline default"),
 }

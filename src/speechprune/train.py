@@ -24,6 +24,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,8 @@ class StageConfig:
     warmup: float = option(0.1, help="fraction of the stage's steps spent warming up")
     weight_decay: float = option(0.01)
     batch_size: int | None = option(None, help="override the loop's batch size in this stage")
+    projector_lr: float | None = option(None, help="the projector's own peak learning rate (default: lr); a frozen "
+                                                   "or LoRA decoder needs a projector that moves much faster")
 
     def __post_init__(self):
         require(self.steps >= 0, "stage steps must be >= 0")
@@ -127,6 +130,9 @@ class TrainConfig:
     train: list[str] = option(help="training manifest(s), comma-separated; ASR and ST sets are mixed")
     out: str = option(help="output directory: becomes the SpeechLLM directory")
     init: str | None = option(None, help="continue from this SpeechLLM directory instead of building one")
+    encoder_from: str | None = option(None, help="SpeechLLM directory whose encoder and CTC head (a warmed-up "
+                                                 "encoder) replace the newly built ones: one warm-up serves "
+                                                 "every decoder")
     model: ModelConfig = option(ModelConfig())
     stages: dict[str, StageConfig] = option(default_stages(), help="training stages by name")
     stage_order: list[str] = option([], help="the order to run stages in (default: as listed; a YAML file that "
@@ -136,6 +142,7 @@ class TrainConfig:
 
     def __post_init__(self):
         require(len(self.train) > 0, "--train needs at least one manifest")
+        require(not (self.init and self.encoder_from), "--init loads a whole SpeechLLM: --encoder-from has no use with it")
         unknown = [name for name in self.stage_order if name not in self.stages]
         require(not unknown, f"stage_order names unknown stage(s) {unknown}; stages are {list(self.stages)}")
         require(any(stage.steps > 0 for stage in self.ordered_stages().values()), "every stage has 0 steps: nothing to train")
@@ -251,10 +258,13 @@ def seed_everything(seed: int) -> None:
 
 
 def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, StageConfig], loop: LoopConfig,
-               out: Path, accelerator: Accelerator | None = None, resume: bool = True) -> list[StageResult]:
+               out: Path, accelerator: Accelerator | None = None, resume: bool = True,
+               on_log: Callable[[str, int], dict] | None = None) -> list[StageResult]:
     """Train ``model`` in place through ``stages`` (in order). Checkpoints go to
     ``out/checkpoints`` every ``loop.checkpoint_every`` steps and at each stage's end; with
-    ``resume`` an interrupted run continues from the newest one with the same result."""
+    ``resume`` an interrupted run continues from the newest one with the same result.
+    ``on_log(stage, step)``, when given, is called at every logged step (and at step 0 of each
+    stage) and its numbers join that step's record (a dev-set perplexity, say)."""
     accelerator = accelerator or make_accelerator(loop, out)
     seed_everything(loop.seed)
     checkpoint_dir = out / "checkpoints"
@@ -270,7 +280,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
             continue
         params = _set_trainable(model, stage, loop.lora)
         loader = _loader(model, utterances, speech_data, stage, loop)
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay,
+        optimizer = torch.optim.AdamW(_param_groups(model, params, stage), lr=stage.lr,
+                                      weight_decay=stage.weight_decay,
                                       fused=all(p.device.type in ("cpu", "cuda") for p in params))
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
         wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -283,6 +294,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                             disable=not accelerator.is_main_process)
         task = progress.add_task(name, total=stage.steps, completed=step, loss=float("nan"))
         running, loss_value = [], float("nan")
+        if on_log is not None and step == 0:
+            history.append({"stage": name, "step": 0, **_logged(on_log, model, name, 0)})
         batches = _endless(loader, accelerator, start_batch=step * loop.grad_accum)
         with progress:
             while step < stage.steps:
@@ -305,6 +318,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                 if step % loop.log_every == 0 or step == stage.steps:
                     record = {"stage": name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                               **{k: float(v.detach()) for k, v in losses.items() if k != "total"}}
+                    if on_log is not None:
+                        record.update(_logged(on_log, model, name, step))
                     history.append(record)
                     if accelerator.is_main_process and not progress.console.is_terminal:
                         progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f} "
@@ -324,6 +339,25 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
     return results
 
 
+def _logged(on_log: Callable[[str, int], dict], model: SpeechLLM, stage: str, step: int) -> dict:
+    """``on_log``'s numbers, measured in eval mode without gradients (training resumes after)."""
+    model.eval()
+    with torch.no_grad():
+        numbers = on_log(stage, step)
+    model.train()
+    return numbers
+
+
+def _param_groups(model: SpeechLLM, params: list[torch.nn.Parameter], stage: StageConfig) -> list[dict]:
+    """One group at the stage's lr, and the projector's own group when ``projector_lr`` is set."""
+    if stage.projector_lr is None:
+        return [{"params": params}]
+    projector = {id(p) for p in model.projector.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in projector]},
+              {"params": [p for p in params if id(p) in projector], "lr": stage.projector_lr}]
+    return [group for group in groups if group["params"]]
+
+
 def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> list[str]:
     """A hash of every process's weights: data-parallel replicas must end up identical."""
     digest = hashlib.sha256()
@@ -331,6 +365,28 @@ def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> li
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return gather_object([digest.hexdigest()])
+
+
+@torch.no_grad()
+def ctc_greedy_cer(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16,
+                   max_seconds: float | None = None) -> float:
+    """Character error rate of the encoder's CTC head alone (best path, blanks and repeats
+    collapsed) against the normalised transcripts: how well a warmed-up encoder hears."""
+    import jiwer
+
+    from speechprune.model.speechllm import normalize_for_ctc
+
+    if model.ctc_head is None:
+        raise UserError("this SpeechLLM has no CTC head: its encoder cannot be scored alone")
+    hypotheses, references = [], []
+    for batch in model.batches(utterances, batch_size=batch_size, max_seconds=max_seconds):
+        encoded, lengths = model.encode(batch)
+        best = model.ctc_head(encoded).argmax(-1).cpu()
+        for row, length in zip(best, lengths.tolist()):
+            classes = torch.unique_consecutive(row[:length]).tolist()
+            hypotheses.append("".join(model.ctc_alphabet[c - 1] for c in classes if c > 0))
+        references.extend(normalize_for_ctc(u.text) for u in utterances[len(references): len(references) + len(batch)])
+    return float(jiwer.cer(references, hypotheses))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -402,6 +458,8 @@ def train(config: TrainConfig) -> Path:
     else:
         texts = decoder_texts(config.model.prompts, utterances)
         model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None)
+        if config.encoder_from:
+            model.take_encoder(SpeechLLM.load(config.encoder_from))
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out)

@@ -174,6 +174,17 @@ class SpeechLLM(nn.Module):
             alphabet = "".join(sorted({ch for text in ctc_texts for ch in normalize_for_ctc(text)}))
         return cls(encoder, projector, decoder, tokenizer, config.prompts, config.projector, alphabet)
 
+    def take_encoder(self, other: "SpeechLLM") -> None:
+        """Use ``other``'s encoder and CTC head (and its CTC alphabet): a warmed-up encoder shared
+        by SpeechLLMs with different decoders."""
+        self.encoder = other.encoder
+        self.ctc_alphabet = other.ctc_alphabet
+        self.ctc_head = other.ctc_head
+        config = self.projector_config  # called on a new model: its untrained projector takes the new width
+        self.projector = FrameStackProjector(other.encoder.output_dim, self.projector.markers.shape[1],
+                                             config.stack, config.kind, config.hidden_dim,
+                                             marker_std=float(self.projector.markers.detach().std()))
+
     @property
     def device(self) -> torch.device:
         return next(self.decoder.parameters()).device
