@@ -46,7 +46,7 @@ def _tiny_study(tmp_path: Path) -> StudyConfig:
                                                     "num_hidden_layers": 3}}],
         "encoders": [{"name": "whisper", "config": tiny_model_config(encoder_type="whisper").encoder.config},
                      {"name": "wav2vec2", "config": tiny_model_config(encoder_type="wav2vec2").encoder.config}],
-        "modes": ["lora", "frozen"], "multitask": True,
+        "modes": ["lora", "frozen"], "multitask": True, "plots": False,
         "corpus": {"path": str(_tiny_corpus(tmp_path / "corpus"))},
         "base": {"sentences": 40, "dev_sentences": 5, "steps": 3, "eval_every": 3, "batch_size": 8},
         "speechllm": {"warmup_steps": 2, "joint_steps": 3, "batch_size": 4, "warmup_batch_size": 4,
@@ -155,3 +155,16 @@ def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     again = study(config)
     assert model_file.stat().st_mtime_ns == stamp
     assert again["claims"] == result["claims"]
+
+
+def test_the_shipped_example_config_plans_every_axis():
+    from importlib.resources import files
+
+    config = build_config(StudyConfig, [], str(files("speechprune") / "configs" / "study.yaml"))
+    assert config == build_config(StudyConfig)  # the example documents the defaults, value for value
+    plan = conditions(config)
+    axes = {axis for c in plan for axis in c.axes}
+    assert axes == {"decoder", "encoder", "task", "language", "mode", "multitask"}
+    assert len([c for c in plan if "decoder" in c.axes]) == 6
+    assert len([c for c in plan if "language" in c.axes]) == 3
+    assert len(plan) == 13

@@ -89,7 +89,7 @@ class CorpusSettings:
 class BaseSettings:
     sentences: int = option(20000, help="meanings rendered in every language for text pretraining")
     dev_sentences: int = option(200)
-    steps: int = option(2000)
+    steps: int = option(1200)
     lr: float = option(2e-3)
     batch_size: int = option(32)
     eval_every: int = option(100)
@@ -112,7 +112,7 @@ class SpeechLLMSettings:
 
 @dataclass
 class EvalSettings:
-    test_utterances: int = option(200, help="utterances per test set (evaluation and sweeps)")
+    test_utterances: int = option(100, help="utterances per test set (evaluation and sweeps)")
     scan_utterances: int = option(200, help="dev utterances each scan reads (the same for base and SpeechLLM)")
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="removed fractions of every sweep")
     heal_steps: int = option(150)
@@ -125,7 +125,8 @@ class EvalSettings:
 class StudyConfig:
     out: str = option("runs/study", help="the study's directory")
     languages: list[str] = option(["en", "fr", "es"], help="corpus languages (ASR axis, base-LLM text)")
-    tasks: list[str] = option(["asr-en", "st-en-fr", "st-fr-en"], help="task axis: asr-LANG or st-SRC-TGT")
+    tasks: list[str] = option(["asr-en", "asr-fr", "asr-es", "st-en-fr", "st-fr-en"],
+                              help="task axis (asr-LANG or st-SRC-TGT); its ASR tasks are the language axis")
     decoders: list[NamedConfig] = option(
         [NamedConfig(f"{family}-{layers}", make(layers)) for family, make in (("llama", _llama), ("qwen2", _qwen2))
          for layers in (6, 10, 16)],
@@ -142,6 +143,7 @@ class StudyConfig:
     modes: list[str] = option(["lora", "frozen"], help="training-mode axis: lora | frozen (projector only)")
     multitask: bool = option(True, help="train one SpeechLLM on every task and language (claim 5)")
     reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the first)")
+    plots: bool = option(True, help="write the scans' and comparisons' figures")
     corpus: CorpusSettings = option(CorpusSettings())
     base: BaseSettings = option(BaseSettings())
     speechllm: SpeechLLMSettings = option(SpeechLLMSettings())
@@ -191,7 +193,7 @@ def conditions(config: StudyConfig) -> list[Condition]:
                mode=config.modes[0])
     variations = [("decoder", {"decoder": d.name}) for d in config.decoders]
     variations += [("encoder", {"encoder": e.name}) for e in config.encoders]
-    variations += [("task", {"tasks": (t,)}) for t in config.tasks]
+    variations += [("task", {"tasks": (t,)}) for t in config.tasks if t == ref["tasks"][0] or t.startswith("st-")]
     variations += [("language", {"tasks": (t,)}) for t in config.tasks if t.startswith("asr-")]
     variations += [("mode", {"mode": m}) for m in config.modes]
     if config.multitask:
@@ -304,20 +306,20 @@ def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Pa
     return path
 
 
-def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, label: str) -> Path:
+def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
     if _step(f"scan {label}", path / "scan.json"):
         settings = dict(model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances,
-                        bootstrap=0, regions=["all", "last"])
+                        bootstrap=0, regions=["all", "last"], plots=plots)
         if "layout" in {f.name for f in dataclasses.fields(ScanConfig)}:
             settings["layout"] = "task"  # the SpeechLLM's own sequences, so base and SpeechLLM read the same
         scan(ScanConfig(**settings))
     return path
 
 
-def _compare(scans: list[Path], path: Path, labels: list[str], input: str = "") -> dict:
+def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, input: str = "") -> dict:
     if _step(f"compare {path.name}", path / "compare.json"):
         compare(CompareConfig(scans=[str(s) for s in scans], out=str(path), labels=labels, input=input,
-                              regions=[REGION, "last"]))
+                              regions=[REGION, "last"], plots=plots))
     return read_json(path / "compare.json")
 
 
@@ -403,13 +405,14 @@ def study(config: StudyConfig) -> dict:
         metrics = read_json(_evaluate(config, corpus, condition, model) / "metrics.json")
         data = _mixed_manifest(out, corpus, condition.tasks, "dev",
                                None if len(condition.tasks) == 1 else max(1, e.scan_utterances // len(condition.tasks)))
-        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name)
+        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots)
         key = (condition.decoder, condition.tasks)
         if key not in base_scans:
             base_scans[key] = _scan(base, data, out / "base" / condition.decoder / f"scan-{'+'.join(condition.tasks)}",
-                                    "text", e.scan_utterances, f"base {condition.decoder} on text")
-        labels = ["base/text", "speechllm/speech", "speechllm/text"]
-        base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels)
+                                    "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots)
+        labels = [f"{role}/{input}" for role, path in (("base", base_scans[key]), ("speechllm", scan_dir))
+                  for input in read_json(path / "scan.json")["inputs"]]
+        base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
             "num_layers": int(read_json(scan_dir / "scan.json")["num_layers"]),
@@ -432,7 +435,8 @@ def study(config: StudyConfig) -> dict:
     for axis in ("encoder", "task", "language", "mode"):
         members = [name for name, r in comparable.items() if axis in r["condition"].axes]
         if len(members) >= 2:
-            payload = _compare([comparable[m]["scan"] for m in members], out / "agreement" / axis, members, "speech")
+            payload = _compare([comparable[m]["scan"] for m in members], out / "agreement" / axis, members,
+                               config.plots, "speech")
             axes[axis] = {"conditions": members, "compare": f"agreement/{axis}",
                           "spearman": [p["spearman"] for p in payload["pairs"] if p["region"] == REGION],
                           "same_best_share": [p["same_best_start"] for p in payload["pairs"] if p["region"] == REGION],

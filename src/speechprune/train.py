@@ -322,7 +322,9 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                         record.update(_logged(on_log, model, name, step))
                     history.append(record)
                     if accelerator.is_main_process and not progress.console.is_terminal:
-                        progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f} "
+                        extra = "".join(f" {k} {v:.4g}" for k, v in record.items()
+                                        if k not in ("stage", "step", "loss", "lr", "lm") and isinstance(v, float))
+                        progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f}{extra} "
                                                f"({elapsed + time.perf_counter() - started:.0f}s)")
                     if loop.log_with:
                         accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
