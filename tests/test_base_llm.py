@@ -104,3 +104,30 @@ def test_projector_lr_gets_its_own_parameter_group():
     assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["lr"] == 1e-2
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.projector.parameters()}
     assert len(_param_groups(model, params, StageConfig(steps=1))) == 1
+
+
+def test_ctc_greedy_cer_collapses_repeats_and_blanks(tmp_path):
+    from speechprune.train import ctc_greedy_cer
+    from tests.conftest import build_tiny_speechllm
+
+    utterances = load_manifests([write_tiny_manifest(tmp_path / "data", with_st=False)])[:2]
+    model = build_tiny_speechllm(utterances).eval()
+    alphabet = model.ctc_alphabet
+
+    class Spelled(torch.nn.Module):
+        """Best path per utterance: each character of 'a cat' twice, a blank between (so repeats must collapse)."""
+        def forward(self, encoded):
+            path = []
+            for ch in "a cat":
+                path += [alphabet.index(ch) + 1] * 2 + [0]
+            logits = torch.full((*encoded.shape[:2], len(alphabet) + 1), -10.0)
+            logits[:, : len(path)].scatter_(-1, torch.tensor(path)[None, :, None].expand(len(encoded), -1, 1), 10.0)
+            logits[:, len(path):, 0] = 10.0
+            return logits
+
+    model.ctc_head = Spelled()
+    import jiwer
+    from speechprune.model.speechllm import normalize_for_ctc
+
+    expected = jiwer.cer([normalize_for_ctc(u.text) for u in utterances], ["a cat"] * 2)
+    assert ctc_greedy_cer(model, utterances, batch_size=1) == pytest.approx(expected)

@@ -147,6 +147,9 @@ def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     healed = [v["fraction"] for k, v in summary["largest_acceptable"].items() if k.startswith("angular/receiving-mlp/")]
     assert backbone["consensus_healed"] == min(healed) and len(healed) == 3
     assert (out / "base" / "llama-2" / "model" / "curve.png").is_file()
+    for entry in saved["conditions"].values():  # the warmed-up encoder's CTC error rate, as measured once
+        warm = out / "encoders" / f"{entry['encoder']}-{'+'.join(sorted({t.split('-')[1] for t in entry['tasks']}))}"
+        assert entry["encoder_ctc_cer"] == json.loads((warm / "ctc_cer.json").read_text())["cer"] >= 0
     assert "claims" in capsys.readouterr().out
 
     # a rerun reuses every finished part: nothing is trained again

@@ -38,12 +38,12 @@ from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import read_json, write_json, write_text
-from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
+from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig, SpeechLLM
 from speechprune.scan.blocks import best_blocks, block_distances
 from speechprune.scan.compare import CompareConfig, agreement, compare
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
-from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, train
+from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, ctc_greedy_cer, train
 
 console = Console(stderr=True)
 MODES = ("lora", "frozen")
@@ -281,6 +281,10 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
                           out=str(path), stages=stages, loop=_loop(config),
                           model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
                                             decoder=DecoderConfig(config=stand_in))))
+    if not (path / "ctc_cer.json").exists():  # how well the warmed-up encoder hears, alone
+        dev = load_manifests([str(_manifest(corpus, f"asr-{lang}", "dev")) for lang in languages])
+        dev = dev[: config.evaluation.scan_utterances]
+        write_json(path / "ctc_cer.json", {"cer": ctc_greedy_cer(SpeechLLM.load(path), dev), "utterances": len(dev)})
     return path
 
 
@@ -415,6 +419,7 @@ def study(config: StudyConfig) -> dict:
         base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
+            "encoder_ctc_cer": read_json(warm / "ctc_cer.json")["cer"],
             "num_layers": int(read_json(scan_dir / "scan.json")["num_layers"]),
             "inherited": _pair(base_compare, "base/text", "speechllm/speech"),
             "text_speech": _pair(base_compare, "speechllm/speech", "speechllm/text"),
@@ -528,6 +533,7 @@ def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices
         conditions_out[name] = {"decoder": c.decoder, "encoder": c.encoder, "tasks": list(c.tasks), "mode": c.mode,
                                 "axes": list(c.axes), "num_layers": r["num_layers"], "model": rel(r["model"]),
                                 "scan": rel(r["scan"]), "metrics": r["metrics"]["sets"],
+                                "encoder_ctc_cer": r["encoder_ctc_cer"],
                                 "inherited": {k: r["inherited"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")},
                                 "text_speech": {k: r["text_speech"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")}}
     return {
