@@ -116,6 +116,7 @@ class EvalSettings:
     scan_utterances: int = option(200, help="dev utterances each scan reads (the same for base and SpeechLLM)")
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="removed fractions of every sweep")
     heal_steps: int = option(150)
+    max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
     wer_rise: float = option(0.25)
     wer_floor: float = option(0.02)
     bleu_drop: float = option(0.25)
@@ -306,7 +307,8 @@ def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Pa
     path = model.parent / "eval"
     if _step(f"eval {condition.name}", path / "metrics.json"):
         evaluate(EvalConfig(model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks],
-                            out=str(path), max_utterances=config.evaluation.test_utterances))
+                            out=str(path), max_utterances=config.evaluation.test_utterances,
+                            max_new_tokens=config.evaluation.max_new_tokens))
     return path
 
 
