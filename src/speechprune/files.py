@@ -192,6 +192,7 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
     lock = _lock(lock_path, option, out)
     try:
         resumed = False
+        _remove_leftovers(out, inside=resumable)
         fresh = not _has_content(out)
         if not fresh:
             marker = _read_marker(out) if out.is_dir() else {}
@@ -250,6 +251,19 @@ def _lock(path: Path, option: str, out: Path) -> int:
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             return fd
         os.close(fd)  # the run that held it removed it as it finished: lock the new one
+
+
+def _remove_leftovers(out: Path, inside: bool) -> None:
+    """What killed runs left (staging folders beside ``out``; with ``inside``, temporary files
+    anywhere under it): safe to remove while the lock is held, nobody else is writing them."""
+    # ".OUT.x1y2.partial", and what a save nested in that staging left: "..OUT.x1y2.partial.z3.partial"
+    name, random = re.escape(out.name), "[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
+    beside = re.compile(rf"^(\.{name}\.{random}\.(partial|old)|\.\.{name}\.{random}\.partial\.{random}\.partial)$")
+    doomed = [p for p in out.parent.iterdir() if beside.match(p.name)]
+    if inside and out.is_dir():
+        doomed += [p for p in out.rglob(".*") if LEFTOVER.match(p.name)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _has_content(out: Path) -> bool:
