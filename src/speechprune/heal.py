@@ -201,16 +201,17 @@ def heal(config: HealConfig) -> Path:
     if not PartialState().is_main_process:
         return out
     speechllm = getattr(model, "speechllm", None)
-    if speechllm is not None:
-        speechllm.save(out)  # merges the LoRA, keeps the adapter under adapters/decoder
-    else:
-        with staged_dir(out) as staging:
+    with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
+        if speechllm is not None:
+            speechllm.save(staging)  # merges the LoRA, keeps the adapter under adapters/decoder
+        else:
             merge_lora(model, adapter_dir=staging / "adapters" / "decoder")
             model.save_pruned(staging)
-    pruning = Path(config.model) / "pruning.json"
-    if pruning.is_file():
-        write_json(out / "pruning.json", read_json(pruning))
-    write_json(out / "heal.json", {"target": config.target, "lora_modules": targets, "receiving_layers": receiving,
-                                   "projector_trained": config.projector, "stages": results})
-    save_config(config, out / "config.yaml")
+        pruning = Path(config.model) / "pruning.json"
+        if pruning.is_file():
+            write_json(staging / "pruning.json", read_json(pruning))
+        write_json(staging / "heal.json", {"target": config.target, "lora_modules": targets,
+                                           "receiving_layers": receiving, "projector_trained": config.projector,
+                                           "stages": results})
+        save_config(config, staging / "config.yaml")
     return out

@@ -210,9 +210,9 @@ def sweep(config: SweepConfig) -> dict:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     scan = read_json(Path(config.scan) / "scan.json")
-    test_sets = {Path(p).name.removesuffix(".jsonl"): load_manifests([p], skip_bad=config.skip_bad)[: config.max_test_utterances]
-                 for p in config.test}
-    train_utterances = load_manifests(config.train, skip_bad=config.skip_bad) if any(h != "none" for h in config.heal) else []
+    read = lambda paths: load_manifests(paths, skip_bad=config.skip_bad)  # noqa: E731
+    test_sets = {Path(p).name.removesuffix(".jsonl"): read([p])[: config.max_test_utterances] for p in config.test}
+    train_utterances = read(config.train) if any(h != "none" for h in config.heal) else []
     num_layers = int(scan["num_layers"])
     plan = {("none", 0, "none")}
     for fraction in config.fractions:
