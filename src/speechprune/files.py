@@ -106,6 +106,8 @@ def staged_dir(out: str | Path, overwrite: bool = True, resume_signature: str | 
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             write_json(staging / RUN_MARKER, {"signature": resume_signature})
+        else:  # the killed run's half-written temporary files are not part of its work
+            _remove([p for p in staging.rglob(".*") if LEFTOVER.match(p.name)])
     try:
         yield staging
         with contextlib.suppress(FileNotFoundError):
@@ -262,7 +264,11 @@ def _remove_leftovers(out: Path, inside: bool) -> None:
     doomed = [p for p in out.parent.iterdir() if beside.match(p.name)]
     if inside and out.is_dir():
         doomed += [p for p in out.rglob(".*") if LEFTOVER.match(p.name)]
-    for path in doomed:
+    _remove(doomed)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 

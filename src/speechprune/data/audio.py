@@ -6,10 +6,7 @@ Resampling uses ``scipy.signal.resample_poly`` (torchaudio does not load beside 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from math import gcd
 from pathlib import Path
 
@@ -119,15 +116,10 @@ def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RAT
     if not atomic:
         sf.write(str(path), wave, sample_rate, subtype=subtype, format="WAV")
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, wave, sample_rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from speechprune.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wave, sample_rate, subtype=subtype, format="WAV")
 
 
 def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
