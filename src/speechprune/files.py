@@ -188,7 +188,8 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
     if not directory and out.is_dir():
         raise UserError(f"{option} {out} is a directory, not a file")
     if not _is_main_process():
-        yield Claim(out, resumed=_read_marker(out).get("signature") == signature)
+        _wait_for_main_claim(out, signature, resumable)
+        yield Claim(out, resumed=False)
         return
     lock_path = out.parent / f".{out.name}.lock"
     lock = _lock(lock_path, option, out)
@@ -227,6 +228,16 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)  # before the close: a run that opened it meanwhile sees it gone and retries
         os.close(lock)  # releases the flock
+
+
+def _wait_for_main_claim(out: Path, signature: str, resumable: bool, seconds: float = 600) -> None:
+    """Other ranks write into OUT only once rank 0 has claimed it (its marker names this run):
+    written earlier, their files would make rank 0 take OUT for someone else's."""
+    deadline = time.monotonic() + seconds
+    while resumable and _read_marker(out).get("signature") != signature:
+        if time.monotonic() > deadline:
+            raise UserError(f"--out {out}: rank 0 did not claim it within {seconds:.0f} s")
+        time.sleep(0.1)
 
 
 def _lock(path: Path, option: str, out: Path) -> int:
