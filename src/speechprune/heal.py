@@ -196,7 +196,8 @@ def heal(config: HealConfig) -> Path:
     model = load_model(config.model)
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
     targets = lora_targets(model.causal_lm, config.target, receiving)
-    results = heal_model(model, load_manifests(config.data, skip_bad=config.skip_bad), targets, out, config.steps, config.lr, config.rank,
+    utterances = load_manifests(config.data, skip_bad=config.skip_bad)
+    results = heal_model(model, utterances, targets, out, config.steps, config.lr, config.rank,
                          config.alpha, config.projector, config.batch_size, config.seed, config.resume)
     if not PartialState().is_main_process:
         return out
