@@ -53,9 +53,15 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+# Flags of every command: what a model directory is trusted to do when it is loaded.
+LOADING_FLAGS = {"--trust-remote-code": ("trust_remote_code", "run Python code shipped with a model (never by default)"),
+                 "--allow-pickle": ("allow_pickle", "load pickled .bin/.pt weights, which can run code (safetensors only by default)")}
+
+
 def _usage() -> str:
     lines = ["usage: speechprune COMMAND [--option value ...] [key=value ...] [--config FILE]", "", "commands:"]
     lines += [f"  {name:<12} {command.summary}" for name, command in COMMANDS.items()]
+    lines += ["", "for every command:"] + [f"  {flag:<20} {text}" for flag, (_, text) in LOADING_FLAGS.items()]
     lines += ["", "speechprune COMMAND --help lists a command's options."]
     return "\n".join(lines)
 
@@ -94,12 +100,21 @@ def _take_positional(tokens: list[str]) -> tuple[list[str], list[str]]:
     return options, positional
 
 
+def _take_loading_flags(tokens: list[str]) -> list[str]:
+    from speechprune.model.safety import POLICY, LoadingPolicy
+
+    given = {LOADING_FLAGS[token][0] for token in tokens if token in LOADING_FLAGS}
+    POLICY.__dict__.update(vars(LoadingPolicy(**{key: True for key in given})))
+    return [token for token in tokens if token not in LOADING_FLAGS]
+
+
 def run(argv: list[str]) -> object:
     """Parse ``argv`` (without the program name) and run the command; returns its result."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return None
     name, rest = _split_command(argv)
+    rest = _take_loading_flags(rest)
     command = COMMANDS[name]
     module = importlib.import_module(command.module)
     config_cls = getattr(module, command.config)

@@ -19,10 +19,10 @@ is skipped; a YAML file or ``stages.text-lm.steps=150`` changes them.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -39,13 +39,14 @@ from transformers import get_cosine_schedule_with_warmup
 from speechprune.config import option, require, save_config
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
-from speechprune.files import write_json
+from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 
 MODES = ("frozen", "lora", "full")
 INPUTS = ("speech", "text", "lm")
 COMPONENTS = ("encoder", "projector", "decoder")
+LATEST = "latest.json"  # names the newest whole checkpoint under OUT/checkpoints
 
 
 @dataclass
@@ -139,6 +140,8 @@ class TrainConfig:
                                              "adds a stage appends it after the default ones)")
     loop: LoopConfig = option(LoopConfig())
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
+    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
         require(len(self.train) > 0, "--train needs at least one manifest")
@@ -287,7 +290,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         step, history, elapsed = 0, [], 0.0
         if state and stage_index == state["stage_index"]:
-            step, history, elapsed = _restore(state, checkpoint_dir, model, optimizer, scheduler, accelerator)
+            step, history, elapsed = _restore(state, model, optimizer, scheduler, accelerator)
         started = time.perf_counter()
         progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
@@ -335,6 +338,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         results.append(StageResult(name, step, seconds, loss_value, history))
         _save_checkpoint(checkpoint_dir, accelerator, model, None, None, stage_index + 1, 0, [], 0.0, results)
         state = None
+    if state:  # killed after the last stage's checkpoint: every stage is done, only the weights are needed
+        _restore(state, model, None, None, accelerator)
     if loop.log_with:
         accelerator.end_training()
     model.requires_grad_(False)
@@ -405,55 +410,94 @@ def _endless(loader, accelerator: Accelerator, start_batch: int = 0):
 def _save_checkpoint(directory: Path, accelerator: Accelerator, model: SpeechLLM, optimizer, scheduler,
                      stage_index: int, step: int, history: list, elapsed: float,
                      results: list[StageResult]) -> None:
-    """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress."""
+    """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress, in a
+    directory of its own that ``latest.json`` then names: a kill at any moment leaves the
+    previous checkpoint named and whole. Tensors go through ``torch.save`` and are read back with
+    ``weights_only=True``; the RNG states and progress are JSON."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        staging = directory.with_name(directory.name + ".partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), staging / "model.pt")
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        torch.save(rng, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({
-            "stage_index": stage_index, "step": step, "history": history, "elapsed": elapsed,
-            "results": [r.__dict__ for r in results]}))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
+        name = f"stage{stage_index}-step{step}"
+        with staged_dir(directory / name) as staging:
+            torch.save(model.state_dict(), staging / "model.pt")
+            if optimizer is not None:
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                           staging / "optim.pt")
+            write_json(staging / "rng.json", _rng_state())
+            write_json(staging / "state.json", {"stage_index": stage_index, "step": step, "history": history,
+                                                "elapsed": elapsed, "results": [r.__dict__ for r in results]})
+        write_json(directory / LATEST, {"checkpoint": name})
+        for old in directory.iterdir():
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *map(lambda v: v.item() if hasattr(v, "item") else v,
+                                                                    numpy_state[2:])],
+            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    try:
+        name = read_json(directory / LATEST)["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return directory / name if (directory / name / "state.json").is_file() else None
 
 
 def _load_checkpoint_state(directory: Path) -> dict | None:
-    path = directory / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    latest = _latest_checkpoint(directory)
+    return {**read_json(latest / "state.json"), "path": str(latest)} if latest else None
 
 
 def _restored_results(state: dict | None) -> list[StageResult]:
     return [StageResult(**r) for r in state["results"]] if state else []
 
 
-def _restore(state: dict, directory: Path, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
-    model.load_state_dict(torch.load(directory / "model.pt", map_location=accelerator.device, weights_only=True))
-    if (directory / "optim.pt").exists() and state["step"] > 0:
-        saved = torch.load(directory / "optim.pt", map_location=accelerator.device, weights_only=False)
+def _safe_load(path: Path, device) -> dict:
+    """Tensors, numbers, strings, lists and dicts only: a checkpoint from elsewhere cannot run code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with it, the user sees one line
+        raise UserError(f"{path}: cannot be loaded safely as a checkpoint ({type(error).__name__}); "
+                        "remove it or pass --overwrite to start over") from None
+
+
+def _restore(state: dict, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
+    checkpoint = Path(state["path"])
+    model.load_state_dict(_safe_load(checkpoint / "model.pt", accelerator.device))
+    if (checkpoint / "optim.pt").exists() and state["step"] > 0:
+        saved = _safe_load(checkpoint / "optim.pt", accelerator.device)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    rng = torch.load(directory / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    _set_rng_state(read_json(checkpoint / "rng.json"))
+    if accelerator.is_main_process:
+        print(f"train: resumed from {checkpoint} (stage {state['stage_index']}, step {state['step']})",
+              file=sys.stderr, flush=True)
     return state["step"], state["history"], state["elapsed"]
 
 
 # ----------------------------------------------------------------------------- the command
+@claims_output("train", resumable=True)
 def train(config: TrainConfig) -> Path:
     """Build (or load with --init) a SpeechLLM and train it through the configured stages.
 
     OUT becomes a SpeechLLM directory, with ``config.yaml`` (the resolved configuration) and
     ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files."""
     out = Path(config.out)
-    utterances = load_manifests(config.train)
+    utterances = load_manifests(config.train, skip_bad=config.skip_bad)
     seed_everything(config.loop.seed)
     if config.init:
         model = SpeechLLM.load(config.init)
@@ -470,14 +514,15 @@ def train(config: TrainConfig) -> Path:
     fingerprints = replica_fingerprints(model, accelerator)
     model.eval()
     if accelerator.is_main_process:
-        model.save(out)  # replaces OUT whole: checkpoints and config are written again below
-        save_config(config, out / "config.yaml")
-        write_json(out / "train_log.json", {
-            "stages": [r.__dict__ for r in results],
-            "train_seconds": sum(r.seconds for r in results),
-            "num_processes": accelerator.num_processes,
-            "replica_fingerprints": fingerprints,
-            "utterances": len(utterances),
-        })
+        with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
+            model.save(staging)
+            save_config(config, staging / "config.yaml")
+            write_json(staging / "train_log.json", {
+                "stages": [r.__dict__ for r in results],
+                "train_seconds": sum(r.seconds for r in results),
+                "num_processes": accelerator.num_processes,
+                "replica_fingerprints": fingerprints,
+                "utterances": len(utterances),
+            })
     accelerator.wait_for_everyone()
     return out
