@@ -16,7 +16,7 @@ import torch
 from speechprune.cli import main
 from speechprune.data.manifest import load_manifest
 from speechprune.evaluate import EvalConfig, evaluate
-from speechprune.files import write_json
+from speechprune.files import RUN_MARKER, run_signature, write_json
 from speechprune.report import ReportConfig, report
 from speechprune.scan.compare import CompareConfig, compare
 from speechprune.scan.run import ScanConfig, scan
@@ -46,8 +46,13 @@ def build_run(root: Path, manifest: Path, labels: list[str] | None = None) -> Pa
     scan(ScanConfig(model=str(model), data=str(manifest), input="both", out=str(root / "scan"), bootstrap=20))
     compare(CompareConfig(scans=[str(root / "scan")], out=str(root / "compare"), labels=labels or []))
     evaluate(EvalConfig(model=str(model), data=[str(manifest)], out=str(root / "eval"), max_new_tokens=3))
+    config = SweepConfig(model=str(model), scan=str(root / "scan"), train=[str(manifest)], test=[str(manifest)],
+                         out=str(root / "sweep"), fractions=[0.0, 0.25, 0.5], strategies=["angular"],
+                         heal=["none", "receiving-mlp"])
     cells = root / "sweep" / "cells"
     cells.mkdir(parents=True)
+    # the cells stand as an unfinished run of this same sweep, which then resumes from them
+    write_json(root / "sweep" / RUN_MARKER, {"signature": run_signature("sweep", config)})
     # baseline WER 0.10: the limit is max(0.125, 0.12) = 0.125
     records = {"baseline": _sweep_cell("none", [], "none", 0.10),
                "angular-remove1-none": _sweep_cell("angular", [2], "none", 0.11),
@@ -56,9 +61,7 @@ def build_run(root: Path, manifest: Path, labels: list[str] | None = None) -> Pa
                "angular-remove2-receiving-mlp": _sweep_cell("angular", [1, 2], "receiving-mlp", 0.12)}
     for name, record in records.items():
         write_json(cells / f"{name}.json", record)
-    sweep(SweepConfig(model=str(model), scan=str(root / "scan"), train=[str(manifest)], test=[str(manifest)],
-                      out=str(root / "sweep"), fractions=[0.0, 0.25, 0.5], strategies=["angular"],
-                      heal=["none", "receiving-mlp"]))
+    sweep(config)
     return root
 
 
@@ -209,8 +212,10 @@ def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tm
     for step in ("model", "eval", "scan", "compare", "sweep"):
         shutil.copytree(small_run / step, out / step)
     write_json(out / "corpus" / "corpus.json", {})
+    config = DemoConfig(out=str(out))
+    write_json(out / RUN_MARKER, {"signature": run_signature("demo", config)})  # an unfinished demo
     stamp = (out / "sweep" / "summary.json").stat().st_mtime_ns
-    path = demo(DemoConfig(out=str(out)))
+    path = demo(config)
     assert path == out / "report.html" and (out / "sweep" / "summary.json").stat().st_mtime_ns == stamp
     md = (out / "report.md").read_text()
     assert "## Demo: ." in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
