@@ -1,5 +1,6 @@
 """``speechprune data hf``: a Hugging Face ``datasets`` corpus (hub id, a ``save_to_disk`` folder,
 or a local audio folder with ``metadata.csv``) written as a manifest with 16 kHz mono WAV files.
+Also the reader of Hugging Face text datasets (:func:`load_text_dataset`), which need no export.
 
 Audio is never decoded by ``datasets`` (its decoder needs torchcodec, which is absent here): the
 audio column is cast to ``Audio(decode=False)`` and the bytes or path are decoded with soundfile.
@@ -19,7 +20,7 @@ import numpy as np
 
 from speechprune.config import option, require
 from speechprune.data.audio import SAMPLE_RATE, decode_audio_bytes, load_audio, save_audio
-from speechprune.data.manifest import Utterance, write_manifest
+from speechprune.data.manifest import Utterance, text_utterance, write_manifest
 from speechprune.errors import UserError
 from speechprune.files import claims_output, staged_dir
 
@@ -140,43 +141,87 @@ def _read_audiofolder(folder: Path, split: str) -> list[dict[str, Any]]:
 
 def _load(config: HFDataConfig):
     """The chosen split: a ``datasets`` Dataset / IterableDataset, or a list of row dicts."""
+    return open_split(config.dataset, config.split, name=config.name, streaming=config.streaming,
+                      cache_dir=config.cache_dir, audiofolder=config.preset == "audiofolder")
+
+
+def open_split(dataset: str, split: str | None, name: str | None = None, streaming: bool = False,
+               cache_dir: str | None = None, audiofolder: bool = False):
+    """One split of a dataset: a ``save_to_disk`` folder, a local folder (an audio folder with
+    metadata is read as a list of row dicts), or a hub id. ``split`` None: the only split there is."""
     import datasets
 
-    source = Path(config.dataset)
+    source = Path(dataset)
     try:
         if source.is_dir() and ((source / "state.json").is_file() or (source / "dataset_dict.json").is_file()):
             loaded = datasets.load_from_disk(str(source))
             if isinstance(loaded, datasets.DatasetDict):
-                if config.split not in loaded:
-                    raise UserError(f"{source}: no split {config.split!r} (has {', '.join(loaded)})")
-                loaded = loaded[config.split]
+                return _choose_split(loaded, split, dataset)
             return loaded
         if source.is_dir():
-            has_metadata = any((d / m).is_file() for d in (source, source / config.split) for m in _METADATA)
-            if config.preset == "audiofolder" or has_metadata:
-                return _read_audiofolder(source, config.split)
+            has_metadata = any((d / m).is_file() for d in (source, source / (split or "")) for m in _METADATA)
+            if audiofolder or has_metadata:
+                return _read_audiofolder(source, split or "train")
             try:
-                loaded = datasets.load_dataset(str(source), config.name, split=None, streaming=config.streaming,
-                                               cache_dir=config.cache_dir)
+                loaded = datasets.load_dataset(str(source), name, split=None, streaming=streaming,
+                                               cache_dir=cache_dir)
             except ValueError as error:
                 # A plain local folder has no subsets; --name then only names the languages.
-                if config.name is None or "BuilderConfig" not in str(error):
+                if name is None or "BuilderConfig" not in str(error):
                     raise
-                loaded = datasets.load_dataset(str(source), None, split=None, streaming=config.streaming,
-                                               cache_dir=config.cache_dir)
+                loaded = datasets.load_dataset(str(source), None, split=None, streaming=streaming,
+                                               cache_dir=cache_dir)
         else:
-            if source.exists() or config.dataset.startswith((".", "/")):
-                raise UserError(f"--dataset {config.dataset}: not a dataset folder")
-            loaded = datasets.load_dataset(config.dataset, config.name, split=None, streaming=config.streaming,
-                                           cache_dir=config.cache_dir)
+            if source.exists() or dataset.startswith((".", "/")):
+                raise UserError(f"--dataset {dataset}: not a dataset folder")
+            loaded = datasets.load_dataset(dataset, name, split=None, streaming=streaming, cache_dir=cache_dir)
     except UserError:
         raise
     except Exception as error:  # datasets raises many types (network, missing config, bad files)
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load dataset {config.dataset!r}: {first}") from None
-    if config.split not in loaded:
-        raise UserError(f"{config.dataset}: no split {config.split!r} (has {', '.join(loaded)})")
-    return loaded[config.split]
+        raise UserError(f"cannot load dataset {dataset!r}: {first}") from None
+    return _choose_split(loaded, split, dataset)
+
+
+def _choose_split(loaded, split: str | None, dataset: str):
+    if split is None:
+        if len(loaded) != 1:
+            raise UserError(f"{dataset}: choose a split with --split (it has {', '.join(loaded)})")
+        split = next(iter(loaded))
+    if split not in loaded:
+        raise UserError(f"{dataset}: no split {split!r} (has {', '.join(loaded)})")
+    return loaded[split]
+
+
+TEXT_COLUMNS = ["text", "sentence", "content", "transcription"]
+
+
+def load_text_dataset(dataset: str, text_column: str | None = None, split: str | None = None) -> list[Utterance]:
+    """A Hugging Face text dataset as text-only utterances (see :func:`speechprune.data.manifest.load_data`):
+    the texts of ``text_column`` (default: the first of text, sentence, content, transcription
+    the dataset has), empty ones skipped; ids from an ``id`` column (made unique), else ``row-N``. Audio columns
+    are never read."""
+    data = open_split(dataset, split)
+    if isinstance(data, list):
+        raise UserError(f"{dataset} is an audio folder; export it with 'speechprune data hf' for speech, "
+                        f"or give its transcripts as a .txt file")
+    columns = list(data.column_names or (data.features or {}).keys())
+    column = _pick("text", text_column, TEXT_COLUMNS, columns, dataset, True)
+    kept = [column] + (["id"] if "id" in columns and column != "id" else [])
+    utterances: list[Utterance] = []
+    seen: dict[str, int] = {}
+    for row_index, row in enumerate(data.select_columns(kept)):
+        text = row[column]
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"{dataset}: column {column!r} holds {type(text).__name__}, not text "
+                            f"(row {row_index}); choose the text column with --text-column")
+        if not (text or "").strip():
+            continue
+        utterance_id = str(row["id"]) if row.get("id") is not None else f"row-{row_index}"
+        utterances.append(text_utterance(_unique_id(utterance_id, seen), text.strip()))
+    if not utterances:
+        raise UserError(f"{dataset}: no text in column {column!r}")
+    return utterances
 
 
 def _pick(role: str, override: Optional[str], candidates: list[str], columns: list[str], dataset: str,
@@ -231,6 +276,15 @@ def _utterance_id(row: dict[str, Any], id_col: Optional[str], audio_col: str, ro
     return _UNSAFE.sub("_", raw or "").strip("_.") or f"{row_index:07d}"
 
 
+def _unique_id(utterance_id: str, seen: dict[str, int]) -> str:
+    """A repeated id (e.g. FLEURS: one sentence id, several speakers) gets a suffix ``-N``."""
+    if utterance_id in seen:
+        seen[utterance_id] += 1
+        utterance_id = f"{utterance_id}-{seen[utterance_id]}"
+    seen.setdefault(utterance_id, 0)
+    return utterance_id
+
+
 @claims_output("data hf", directory=False)
 def export_hf_dataset(config: HFDataConfig) -> Path:
     """Write one split of a Hugging Face dataset as a manifest with 16 kHz mono WAV files.
@@ -272,11 +326,7 @@ def export_hf_dataset(config: HFDataConfig) -> Path:
             if not text or not target:
                 skipped["empty"] += 1
                 continue
-            utt_id = _utterance_id(row, id_col, audio_col, row_index)
-            if utt_id in seen:  # e.g. FLEURS: one sentence id, several speakers
-                seen[utt_id] += 1
-                utt_id = f"{utt_id}-{seen[utt_id]}"
-            seen.setdefault(utt_id, 0)
+            utt_id = _unique_id(_utterance_id(row, id_col, audio_col, row_index), seen)
             wave = _decode(row[audio_col], base, f"{config.dataset} row {row_index}")
             duration = len(wave) / SAMPLE_RATE
             if config.max_seconds is not None and duration > config.max_seconds:

@@ -7,7 +7,9 @@ What the stages need of a model, and nothing else:
   next-token logits (scan hooks it, prune cuts it, heal wraps it in LoRA);
 - ``tokenizer``;
 - :meth:`LoadedModel.decoder_inputs`: utterances -> decoder inputs with region masks, from speech
-  or from the source text;
+  or from the source text, in the ``task`` layout (each kind's own sequence, :meth:`task_inputs`)
+  or, for text, the ``plain`` layout (the text alone as the tokenizer frames it, the same for
+  every kind);
 - :meth:`LoadedModel.generate`: utterances -> hypotheses;
 - :meth:`LoadedModel.save_pruned`: write the (pruned) model with every non-weight file of the
   original, and :meth:`LoadedModel.reload_causal_lm` to check what was written.
@@ -27,7 +29,7 @@ from torch import nn
 
 from speechprune.data.manifest import Utterance
 from speechprune.errors import UserError
-from speechprune.model.layout import DecoderInputs
+from speechprune.model.layout import DecoderInputs, plain_layout, resolve_layout
 
 # Files that save_pretrained writes itself, or that describe the old weights: never copied over.
 NOT_COPIED = re.compile(
@@ -44,6 +46,8 @@ class LoadedModel(ABC):
     sources: ClassVar[tuple[str, ...]]
     #: text shown to users for mergekit.yaml: which part mergekit can rebuild, or why it cannot
     mergekit_note: ClassVar[str] = ""
+    #: the layout of text input under ``--layout auto``: a speech model's own (task) sequence
+    default_layout: ClassVar[str] = "task"
 
     def __init__(self, path: str, causal_lm: nn.Module, tokenizer: Any, module: nn.Module | None = None):
         self.path = path
@@ -69,11 +73,34 @@ class LoadedModel(ABC):
             raise UserError(f"--input {source}: {self.path} is {self.description}, it has no {source} input; "
                             f"use --input {' or '.join(self.sources)}")
 
-    @abstractmethod
+    def resolve_layout(self, layout: str) -> str:
+        """``auto`` -> this kind's :attr:`default_layout`; ``task`` and ``plain`` as they are."""
+        return resolve_layout(layout, self.default_layout)
+
     def decoder_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
-                       padding_side: str = "right") -> DecoderInputs:
-        """The decoder's input for ``utterances`` with the regions speech / prompt / target / last /
-        all; ``source="text"`` puts the source transcript where the speech would be."""
+                       padding_side: str = "right", layout: str = "task") -> DecoderInputs:
+        """The decoder's input for ``utterances``. ``layout="task"``: the kind's own sequence with
+        the regions speech / prompt / target / last / all (:meth:`task_inputs`); ``source="text"``
+        puts the source transcript where the speech would be. ``layout="plain"`` (text only): each
+        transcript alone as the tokenizer frames it, regions last / all, every next token labelled
+        (``with_target`` does not apply)."""
+        layout = self.resolve_layout(layout)
+        self.check_source(source)
+        if layout == "task":
+            return self.task_inputs(utterances, source, with_target=with_target, padding_side=padding_side)
+        if source != "text":
+            raise UserError(f"--layout plain is a text layout; {source} input has the model's own: use --input text")
+        try:
+            return plain_layout(self.tokenizer, self.causal_lm.get_input_embeddings(), [u.text for u in utterances],
+                                padding_side, utterance_ids=[u.id for u in utterances])
+        except ValueError as error:  # a text the tokenizer turns into nothing
+            raise UserError(f"{self.path}: {error}") from None
+
+    @abstractmethod
+    def task_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
+                    padding_side: str = "right") -> DecoderInputs:
+        """The ``task`` layout of :meth:`decoder_inputs`: the kind's own sequence with the regions
+        speech / prompt / target / last / all."""
 
     @abstractmethod
     def generate(self, utterances: list[Utterance], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:

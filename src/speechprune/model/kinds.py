@@ -53,9 +53,8 @@ class SpeechLLMModel(LoadedModel):
              device_map: str | None = None) -> "SpeechLLMModel":
         return cls(path, SpeechLLM.load(path, device=device, dtype=dtype, device_map=device_map))
 
-    def decoder_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
-                       padding_side: str = "right") -> DecoderInputs:
-        self.check_source(source)
+    def task_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
+                    padding_side: str = "right") -> DecoderInputs:
         if source == "text":  # no audio is read for text input
             batch = text_batch(self.tokenizer, utterances, self.speechllm.prompts)
         else:
@@ -93,13 +92,16 @@ class SpeechLLMModel(LoadedModel):
 
 class CausalLMModel(LoadedModel):
     """A plain Hugging Face causal LM with its tokenizer, by local path or hub id. Its input is text:
-    ``source_text prompt <bos> target <eos>`` (the SpeechLLM's layout with the transcript as source)."""
+    by default the text alone (the ``plain`` layout); its ``task`` layout is
+    ``source_text prompt <bos> target <eos>`` (the SpeechLLM's with the transcript as source), for
+    comparisons of a base LLM with a SpeechLLM built on it."""
 
     kind = "causal-lm"
     description = "a plain causal LM"
     sources = ("text",)
     mergekit_note = ("applies to this causal LM: bit-exact for Llama-style configs; mergekit 0.1.5 fails on "
                      "configs with layer_types (Qwen2, Qwen3, Gemma)")
+    default_layout = "plain"
 
     @staticmethod
     def accepts(config: Any) -> bool:
@@ -115,14 +117,13 @@ class CausalLMModel(LoadedModel):
         causal_lm = from_pretrained(AutoModelForCausalLM, path, "causal LM", dtype=dtype, device_map=device_map)
         return cls(path, place(causal_lm, device, dtype, device_map), load_tokenizer(path))
 
-    def decoder_inputs(self, utterances: list[Utterance], source: str = "text", with_target: bool = True,
-                       padding_side: str = "right") -> DecoderInputs:
-        self.check_source(source)
+    def task_inputs(self, utterances: list[Utterance], source: str = "text", with_target: bool = True,
+                    padding_side: str = "right") -> DecoderInputs:
         return text_decoder_inputs(self.causal_lm, self.tokenizer, utterances, padding_side=padding_side,
                                    with_target=with_target)
 
     def generate(self, utterances: list[Utterance], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-        inputs = self.decoder_inputs(utterances, "text", with_target=False, padding_side="left")
+        inputs = self.decoder_inputs(utterances, "text", with_target=False, padding_side="left", layout="task")
         return generate_text(self.causal_lm, self.tokenizer, inputs, max_new_tokens, num_beams)
 
     def save_pruned(self, out: Path) -> Path:

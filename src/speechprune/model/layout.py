@@ -1,9 +1,14 @@
 """The decoder's input sequence and its region masks.
 
-Layout of one utterance (the speech segment may be replaced by the source text's token
-embeddings when a scan asks for text input):
+Two layouts. ``task``, the model's own task sequence; a SpeechLLM's is below (the speech segment
+may be replaced by the source text's token embeddings when a scan asks for text input; a plain
+causal LM's has no audio markers; a Hugging Face speech-LLM's is its rendered chat):
 
     <audio-start> speech <audio-end> prompt <bos> target <eos>
+
+``plain`` (:func:`plain_layout`): the text alone, framed as its tokenizer frames it (e.g. with
+``<bos>`` when the tokenizer adds one); what a user scanning an LLM on text expects. It has only
+the regions ``all`` and ``last``; every position predicts the next token (a language model's loss).
 
 Regions (boolean masks over positions; padding is in none of them):
 - ``speech``: the projected encoder positions (or the source-text positions that stand in
@@ -21,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 
 REGIONS = ("speech", "prompt", "target", "last", "all")
+LAYOUTS = ("task", "plain")
+LAYOUT_REGIONS = {"task": REGIONS, "plain": ("last", "all")}
 IGNORE_INDEX = -100
 
 
@@ -56,12 +63,15 @@ class DecoderInputs:
 
 
 def assemble(utterances: list[list[Segment]], padding_side: str = "right",
-             utterance_ids: list[str] | None = None) -> DecoderInputs:
+             utterance_ids: list[str] | None = None, layout: str = "task") -> DecoderInputs:
     """Concatenate each utterance's segments, pad the batch, and build masks and labels.
 
     Labels: position p predicts the token at p+1 when that token belongs to the ``target``
-    region, so the loss covers the target tokens and ``<eos>``, and nothing else.
+    region, so the loss covers the target tokens and ``<eos>``, and nothing else; in the ``plain``
+    layout every token after the first is predicted. ``regions`` holds the layout's regions.
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     lengths = [sum(seg.embeds.shape[0] for seg in segs) for segs in utterances]
@@ -84,7 +94,7 @@ def assemble(utterances: list[list[Segment]], padding_side: str = "right",
                 regions[seg.region][row, offset + cursor: offset + cursor + n] = True
             if seg.token_ids is not None:
                 ids[cursor: cursor + n] = seg.token_ids
-            if seg.region == "target":
+            if seg.region == "target" or layout == "plain":
                 in_target[cursor: cursor + n] = True
             cursor += n
         attention[row, offset: offset + lengths[row]] = 1
@@ -93,4 +103,28 @@ def assemble(utterances: list[list[Segment]], padding_side: str = "right",
         shifted = torch.where(in_target[1:], ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
         labels[row, offset: offset + lengths[row] - 1] = shifted
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    regions = {name: regions[name] for name in LAYOUT_REGIONS[layout]}
     return DecoderInputs(embeds, attention, position_ids, regions, labels, list(utterance_ids or []))
+
+
+def resolve_layout(layout: str, default: str) -> str:
+    """``auto`` -> the model's ``default`` (``task`` for a speech model's own sequence, ``plain``
+    for a plain causal LM); ``task`` and ``plain`` as they are."""
+    if layout == "auto":
+        layout = default
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be auto or one of {LAYOUTS}, not {layout!r}")
+    return layout
+
+
+def plain_layout(tokenizer, embeddings: torch.nn.Module, texts: list[str], padding_side: str = "right",
+                 utterance_ids: list[str] | None = None) -> DecoderInputs:
+    """The ``plain`` layout of a batch of texts: each tokenized as the tokenizer frames it
+    (``tokenizer(text)``, special tokens included), embedded by the decoder's ``embeddings``."""
+    token_ids = tokenizer(list(texts))["input_ids"]
+    empty = [text for text, ids in zip(texts, token_ids) if not ids]
+    if empty:
+        raise ValueError(f"the tokenizer turns {empty[0]!r} into no tokens")
+    device = embeddings.weight.device
+    return assemble([[Segment(embeddings(torch.tensor(ids, device=device)), None, torch.tensor(ids))]
+                     for ids in token_ids], padding_side, utterance_ids, layout="plain")

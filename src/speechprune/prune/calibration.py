@@ -172,28 +172,38 @@ def scan_rescan(batches: Sequence[DecoderInputs], input_name: str, regions: Sequ
 
 
 @torch.no_grad()
-def calibration_batches(model: Any, manifest: str, input_name: str, batch_size: int = 8,
-                        max_utterances: int = 0) -> list[DecoderInputs]:
-    """``manifest`` as decoder inputs of ``model`` (a :class:`~speechprune.model.interface.LoadedModel`),
-    computed once: a speech encoder runs here and never again."""
-    from speechprune.data.manifest import load_manifest
+def calibration_batches(model: Any, data: str, input_name: str, batch_size: int = 8, max_utterances: int = 0,
+                        layout: str = "auto", text_column: str | None = None, split: str | None = None
+                        ) -> list[DecoderInputs]:
+    """``data`` (a manifest, or for text input a .txt file or a text dataset) as decoder inputs of
+    ``model`` (a :class:`~speechprune.model.interface.LoadedModel`), computed once: a speech encoder
+    runs here and never again. Text input is laid out as ``layout`` (auto: the model's default,
+    plain for a plain causal LM, task for a speech model)."""
+    from speechprune.data.manifest import load_data, require_audio
     from speechprune.errors import UserError
 
-    utterances = list(load_manifest(manifest))
+    utterances = load_data(data, text_column, split)
     if max_utterances:
         utterances = utterances[:max_utterances]
     if not utterances:
-        raise UserError(f"--data {manifest}: no utterances")
+        raise UserError(f"--data {data}: no utterances")
     model.check_source(input_name)
-    return [model.decoder_inputs(utterances[start: start + batch_size], source=input_name)
+    layout = model.resolve_layout(layout)
+    if input_name == "speech":
+        require_audio(utterances, data, "--input speech")
+        if layout == "plain":
+            raise UserError("--layout plain is a text layout; speech input has the model's own: use --input text")
+    return [model.decoder_inputs(utterances[start: start + batch_size], source=input_name, layout=layout)
             for start in range(0, len(utterances), batch_size)]
 
 
-def cached_decoder_inputs(model_dir: str, manifest: str, input_name: str, batch_size: int = 8,
-                          max_utterances: int = 0, device: str = "cpu") -> tuple[Any, list[DecoderInputs]]:
+def cached_decoder_inputs(model_dir: str, data: str, input_name: str, batch_size: int = 8,
+                          max_utterances: int = 0, device: str = "cpu", layout: str = "auto"
+                          ) -> tuple[Any, list[DecoderInputs]]:
     """Load ``model_dir`` (any kind :func:`~speechprune.model.interface.load_model` opens) and turn
-    ``manifest`` into decoder inputs once. Returns the causal LM and the cached batches."""
+    ``data`` into decoder inputs once (see :func:`calibration_batches`). Returns the causal LM and
+    the cached batches."""
     from speechprune.model.interface import load_model
 
     model = load_model(model_dir, device=device)
-    return model.causal_lm, calibration_batches(model, manifest, input_name, batch_size, max_utterances)
+    return model.causal_lm, calibration_batches(model, data, input_name, batch_size, max_utterances, layout)

@@ -21,6 +21,7 @@ import torch
 from speechprune.config import option, require
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
+from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS
 from speechprune.prune import strategies
 from speechprune.prune.surgery import (
     INDEX_CONVENTION,
@@ -44,8 +45,15 @@ class PruneConfig:
     input: str = option(strategies.DEFAULT_INPUT, help="input to choose by: speech | text | auto (speech when the "
                                                        "scan / model has it, else text)")
     region: str = option(strategies.DEFAULT_REGION, help="scan region to choose by: speech | prompt | target | last | all")
-    data: str = option("", help="calibration manifest for --strategy iterative (re-scanned after every removal) "
-                                "and greedy-score (target loss); encoded once and cached")
+    data: str = option("", help="calibration data for --strategy iterative (re-scanned after every removal) and "
+                                "greedy-score (loss): a manifest, or for text input a .txt file or text dataset; "
+                                "encoded once and cached")
+    layout: str = option("auto", help="layout of text calibration input: plain (the text alone) | task (the model's "
+                                      "own sequence with the source text) | auto (plain for a plain causal LM, task "
+                                      "for a speech model)")
+    text_column: str | None = option(None, help="text column of a Hugging Face dataset --data (default: text, "
+                                                "sentence, content or transcription, the first it has)")
+    split: str | None = option(None, help="split of a Hugging Face dataset --data (default: its only split)")
     max_utterances: int = option(0, help="use only the first N utterances of --data (0 = all)")
     batch_size: int = option(8, help="utterances per forward on --data")
     device: str = option("auto", help="where --data is run: auto | cpu | cuda | cuda:N (the export itself is on CPU)")
@@ -71,6 +79,7 @@ class PruneConfig:
             require(bool(self.scan) or self.strategy not in ("angular", "bi"),
                     f"--strategy {self.strategy} chooses from a scan: give --scan SCAN_DIR")
         require(self.input in ("auto", "speech", "text"), f"--input must be speech, text or auto, not {self.input!r}")
+        require(self.layout in ("auto",) + LAYOUTS, f"--layout must be plain, task or auto, not {self.layout!r}")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
 
@@ -169,16 +178,21 @@ def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable |
         from speechprune.prune.calibration import calibration_batches, loss_score, scan_rescan
 
         input_name = config.input if config.input != "auto" else ("speech" if "speech" in model.sources else "text")
+        layout = model.resolve_layout(config.layout)
+        if config.strategy == "iterative" and config.region not in LAYOUT_REGIONS[layout]:
+            raise UserError(f"--region {config.region}: the {layout} layout has only {', '.join(LAYOUT_REGIONS[layout])}")
         model.module.to(_device(config.device))
-        batches = calibration_batches(model, config.data, input_name, config.batch_size, config.max_utterances)
-        record.update(data=str(Path(config.data).resolve()), input=input_name,
-                      utterances=sum(int(b.attention_mask.shape[0]) for b in batches))
+        batches = calibration_batches(model, config.data, input_name, config.batch_size, config.max_utterances,
+                                      layout, config.text_column, config.split)
+        data_path = Path(config.data)
+        record.update(data=str(data_path.resolve()) if data_path.exists() else config.data, input=input_name,
+                      layout=layout, utterances=sum(int(b.attention_mask.shape[0]) for b in batches))
         if config.strategy == "iterative":
             rescan = scan_rescan(batches, input_name, [config.region])
             record["region"] = config.region
         else:
             score = loss_score(batches)
-            record["score"] = "target cross-entropy"
+            record["score"] = "next-token cross-entropy" if layout == "plain" else "target cross-entropy"
     trace: list[dict] = []
     if config.strategy == "iterative":
         removed = strategies.iterative(model.causal_lm, n, rescan, config.input, config.region, trace=trace)

@@ -1,5 +1,5 @@
-"""``speechprune scan``: load a model of any kind (``model.load_model``), stream a manifest through it once,
-and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
+"""``speechprune scan``: load a model of any kind (``model.load_model``), stream data (a manifest, a text
+file or a text dataset) through it once, and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
 checkpoint/resume and the output layout; the per-batch work is :class:`~speechprune.scan.scanner.Scanner`.
 """
 
@@ -17,7 +17,7 @@ import torch
 from speechprune.config import option, require
 from speechprune.errors import UserError
 from speechprune.files import claims_output
-from speechprune.model.layout import REGIONS
+from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS, REGIONS
 from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
 from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
 
@@ -28,13 +28,22 @@ CHECKPOINT_DIR = ".checkpoint"
 @dataclass
 class ScanConfig:
     model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
-    data: str = option(help="manifest (JSONL) whose utterances are scanned")
+    data: str = option(help="what is scanned: a manifest (.jsonl), a text file (.txt, one text per line), "
+                            "or a Hugging Face text dataset (save_to_disk folder, dataset folder or hub id)")
     out: str = option(help="output directory: scan.json, heatmaps, l*(n) and stability figures")
     input: str = option("auto", help="speech | text | both | auto (every input the model takes: both for a "
                                            "speech model, text for a plain LLM)")
-    regions: list[str] = option(list(REGIONS), help="regions to accumulate: speech, prompt, target, last, all")
+    layout: str = option("auto", help="layout of text input: plain (the text alone, as its tokenizer frames it) | "
+                                      "task (the model's own sequence with the source text in the speech slot: "
+                                      "for base-vs-speech-model comparisons) | auto (plain for a plain causal LM, "
+                                      "task for a speech model)")
+    regions: list[str] = option([], help="regions to accumulate (default: all the layout has): speech, prompt, "
+                                         "target, last, all on the task layout; last, all on the plain layout")
+    text_column: Optional[str] = option(None, help="text column of a Hugging Face dataset (default: text, "
+                                                   "sentence, content or transcription, the first it has)")
+    split: Optional[str] = option(None, help="split of a Hugging Face dataset (default: its only split)")
     batch_size: int = option(8, help="utterances per forward")
-    max_utterances: int = option(0, help="scan only the first N utterances of the manifest (0 = all)")
+    max_utterances: int = option(0, help="scan only the first N utterances of --data (0 = all)")
     dtype: str = option("float32", help="model dtype: float32 | bfloat16 | float16 (sums are float64 always)")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N (under accelerate launch: each process's own)")
     device_map: Optional[str] = option(None, help="'auto' spreads a decoder too large for one GPU over all GPUs")
@@ -50,11 +59,9 @@ class ScanConfig:
 
     def __post_init__(self) -> None:
         require(self.input in ("auto", "both") + INPUTS, f"--input must be speech, text, both or auto, not {self.input!r}")
+        require(self.layout in ("auto",) + LAYOUTS, f"--layout must be plain, task or auto, not {self.layout!r}")
         bad = [r for r in self.regions if r not in REGIONS]
         require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
-        require(len(self.regions) > 0, "--regions: give at least one region")
-        bad = [r for r in self.stability_regions if r not in self.regions]
-        require(not bad, f"--stability-regions: {bad[0] if bad else ''!r} is not among --regions")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
@@ -88,11 +95,37 @@ def _resolve_device(config: ScanConfig):
         raise UserError(f"--device: not a device: {config.device!r}") from None
 
 
-def _inputs_for(config: ScanConfig, model) -> list[str]:
+def _inputs_for(config: ScanConfig, model, utterances: list) -> list[str]:
+    """Every input the model takes for auto / both (auto leaves speech out on text-only data or
+    the plain layout), else the one asked for; speech input on text-only data is refused."""
+    from speechprune.data.manifest import require_audio
+
     if config.input in ("auto", "both"):
-        return [name for name in INPUTS if name in model.sources]
-    model.check_source(config.input)
-    return [config.input]
+        inputs = [name for name in INPUTS if name in model.sources]
+        if config.input == "auto" and (config.layout == "plain" or any(u.audio is None for u in utterances)):
+            inputs = [name for name in inputs if name != "speech"]
+    else:
+        model.check_source(config.input)
+        inputs = [config.input]
+    if "speech" in inputs:
+        require_audio(utterances, config.data, f"--input {config.input}")
+    return inputs
+
+
+def _layout_and_regions(config: ScanConfig, model, inputs: list[str]) -> tuple[str, list[str]]:
+    """The text input's layout (the model's default for auto) and the regions scanned."""
+    layout = model.resolve_layout(config.layout)
+    if layout == "plain" and "speech" in inputs:
+        raise UserError("--layout plain is a text layout; speech input has the model's own: add --input text")
+    regions = list(config.regions) or list(LAYOUT_REGIONS[layout])
+    bad = [r for r in regions if r not in LAYOUT_REGIONS[layout]]
+    if bad:
+        raise UserError(f"--regions {bad[0]}: the plain layout (the text alone) has only the regions last and all; "
+                        f"speech, prompt and target exist in --layout task")
+    bad = [r for r in config.stability_regions if r not in regions]
+    if bad:
+        raise UserError(f"--stability-regions: {bad[0]!r} is not among the scanned regions ({', '.join(regions)})")
+    return layout, regions
 
 
 # data ------------------------------------------------------------------------------------------
@@ -102,10 +135,10 @@ def _chunks(total: int, batch_size: int, rank: int, world: int) -> list[list[int
     return everything[rank::world]
 
 
-def _batches(model, utterances: list, chunks: list[list[int]], inputs: list[str]) -> Iterator[ScanBatch]:
+def _batches(model, utterances: list, chunks: list[list[int]], inputs: list[str], layout: str) -> Iterator[ScanBatch]:
     for chunk in chunks:
         members = [utterances[i] for i in chunk]
-        decoder_inputs = {name: model.decoder_inputs(members, source=name) for name in inputs}
+        decoder_inputs = {name: model.decoder_inputs(members, source=name, layout=layout) for name in inputs}
         yield ScanBatch(decoder_inputs, _rows(chunk, utterances, next(iter(decoder_inputs.values()))))
 
 
@@ -131,11 +164,16 @@ def _dir_signature(path: str) -> list:
                   for p in root.rglob("*") if p.is_file())
 
 
-def _sha256(path: str) -> str:
+def _data_digest(source: str, utterances: list) -> str:
+    """SHA-256 of the data file, or of the texts and ids of a dataset (a folder or hub id)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    if Path(source).is_file():
+        with open(source, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        for utterance in utterances:
+            digest.update(f"{utterance.id}\t{utterance.text}\n".encode())
     return digest.hexdigest()
 
 
@@ -171,35 +209,35 @@ def _load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
 @claims_output("scan", resumable=True)
 def scan(config: ScanConfig) -> dict:
     """Angular distance and cosine between every pair of decoder layers, per input and region,
-    from one streaming pass over the manifest; every block [l, l+n) and l*(n) follow from it.
+    from one streaming pass over the data; every block [l, l+n) and l*(n) follow from it.
     Writes OUT/scan.json and figures; resumes from OUT/.checkpoint after an interruption."""
-    from speechprune.data.manifest import load_manifest
+    from speechprune.data.manifest import load_data
 
     out = Path(config.out)
     state, device = _resolve_device(config)
     rank, world = state.process_index, state.num_processes
     data_path = Path(config.data)
-    if not data_path.is_file():
-        raise UserError(f"--data: manifest not found: {config.data}")
-    utterances = list(load_manifest(config.data, skip_bad=config.skip_bad))
+    utterances = load_data(config.data, config.text_column, config.split, skip_bad=config.skip_bad)
     if config.max_utterances:
         utterances = utterances[: config.max_utterances]
     if not utterances:
         raise UserError(f"--data: {config.data} holds no utterances")
 
     model = _load(config, device)
-    inputs = _inputs_for(config, model)
+    inputs = _inputs_for(config, model, utterances)
+    layout, regions = _layout_and_regions(config, model, inputs)
     chunks = _chunks(len(utterances), config.batch_size, rank, world)
     fingerprint = {
         "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
         "model_files": _dir_signature(config.model),
-        "data": str(data_path.resolve()), "data_sha256": _sha256(config.data),
-        "inputs": inputs, "regions": list(config.regions), "stability_regions": list(config.stability_regions),
+        "data": str(data_path.resolve()) if data_path.exists() else config.data,
+        "data_sha256": _data_digest(config.data, utterances), "layout": layout,
+        "inputs": inputs, "regions": regions, "stability_regions": list(config.stability_regions),
         "batch_size": config.batch_size, "utterances": len(utterances), "dtype": config.dtype,
         "rank": rank, "processes": world,
     }
     checkpoint = _checkpoint_path(out, rank, world)
-    scanner = Scanner(model.causal_lm, inputs, config.regions, config.stability_regions,
+    scanner = Scanner(model.causal_lm, inputs, regions, config.stability_regions,
                       device=None if config.device_map else device)
     done = 0
     if not config.fresh:
@@ -211,7 +249,7 @@ def scan(config: ScanConfig) -> dict:
 
     started = time.perf_counter()
     with torch.no_grad(), scanner:
-        for k, batch in enumerate(_batches(model, utterances, chunks[done:], inputs), start=done):
+        for k, batch in enumerate(_batches(model, utterances, chunks[done:], inputs, layout), start=done):
             scanner.step(batch)
             if config.checkpoint_every and (k + 1) % config.checkpoint_every == 0 and k + 1 < len(chunks):
                 _save_checkpoint(checkpoint, fingerprint, k + 1, scanner)
@@ -224,13 +262,14 @@ def scan(config: ScanConfig) -> dict:
         return {}
 
     settings = {
-        "inputs": inputs, "regions": list(config.regions), "batch_size": config.batch_size,
+        "inputs": inputs, "layout": layout, "regions": regions, "batch_size": config.batch_size,
         "max_utterances": config.max_utterances, "dtype": config.dtype, "device": str(device),
         "device_map": config.device_map or None, "processes": world, "accumulation": "float64",
         "stability_regions": list(config.stability_regions), "bootstrap": config.bootstrap, "seed": config.seed,
     }
     model_info = model.describe()
-    data_info = {"manifest": str(data_path), "sha256": fingerprint["data_sha256"], "utterances": len(utterances)}
+    data_info = {"manifest": str(data_path), "sha256": fingerprint["data_sha256"], "utterances": len(utterances),
+                 "text_only": any(u.audio is None for u in utterances)}
     payload = build_payload(scanner, model=model_info, data=data_info, settings=settings,
                             bootstrap=config.bootstrap, seed=config.seed)
     payload["seconds"] = round(seconds, 3)

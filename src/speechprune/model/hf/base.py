@@ -10,6 +10,10 @@ Regions (as for this toolkit's SpeechLLM; padding and the template's framing tok
 - ``target``: the tokens of the assistant's answer, and the end-of-turn token right after it;
 - ``last``, ``all``: the final and every real position.
 The decoder's layers sit at ``get_decoder().layers``; the text config is ``get_text_config()``.
+
+That chat is the ``task`` layout. The ``plain`` layout (``--layout plain``, text input only) is, as
+for every kind, the transcript alone as the family's tokenizer frames it: no chat template, no
+prompt, the LLM decoder measured as the language model it was before audio was attached.
 """
 
 from __future__ import annotations
@@ -136,9 +140,8 @@ class HFSpeechLLM(LoadedModel):
 
     # ---- decoder inputs
     @torch.no_grad()
-    def decoder_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
-                       padding_side: str = "right") -> DecoderInputs:
-        self.check_source(source)
+    def task_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
+                    padding_side: str = "right") -> DecoderInputs:
         rendered = [self.render(utt, source, with_target) for utt in utterances]
         waves = None
         if source == "speech":
@@ -203,7 +206,8 @@ class HFSpeechLLM(LoadedModel):
 
     # ---- decoding and saving
     def generate(self, utterances: list[Utterance], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-        inputs = self.decoder_inputs(utterances, self.sources[0], with_target=False, padding_side="left")
+        inputs = self.decoder_inputs(utterances, self.sources[0], with_target=False, padding_side="left",
+                                     layout="task")
         return generate_text(self.causal_lm, self.tokenizer, inputs, max_new_tokens, num_beams, eos_token_id=self.eos_ids)
 
     def decoder_parameters(self):
