@@ -11,7 +11,7 @@ against a plain no-grad forward over the same texts, each a whole process from s
                 not run the LM head either, so this is the strict baseline)
 
 The commands run in turn (the order rotated every round so no command always follows the same
-one), ``--rounds`` rounds after one warm-up round; per round the ratios scan / forward-* are
+one), ``--rounds`` rounds after ``--warmup`` rounds; per round the ratios scan / forward-* are
 taken pair by pair (the machine may be shared: a slow spell hits neighbouring runs alike) and the
 median of the per-round ratios is reported with the medians of the times. Wall time: a monotonic
 clock around each child; CPU time and peak memory: the kernel's accounting of that child
@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--sentences-per-line", type=int, default=2)
     parser.add_argument("--bpe-vocab", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds after the warm-up rounds")
+    parser.add_argument("--warmup", type=int, default=1, help="rounds run first and not counted")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of every child (0 = torch's default)")
     parser.add_argument("--workdir", default="bench-scan-plain", help="model, texts and scan outputs (kept)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -139,16 +140,17 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(args.threads)
     out = Path(args.workdir) / "scan"
     runs: dict[str, list[dict]] = {name: [] for name in COMMANDS}
-    for round_index in range(args.rounds + 1):  # round 0 is the warm-up (page cache, compiled kernels)
+    for round_index in range(args.warmup + args.rounds):  # warm-up first: page cache, lazy initialisation
         shift = round_index % len(COMMANDS)
         order = COMMANDS[shift:] + COMMANDS[:shift]
         for name in order:
             result = run_once(command_line(name, args, model_dir, texts, out), env)
-            if round_index:
+            if round_index >= args.warmup:
                 runs[name].append(result)
-        if round_index:
-            print(f"  round {round_index}: " + ", ".join(f"{n} {runs[n][-1]['wall']:.1f} s" for n in COMMANDS),
-                  file=sys.stderr, flush=True)
+        if round_index >= args.warmup:
+            print(f"  round {round_index - args.warmup + 1}: " + ", ".join(
+                f"{n} {runs[n][-1]['wall']:.1f} s wall {runs[n][-1]['cpu']:.1f} s cpu" for n in COMMANDS),
+                file=sys.stderr, flush=True)
     payload = json.loads((out / "scan.json").read_text())
     positions = payload["inputs"]["text"]["regions"]["all"]["count"]
 

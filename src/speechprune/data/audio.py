@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import lfilter, resample_poly
 
 from speechprune.errors import UserError
 
@@ -29,6 +28,8 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if orig_rate == new_rate or wave.size == 0:
         return wave
+    from scipy.signal import resample_poly  # imported on use: text-only runs never need scipy.signal
+
     g = gcd(int(orig_rate), int(new_rate))
     return resample_poly(wave, int(new_rate) // g, int(orig_rate) // g).astype(np.float32)
 
@@ -126,11 +127,15 @@ def _pink(n: int, rng: np.random.Generator) -> np.ndarray:
     # A 4-pole/4-zero IIR 'pinking' filter on white noise: about -3 dB per octave.
     b = [0.049922035, -0.095993537, 0.050612699, -0.004408786]
     a = [1.0, -2.494956002, 2.017265875, -0.522189400]
+    from scipy.signal import lfilter
+
     return lfilter(b, a, rng.standard_normal(n + 2000))[2000:]
 
 
 def _babble(n: int, rng: np.random.Generator, sample_rate: int, talkers: int = 6) -> np.ndarray:
     """Speech-shaped noise with syllable-rate modulation from several 'talkers' (no real speech)."""
+    from scipy.signal import lfilter
+
     t = np.arange(n) / sample_rate
     out = np.zeros(n)
     for _ in range(talkers):
