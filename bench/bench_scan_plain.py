@@ -126,6 +126,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of every child (0 = torch's default)")
     parser.add_argument("--workdir", default="bench-scan-plain", help="model, texts and scan outputs (kept)")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--build-only", action="store_true", help="only build the model and texts in --workdir")
     parser.add_argument("--forward", choices=("lm", "base"), default=None)
     parser.add_argument("--model-dir", default=None)
     parser.add_argument("--texts-file", default=None)
@@ -134,7 +135,15 @@ def main() -> None:
         forward(args)
         return
 
-    model_dir, texts = build(args)
+    if args.build_only:
+        build(args)
+        return
+    # built in a child: a forked child's peak resident set starts from its parent's, so the
+    # parent must never hold the model
+    subprocess.run([sys.executable, __file__, "--build-only", "--workdir", args.workdir, "--texts", str(args.texts),
+                    "--sentences-per-line", str(args.sentences_per_line), "--bpe-vocab", str(args.bpe_vocab)],
+                   check=True)
+    model_dir, texts = Path(args.workdir) / "model", Path(args.workdir) / "texts.txt"
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
