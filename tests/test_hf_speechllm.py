@@ -246,3 +246,32 @@ def test_greedy_score_measures_the_speech_llm_on_cached_speech_inputs(checkpoint
     step = record["steps"][0]
     assert len(step["scores"]) == LAYERS
     assert record["removed"][0] == int(min(step["scores"], key=step["scores"].get)) == step["removed"]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_plain_layout_is_the_text_alone_through_the_family_tokenizer(family, checkpoints, manifest, tmp_path):
+    """--layout plain on a speech-LLM: each transcript as the family's tokenizer frames it, no chat,
+    embedded by the decoder's own table; task stays the default."""
+    model = load_model(str(checkpoints[family]))
+    assert model.resolve_layout("auto") == "task"
+    utterances = load_manifest(manifest)[:3]
+    inputs = model.decoder_inputs(utterances, source="text", layout="plain")
+    assert set(inputs.regions) == {"last", "all"} and inputs.utterance_ids == [u.id for u in utterances]
+    embeddings = model.causal_lm.get_input_embeddings()
+    for row, utt in enumerate(utterances):
+        ids = model.tokenizer(utt.text)["input_ids"]
+        real = inputs.attention_mask[row].bool()
+        assert real.tolist() == [True] * len(ids) + [False] * (len(real) - len(ids))  # right padding
+        assert "<|im_start|>" not in model.tokenizer.decode(ids)
+        assert inputs.labels[row][: len(ids) - 1].tolist() == ids[1:]  # every next token, nothing else
+        assert (inputs.labels[row][len(ids) - 1:] == -100).all()
+        with torch.no_grad():  # an embedding lookup: the same rows, bit for bit
+            torch.testing.assert_close(inputs.inputs_embeds[row][real], embeddings(torch.tensor(ids)), rtol=0, atol=0)
+    if "speech" in model.sources:
+        with pytest.raises(UserError, match="--layout plain is a text layout"):
+            model.decoder_inputs(utterances, source="speech", layout="plain")
+    payload = scan(ScanConfig(model=str(checkpoints[family]), data=str(manifest), out=str(tmp_path / "scan"),
+                              layout="plain", bootstrap=0, plots=False, max_utterances=4, batch_size=2))
+    assert payload["settings"]["layout"] == "plain" and list(payload["inputs"]) == ["text"]
+    assert payload["inputs"]["text"]["regions"]["all"]["count"] == sum(
+        len(model.tokenizer(u.text)["input_ids"]) for u in load_manifest(manifest)[:4])

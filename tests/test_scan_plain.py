@@ -1,7 +1,8 @@
 """Plain LLMs on plain text: the ``plain`` layout against an independent reference (hidden states
 of a direct forward of each tokenized text), text files and Hugging Face text datasets as data,
-the ``--layout`` option, and the refusals (speech input on text-only data, regions the plain
-layout does not have)."""
+the ``--layout`` option, calibration and greedy-score pruning on text (against transformers' own
+language-model loss), and the refusals (speech input on text-only data, regions the plain layout
+does not have)."""
 
 from __future__ import annotations
 
@@ -222,3 +223,57 @@ def test_calibration_reads_text_files_on_the_plain_layout(setup):
         assert (first.labels[row, n - 1:] == IGNORE_INDEX).all()
     with pytest.raises(UserError, match="text only"):
         cached_decoder_inputs(str(setup["slm"]), str(setup["txt"]), "speech")
+
+
+def language_model_losses(model_dir: Path, texts: list[str], layers: int) -> dict[int, float]:
+    """For each layer c, the token-weighted mean next-token loss of the model without layer c,
+    from transformers' own loss (``labels=input_ids``) of one unpadded forward per tokenized text;
+    the layer is made an identity by a forward hook."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def identity(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    losses = {}
+    with torch.no_grad():
+        for candidate in range(layers):
+            handle = model.model.layers[candidate].register_forward_hook(identity, with_kwargs=True)
+            total, count = 0.0, 0
+            for text in texts:
+                ids = torch.tensor([tokenizer(text)["input_ids"]])
+                total += float(model(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+                count += ids.shape[1] - 1
+            handle.remove()
+            losses[candidate] = total / count
+    return losses
+
+
+def test_prune_greedy_score_on_a_text_file_is_the_language_model_loss(setup, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(setup["llm"]), "--out", str(out), "--remove", "1", "--strategy",
+                 "greedy-score", "--data", str(setup["txt"]), "--batch-size", "3", "--device", "cpu"]) == 0
+    record = json.loads((out / "pruning.json").read_text())
+    assert record["layout"] == "plain" and record["score"] == "next-token cross-entropy"
+    assert record["utterances"] == len(TEXTS)
+    expected = language_model_losses(setup["llm"], TEXTS, 5)
+    scores = {int(c): s for c, s in record["steps"][0]["scores"].items()}
+    assert sorted(scores) == sorted(expected)
+    # padded batches of 3 against one unpadded text at a time: float32 logits differ by ~1e-6
+    # relative, so mean losses near 6 agree to a few 1e-6 (2e-7 seen); 1e-5 bounds it
+    for candidate, loss in expected.items():
+        assert scores[candidate] == pytest.approx(loss, abs=1e-5)
+    best, second = sorted(expected.values())[:2]
+    assert second - best > 1e-4  # no near-tie (ten times the tolerance): the loss decides the choice below
+    assert record["removed"] == [min(expected, key=expected.get)]
+
+    capsys.readouterr()
+    common = ["--model", str(setup["llm"]), "--remove", "1", "--strategy", "iterative", "--data", str(setup["txt"])]
+    assert main(["prune", "--out", str(tmp_path / "x"), "--region", "target"] + common) == 2
+    err = capsys.readouterr().err
+    assert "--region target: the plain layout has only last, all" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    assert main(["prune", "--out", str(tmp_path / "task"), "--region", "target", "--layout", "task"] + common) == 0
+    task = json.loads((tmp_path / "task" / "pruning.json").read_text())
+    assert task["layout"] == "task" and task["region"] == "target" and task["utterances"] == len(TEXTS)
