@@ -1,6 +1,7 @@
-"""``speechprune scan``: load a model of any kind (``model.load_model``), stream data (a manifest, a text
-file or a text dataset) through it once, and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
-checkpoint/resume and the output layout; the per-batch work is :class:`~speechprune.scan.scanner.Scanner`.
+"""``speechprune scan``: load a model of any kind (``model.load_model``), stream data (a manifest, a
+text file or a text dataset) through it once, and write ``OUT/scan.json`` and figures. Owns the
+configuration, sharding over processes, checkpoint/resume and the output layout; the per-batch work
+is :class:`~speechprune.scan.scanner.Scanner`.
 """
 
 from __future__ import annotations
