@@ -268,6 +268,16 @@ def test_prune_greedy_score_on_a_text_file_is_the_language_model_loss(setup, tmp
     assert second - best > 1e-4  # no near-tie (ten times the tolerance): the loss decides the choice below
     assert record["removed"] == [min(expected, key=expected.get)]
 
+    import datasets  # the same texts as a dataset with two splits: the same batches, bit for bit
+
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"body": TEXTS}),
+                          "dev": datasets.Dataset.from_dict({"body": ["other."]})}).save_to_disk(str(tmp_path / "ds"))
+    assert main(["prune", "--model", str(setup["llm"]), "--out", str(tmp_path / "ds-pruned"), "--remove", "1",
+                 "--strategy", "greedy-score", "--data", str(tmp_path / "ds"), "--text-column", "body",
+                 "--split", "test", "--batch-size", "3", "--device", "cpu"]) == 0
+    from_dataset = json.loads((tmp_path / "ds-pruned" / "pruning.json").read_text())
+    assert from_dataset["steps"] == record["steps"] and from_dataset["data"] == str((tmp_path / "ds").resolve())
+
     capsys.readouterr()
     common = ["--model", str(setup["llm"]), "--remove", "1", "--strategy", "iterative", "--data", str(setup["txt"])]
     assert main(["prune", "--out", str(tmp_path / "x"), "--region", "target"] + common) == 2
