@@ -25,7 +25,9 @@ from speechprune.files import read_json, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.surgery import receiving_layers
+from speechprune.console import show
 from speechprune.train import LoopConfig, StageConfig, make_accelerator, run_stages
+from speechprune.train import summary as train_summary
 
 TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
 
@@ -37,12 +39,12 @@ class HealConfig:
     out: str = option(help="output SpeechLLM directory")
     target: str = option("receiving-mlp", help="receiving-mlp | all-mlp | all-linear")
     projector: bool = option(False, help="also train the projector (fully)")
-    steps: int = option(200)
-    lr: float = option(1e-3)
-    rank: int = option(8)
-    alpha: int = option(16)
-    batch_size: int = option(16)
-    seed: int = option(0)
+    steps: int = option(200, help="optimiser steps of LoRA training")
+    lr: float = option(1e-3, help="peak learning rate (warm-up, then cosine decay)")
+    rank: int = option(8, help="LoRA rank r")
+    alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
+    batch_size: int = option(16, help="utterances per optimiser step")
+    seed: int = option(0, help="seed of LoRA initialisation and data order")
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
 
     def __post_init__(self):
@@ -119,4 +121,6 @@ def heal(config: HealConfig) -> Path:
     write_json(out / "heal.json", {"target": config.target, "lora_modules": targets, "receiving_layers": receiving,
                                    "projector_trained": config.projector, "stages": [r.__dict__ for r in results]})
     save_config(config, out / "config.yaml")
+    show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
+                       f"{' and the projector' if config.projector else ''} -> {out}", results))
     return out

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from speechprune.config import option, require
+from speechprune.config import option, require, save_config
+from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import read_json, staged_dir, write_json, write_text
 from speechprune.prune import strategies
@@ -36,7 +37,7 @@ DECODER_DIR = "decoder"
 # Files that save_pretrained writes itself, or that describe the old weights: never copied over.
 _NOT_COPIED = re.compile(
     r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|\.index\.json)$|^(config\.json|generation_config\.json"
-    r"|pruning\.json|mergekit\.yaml)$"
+    r"|pruning\.json|mergekit\.yaml|config\.yaml)$"
 )
 
 
@@ -188,7 +189,8 @@ def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Calla
         scanned_layers = strategies.scan_num_layers(scan)
         if scanned_layers != num_layers:
             raise UserError(f"--scan {config.scan}: scanned a {scanned_layers}-layer decoder, --model has {num_layers} layers")
-        record.update(scan=str(scan_path.resolve()), input=config.input, region=config.region)
+        record.update(scan=str(scan_path.resolve()), input=strategies.resolve_input(scan, config.input),
+                      region=config.region)
         removed = strategies.choose_from_scan(config.strategy, scan, n, config.input, config.region)
         if config.strategy == "angular" and n:
             distance = strategies.scan_matrix(scan, "angular", config.input, config.region)
@@ -361,6 +363,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     model = load()
     probe = _probe_ids(model)
     reference = reference_logits(model, removed, probe) if config.verify else None
+    parameters_before = sum(p.numel() for p in model.parameters())
     kept = remove_layers(model, removed)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     ranges = kept_ranges(kept)
@@ -377,6 +380,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         "removed_blocks": kept_ranges(removed),
         # indices in the PRUNED model: the layer now fed by each removed block (heal's receiving-mlp)
         "receiving_layers": receiving_layers(kept, num_layers),
+        "decoder_parameters": {"before": parameters_before, "after": sum(p.numel() for p in model.parameters())},
         **record,
         "dtype": dtype,
         "config": asdict(config),
@@ -389,7 +393,8 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
             # The decoder is written anew; the LoRA adapters of the unpruned decoder (already merged
             # into it) name layers that no longer exist, so they are left out.
             stale = {source.root / DECODER_DIR, source.root / "adapters" / DECODER_DIR,
-                     source.root / "pruning.json", source.root / "mergekit.yaml"}
+                     source.root / "pruning.json", source.root / "mergekit.yaml",
+                     source.root / "config.yaml"}  # the recipe of the unpruned model; this one's is written below
             skipped = _copy_files(source.root, stage, lambda p: p in stale)
             pruning["not_copied"] = [p for p in skipped if p != DECODER_DIR]
             target = stage / DECODER_DIR
@@ -403,4 +408,25 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
             pruning["verification"] = verify_export(target, len(kept), reference, probe)
         write_json(stage / "pruning.json", pruning)
         write_text(stage / "mergekit.yaml", mergekit_yaml(source.decoder.resolve(), ranges, dtype))
+        save_config(config, stage / "config.yaml")
+    show(summary(pruning, out))
     return pruning
+
+
+def summary(pruning: dict[str, Any], out: Path) -> Any:
+    """The terminal's account of a prune: what went, what is left, and whether the export checks out."""
+    blocks = ", ".join(f"[{start}, {end})" for start, end in pruning["removed_blocks"]) or "none"
+    params = pruning["decoder_parameters"]
+    check = pruning.get("verification")
+    verified = (f"passed: reloaded, max |logit difference| to the original with those layers skipped "
+                f"{check['logits_max_abs_error']:.2g} (tolerance {check['tolerance']:.2g})" if check
+                else "not run (--verify false)")
+    how = pruning["strategy"] + "".join(f", {key} {pruning[key]}" for key in ("input", "region") if key in pruning)
+    return table(f"prune: {pruning['original_num_layers']} -> {pruning['num_layers']} decoder layers -> {out}",
+                 ("", ""), [
+                     ("removed layers (0-based)", f"{' '.join(map(str, pruning['removed'])) or 'none'}  blocks {blocks}"),
+                     ("chosen by", how),
+                     ("decoder parameters", f"{params['before']:,} -> {params['after']:,} "
+                                            f"({params['after'] / params['before']:.1%})"),
+                     ("reload check", verified),
+                 ], header=False)
