@@ -246,3 +246,14 @@ def test_data_synth_says_what_it_did_when_piped(tmp_path, capsys):
     assert "data synth: 6 utterances spoken" in captured.out
     assert sorted(p.name for p in out.glob("*.jsonl")) == [f"asr-en.{s}.jsonl" for s in ("dev", "test-ood", "test",
                                                                                          "train")]
+
+
+def test_greedy_score_shows_progress_over_every_candidate(workspace, tmp_path, capsys):
+    from speechprune.model.decoder import decoder_layers
+    from speechprune.prune.run import PruneConfig, prune
+
+    root, _ = workspace
+    prune(PruneConfig(model=str(root / "model"), out=str(tmp_path / "g"), remove=2, strategy="greedy-score",
+                      verify=False), score=lambda m: float(len(decoder_layers(m))))
+    # two rounds over a 6-layer decoder: 6 candidates, then the 5 left
+    assert re.search(r"prune greedy-score: 11/11 candidates done in", capsys.readouterr().err)

@@ -14,8 +14,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 T = TypeVar("T")
 PLAIN_EVERY_SECONDS = 10.0
@@ -34,14 +35,16 @@ def stderr() -> Console:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None,
-          header: bool = True) -> Table:
-    """A summary table; numbers are formatted by :func:`cell`."""
-    result = Table(title=title, caption=caption, title_justify="left", caption_justify="left", show_header=header)
+          header: bool = True) -> Group:
+    """A summary table; numbers are formatted by :func:`cell`. Title and caption are lines of their
+    own, so that a long one is not folded to the table's width."""
+    result = Table(show_header=header)
     for column in columns:
         result.add_column(column)
     for row in rows:
         result.add_row(*(cell(value) for value in row))
-    return result
+    lines = [Text(title, style="bold"), result] + ([Text(caption, style="dim")] if caption else [])
+    return Group(*lines)
 
 
 def cell(value: Any) -> str:

@@ -198,12 +198,6 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
         baseline = next(r for r in rows_of_set if r["removed"] == 0)
         figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
         for axis, metric in zip(axes[0], metrics):
-            keys = sorted({(r["strategy"], r["heal"]) for r in rows_of_set if r["removed"] > 0})
-            for k, key in enumerate(keys):
-                line = sorted([baseline] + [r for r in rows_of_set if (r["strategy"], r["heal"]) == key],
-                              key=lambda r: r["fraction"])
-                axis.plot([r["fraction"] for r in line], [r[metric] for r in line], marker="osD^v<>"[k % 7],
-                          markersize=4, linewidth=1.2, alpha=0.85, label="/".join(key))
             values = [r[metric] for r in rows_of_set if r[metric] is not None]
             if metric == "wer":
                 limit = wer_limit(baseline["wer"], config)
@@ -213,14 +207,26 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
                 limit = bleu_limit(baseline["bleu"], config)
                 top = 1.1 * max(values + [limit, 1.0])
                 rule = f"acceptable: BLEU >= {limit:.1f} (-{config.bleu_drop:.0%} relative)"
+            keys = sorted({(r["strategy"], r["heal"]) for r in rows_of_set if r["removed"] > 0})
+            for k, key in enumerate(keys):
+                line = sorted([baseline] + [r for r in rows_of_set if (r["strategy"], r["heal"]) == key],
+                              key=lambda r: r["fraction"])
+                xs, ys = [r["fraction"] for r in line], [r[metric] for r in line]
+                drawn = axis.plot(xs, [min(y, top) for y in ys], marker="osD^v<>"[k % 7], markersize=4,
+                                  linewidth=1.2, alpha=0.85, label="/".join(key))
+                off = [x for x, y in zip(xs, ys) if y > top]
+                if off:  # a value beyond the axis sits on its edge as an arrow head
+                    axis.plot(off, [top] * len(off), "^", markersize=8, color=drawn[0].get_color(), clip_on=False)
+            notes = []
             if limit <= top:
                 axis.axhline(limit, color="grey", linestyle="--", linewidth=1, label=rule)
             else:
-                axis.text(0.02, 0.97, rule + " (above the axis)", transform=axis.transAxes, fontsize=7,
-                          va="top", color="grey")
+                notes.append(rule + ": above the axis")
             if max(values) > top:
-                axis.text(0.98, 0.97, f"values above {top:.2f} drawn off the axis", transform=axis.transAxes,
-                          fontsize=7, va="top", ha="right", color="grey")
+                notes.append(f"values above {top:.2f} drawn at the top edge (^)")
+            for row, text in enumerate(notes):
+                axis.text(0.02, 0.97 - 0.07 * row, text, transform=axis.transAxes, fontsize=7, va="top", color="dimgrey",
+                          bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
             axis.set_ylim(0, top)
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(metric.upper() + (" (lower is better)" if metric == "wer" else " (higher is better)"))

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from speechprune.config import option, require, save_config
-from speechprune.console import show, table
+from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import read_json, staged_dir, write_json, write_text
 from speechprune.prune import strategies
@@ -218,10 +218,20 @@ def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Calla
             record["score"] = "target cross-entropy"
     model = model if model is not None else load()
     trace: list[dict] = []
-    if config.strategy == "iterative":
-        removed = strategies.iterative(model, n, rescan, config.input, config.region, trace=trace)
-    else:
-        removed = strategies.greedy_score(model, n, score, trace=trace)
+    measure = rescan if config.strategy == "iterative" else score
+    # iterative: one re-scan per removed layer; greedy-score: every remaining layer scored per round
+    total = n if config.strategy == "iterative" else sum(num_layers - k for k in range(n))
+    with Progress(f"prune {config.strategy}", total, "scans" if config.strategy == "iterative" else "candidates") \
+            as shown:
+        def measured(candidate_model: Any) -> Any:
+            result = measure(candidate_model)
+            shown.advance()
+            return result
+
+        if config.strategy == "iterative":
+            removed = strategies.iterative(model, n, measured, config.input, config.region, trace=trace)
+        else:
+            removed = strategies.greedy_score(model, n, measured, trace=trace)
     record["steps"] = trace
     return removed, record
 

@@ -39,7 +39,7 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("start layer l, 0-based (block [l, l+n) removed)")
+    ax.set_xlabel("start layer l, 0-based\n(block [l, l+n) removed)")
     ax.set_ylabel("block size n (layers)")
     ax.set_title(title, fontsize=9)
     return image
@@ -157,6 +157,6 @@ def compare_figure(profiles: list[dict], path: Path, title: str = "") -> None:
             ax.set_ylabel("")
     fig.colorbar(image, ax=list(axes[0]), label=DISTANCE_LABEL)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1.06)  # above the panels' own titles
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
