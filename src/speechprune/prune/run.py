@@ -428,7 +428,7 @@ def summary(pruning: dict[str, Any], out: Path) -> Any:
     blocks = ", ".join(f"[{start}, {end})" for start, end in pruning["removed_blocks"]) or "none"
     params = pruning["decoder_parameters"]
     check = pruning.get("verification")
-    verified = (f"passed: reloaded, max |logit difference| to the original with those layers skipped "
+    verified = (f"passed: max |logit difference| to the original with those layers skipped "
                 f"{check['logits_max_abs_error']:.2g} (tolerance {check['tolerance']:.2g})" if check
                 else "not run (--verify false)")
     how = pruning["strategy"] + "".join(f", {key} {pruning[key]}" for key in ("input", "region") if key in pruning)
