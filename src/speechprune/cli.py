@@ -56,8 +56,7 @@ def _usage(group: str = "") -> str:
     lines = [f"usage: {head} [--option value ...] [name=value ...] [--config FILE]", "",
              f"{group} subcommands:" if group else "commands:"]
     lines += [f"  {name:<12} {COMMANDS[name].summary}" for name in names]
-    lines += ["", f"speechprune {group + ' ' if group else ''}COMMAND --help lists a command's options."
-              .replace("COMMAND", "SUBCOMMAND" if group else "COMMAND")]
+    lines += ["", f"{head} --help lists its options."]
     return "\n".join(lines)
 
 

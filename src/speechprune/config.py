@@ -81,11 +81,6 @@ def _unwrap_optional(tp: Any) -> Any:
     return tp
 
 
-def option_names(cls: type) -> list[str]:
-    """Every option name as ``--help`` shows it (hyphens; nested fields dotted)."""
-    return [name for name, _, _ in describe_options(cls)]
-
-
 def did_you_mean(word: str, candidates: list[str]) -> str:
     """`` (did you mean X?)`` for the closest candidate, or nothing."""
     import difflib
@@ -101,7 +96,7 @@ def canonical_key(cls: type, key: str, spelled: str) -> str:
     parts = key.split(".")
     tp: Any = cls
     canonical: list[str] = []
-    for depth, part in enumerate(parts):
+    for part in parts:
         tp = _unwrap_optional(tp)
         if dataclasses.is_dataclass(tp):
             name = part.replace("-", "_")
