@@ -139,14 +139,27 @@ def test_eval_prints_each_condition_once_and_help_names_the_files(workspace, cap
     assert metrics["asr"]["conditions"] == ["en-en"] and metrics["st"]["conditions"] == ["en-fr"]
     assert re.search(r"tiny\s+.\s+asr \(en-en\)\s+.\s+6\s+.\s+" + f"{metrics['asr']['wer']:.3f}", out)
     assert out.count("asr") == 1 and out.count("st (en-fr)") == 1
-    # every file written is named (with its placeholder) in --out's help, and every named file is written
-    main(["eval", "--help"])
+    assert_help_names_the_files(capsys, "eval", tmp_path / "eval")
+
+
+def assert_help_names_the_files(capsys, command: str, out_dir) -> None:
+    """Every file written is named (placeholders like <manifest> stand for any name) in --out's help,
+    and every file named there is written."""
+    main([command, "--help"])
     help_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--out "))
-    named = re.findall(r"(<manifest>\.[\w.]+|[\w-]+\.(?:json|jsonl|yaml))", help_line)
-    patterns = [re.compile(re.escape(n).replace(re.escape("<manifest>"), r"[\w.-]+") + "$") for n in named]
-    written = sorted(p.name for p in (tmp_path / "eval").iterdir())
+    named = re.findall(r"((?:<[\w ]+>|[\w.-])+\.(?:jsonl|json|yaml|png|csv))\b", help_line)
+    patterns = [re.compile(re.sub(r"<[\w ]+>", r"[\\w.-]+", re.escape(n).replace("\\<", "<").replace("\\>", ">"))
+                           + "$") for n in named]
+    written = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
     assert all(any(p.match(name) for p in patterns) for name in written), (written, named)
     assert all(any(p.match(name) for name in written) for p in patterns), (written, named)
+
+
+def test_scan_and_compare_help_name_the_files_they_write(workspace, scanned, capsys, tmp_path):
+    root, _ = workspace
+    assert_help_names_the_files(capsys, "scan", scanned)
+    run_cli(["compare", scanned, "--out", tmp_path / "cmp"], capsys)
+    assert_help_names_the_files(capsys, "compare", tmp_path / "cmp")
 
 
 def test_score_lists_each_condition_once():

@@ -46,7 +46,8 @@ class SweepConfig:
     scan: str = option(help="scan directory (scan.json) of that model")
     train: list[str] = option(help="healing manifest(s)")
     test: list[str] = option(help="test manifest(s); each is scored separately (e.g. in-domain and out-of-domain)")
-    out: str = option(help="sweep directory")
+    out: str = option(help="sweep directory: cells/<cell>.json, results.csv, results.json, summary.json, "
+                                "curve_<test set>.png, config.yaml")
     fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
     strategies: list[str] = option(["angular", "bi", "last"], help="pruning strategies, chosen from the scan: angular | bi | last")
     heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")

@@ -27,7 +27,7 @@ from speechprune.scan.plots import subject
 class CompareConfig:
     positional = "scans"
 
-    out: str = option(help="output directory for compare.json and the side-by-side figures")
+    out: str = option(help="output directory: compare.json, config.yaml, compare_<region>.png (heatmaps side by side)")
     scans: list[str] = option([], help="scan directories (or their scan.json), given as bare arguments")
     input: str = option("", help="speech | text: compare only this input of each scan (default: every input)")
     regions: list[str] = option(["all", "last"], help="regions to compare")

@@ -31,7 +31,8 @@ CHECKPOINT_DIR = ".checkpoint"
 class ScanConfig:
     model: str = option(help="SpeechLLM directory, or a plain Hugging Face causal LM directory or hub id")
     data: str = option(help="manifest (JSONL) whose utterances are scanned")
-    out: str = option(help="output directory: scan.json, heatmaps, l*(n) and stability figures")
+    out: str = option(help="output directory: scan.json, config.yaml, heatmap_<input>_<region>.png, "
+                                 "stability_<input>_<region>.png, best_blocks.png")
     input: str = option("auto", help="speech | text | both | auto (both for a SpeechLLM, text for a plain LLM)")
     regions: list[str] = option(list(REGIONS), help="regions to accumulate: speech, prompt, target, last, all")
     batch_size: int = option(8, help="utterances per forward")
