@@ -10,9 +10,13 @@
             only or attention sublayer), with time split into encoder, decoder prefill, decoder steps
   memory    the same decoding, one fresh process per model: parameter bytes and peak resident memory
   greedy    greedy-score (SLEB / Moslem, target loss) as the toolkit runs it (calibration audio
-            encoded once, layers switched off in place) vs the naive way (every candidate re-reads and
-            re-encodes the audio through encoder + projector and deep-copies the model to delete the
-            layers), same model, same calibration set; both must choose the same layers (goal >= 5x).
+            encoded once, layers switched off in place, each round's prefix reused: a candidate runs
+            only the layers after it), the same with one full decoder forward per candidate (the
+            reference scorer), and the naive way (every candidate re-reads and re-encodes the audio
+            through encoder + projector and deep-copies the model to delete the layers), same model,
+            same calibration set; all must choose the same layers. Each variant's FLOPs are counted
+            once (``torch.utils.flop_counter``) and give the ideal ratio naive / variant, printed
+            beside the measured one (goal: prefix >= 2x naive and >= 90% of its ideal).
             Two models: the e2e one (dynamic Whisper window: a cheap encoder) and one with a
             Whisper encoder on its native 30 s window, sized like Whisper-large-v3 + a 1B decoder
             relative to each other (the encoder costs ~10x the decoder per utterance)
@@ -270,6 +274,7 @@ def bench_decoder(args) -> dict:
 def bench_e2e(args, full_dir: Path, manifest: Path) -> dict:
     from speechprune.data.manifest import load_manifest
     from speechprune.evaluate import decode
+    from speechprune.model.kinds import SpeechLLMModel
     from speechprune.model.speechllm import SpeechLLM
     from speechprune.prune.prefill import prefill_skip
     from speechprune.prune.surgery import skip_layers
@@ -288,7 +293,7 @@ def bench_e2e(args, full_dir: Path, manifest: Path) -> dict:
             counter.reset()
             encoder_clock.seconds = 0.0
             with context():
-                decode(model, utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+                decode(SpeechLLMModel(str(full_dir), model), utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
             assert counter.calls == batches * args.e2e_tokens, (counter.calls, batches, args.e2e_tokens)
             parts.setdefault(name, []).append({"encoder_s": encoder_clock.seconds, "prefill_s": counter.prefill_s,
                                                "steps_s": counter.step_s})
@@ -325,6 +330,7 @@ def memory_child(args) -> dict:
     decode the whole manifest once, report resident-memory figures (KiB) and parameter bytes."""
     from speechprune.data.manifest import load_manifest
     from speechprune.evaluate import decode
+    from speechprune.model.kinds import SpeechLLMModel
     from speechprune.model.speechllm import SpeechLLM
     from speechprune.prune.prefill import prefill_skip
 
@@ -338,12 +344,12 @@ def memory_child(args) -> dict:
         skip = [int(i) for i in args.child_prefill_skip.split(",") if i]
         context = (lambda: prefill_skip(model.decoder, skip)) if skip else contextlib.nullcontext
         with context():
-            decode(model, utterances[: args.e2e_batch], batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+            decode(SpeechLLMModel(args.child_model, model), utterances[: args.e2e_batch], batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
         gc.collect()
         before_run = rss_kib()
         Path("/proc/self/clear_refs").write_text("5")
         with context():
-            decode(model, utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
+            decode(SpeechLLMModel(args.child_model, model), utterances, batch_size=args.e2e_batch, max_new_tokens=args.e2e_tokens)
         peak = rss_kib("VmHWM")
     return {"params_bytes": param_bytes(model), "decoder_params_bytes": param_bytes(model.decoder),
             "rss_before_load_kib": before_load, "rss_before_run_kib": before_run, "vmhwm_kib": peak,
@@ -411,47 +417,72 @@ def naive_greedy(model_dir: Path, manifest: Path, n: int, batch_size: int, clock
     return removed
 
 
-def cached_greedy(model_dir: Path, manifest: Path, n: int, batch_size: int, clock: dict) -> list[int]:
-    """The toolkit's greedy-score (what ``speechprune prune --strategy greedy-score --data`` runs)."""
+def cached_greedy(model_dir: Path, manifest: Path, n: int, batch_size: int, clock: dict, method: str) -> list[int]:
+    """The toolkit's greedy-score (what ``speechprune prune --strategy greedy-score --data`` runs:
+    ``method="prefix"``, the default), or with one full decoder forward per candidate (``"full"``)."""
     from speechprune.prune.calibration import cached_decoder_inputs, loss_score
     from speechprune.prune.strategies import greedy_score
 
     start = time.perf_counter()
     decoder, batches = cached_decoder_inputs(str(model_dir), str(manifest), "speech", batch_size)
     clock["load_and_encode_once_s"] += time.perf_counter() - start
-    score = loss_score(batches)
+    start = time.perf_counter()
+    chosen = greedy_score(decoder, n, loss_score(batches), method=method)
+    clock["decoder_s"] += time.perf_counter() - start
+    return chosen
 
-    def timed_score(model):
-        start = time.perf_counter()
-        value = score(model)
-        clock["decoder_s"] += time.perf_counter() - start
-        return value
 
-    return greedy_score(decoder, n, timed_score)
+def counted_flops(run: Callable[[], object]) -> int:
+    """FLOPs of one run as ``torch.utils.flop_counter`` counts them (matrix products: linear layers,
+    attention products, convolutions; not elementwise work)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return int(counter.get_total_flops())
 
 
 @torch.no_grad()
 def bench_greedy(args, name: str, model_dir: Path, manifest: Path, n: int, batch_size: int) -> dict:
-    chosen: dict[str, list[list[int]]] = {"cached": [], "naive": []}
-    clocks = {"cached": {"load_and_encode_once_s": 0.0, "decoder_s": 0.0},
-              "naive": {"copy_s": 0.0, "encode_s": 0.0, "decoder_s": 0.0}}
+    """Naive, cached with a full forward per candidate, and cached with the prefix reused: FLOPs
+    counted once per variant, then timed in interleaved rounds; all must choose the same layers."""
+    chosen: dict[str, list[list[int]]] = {"naive": [], "cached full": [], "cached prefix": []}
+    clocks = {"naive": {"copy_s": 0.0, "encode_s": 0.0, "decoder_s": 0.0},
+              "cached full": {"load_and_encode_once_s": 0.0, "decoder_s": 0.0},
+              "cached prefix": {"load_and_encode_once_s": 0.0, "decoder_s": 0.0}}
     variants = {
         "naive": lambda: chosen["naive"].append(naive_greedy(model_dir, manifest, n, batch_size, clocks["naive"])),
-        "cached": lambda: chosen["cached"].append(cached_greedy(model_dir, manifest, n, batch_size, clocks["cached"])),
+        "cached full": lambda: chosen["cached full"].append(
+            cached_greedy(model_dir, manifest, n, batch_size, clocks["cached full"], "full")),
+        "cached prefix": lambda: chosen["cached prefix"].append(
+            cached_greedy(model_dir, manifest, n, batch_size, clocks["cached prefix"], "prefix")),
     }
+    flops = {variant: counted_flops(run) for variant, run in variants.items()}
+    for clock in clocks.values():
+        clock.update({key: 0.0 for key in clock})
     times = interleaved(variants, args.greedy_repeats, warm_up=False)  # minutes per run: no warm-up round
     picks = {tuple(c) for runs in chosen.values() for c in runs}
-    assert len(picks) == 1, f"greedy-score: the two ways chose different layers: {chosen}"
+    assert len(picks) == 1, f"greedy-score: the ways chose different layers: {chosen}"
     result = summarise(times, "naive")
     runs = args.greedy_repeats
     for variant, clock in clocks.items():
         result[variant].update({key: value / runs for key, value in clock.items()})
+        result[variant]["gflops"] = flops[variant] / 1e9
+        result[variant]["ideal"] = flops["naive"] / flops[variant]
+    prefix = result["cached prefix"]
+    prefix["speedup_vs_cached_full"] = result["cached full"]["median_s"] / prefix["median_s"]
+    prefix["ideal_vs_cached_full"] = flops["cached full"] / flops["cached prefix"]
+    prefix["share_of_ideal"] = prefix["speedup"] / prefix["ideal"]
     from speechprune.model.speechllm import SpeechLLM
 
     model = SpeechLLM.load(model_dir)
     L = model.decoder.config.num_hidden_layers
-    return {"model": name, "layers": L, "n": n, "candidates_scored": sum(L - i for i in range(n)),
-            "chosen": list(picks.pop()), "goal": 5.0, "encoder_window": model.encoder.window,
+    kept = [L - i for i in range(n)]
+    return {"model": name, "layers": L, "n": n, "candidates_scored": sum(kept),
+            "layer_forwards_per_batch": {"full": sum(k * (k - 1) for k in kept),
+                                         "prefix": sum((k - 1) + (k - 1) * k // 2 for k in kept)},
+            "chosen": list(picks.pop()), "goal": "prefix >= 2 x naive and >= 0.9 x its FLOP ideal",
+            "encoder_window": model.encoder.window,
             "decoder_share_of_params": param_bytes(model.decoder) / param_bytes(model),
             "calibration_utterances": len(open(manifest).read().splitlines()), "variants": result}
 
@@ -525,8 +556,12 @@ def fmt_table(results: dict) -> str:
         base = next(iter(entry["variants"]))
         for variant, v in entry["variants"].items():
             goal = ""
-            if variant in ("pruned", "cached"):
-                goal = goals[key](entry) if key in goals else f">= {entry.get('goal', 5.0):.0f}"
+            if variant == "pruned":
+                goal = goals[key](entry)
+            if "ideal" in v and variant != base:  # greedy-score: the FLOP-count ideal beside the measured ratio
+                goal = f"FLOP ideal {v['ideal']:.2f} (measured {v['speedup'] / v['ideal']:.0%} of it)"
+                if variant == "cached prefix":
+                    goal += f"; goal >= 2 and >= {0.9 * v['ideal']:.2f}"
             speed = "1 (reference)" if variant == base else f"{v['speedup']:.2f}"
             lines.append(f"| {key} | {variant} | {v['median_s']:.2f} | {speed} "
                          f"| {v['speedup_paired_median']:.2f} | {goal} |")

@@ -270,3 +270,26 @@ def test_greedy_score_shows_progress_over_every_candidate(workspace, tmp_path, c
                       verify=False), score=lambda m: float(len(decoder_layers(m))))
     # two rounds over a 6-layer decoder: 6 candidates, then the 5 left
     assert re.search(r"prune greedy-score: 11/11 candidates done in", capsys.readouterr().err)
+
+
+def test_greedy_score_progress_keeps_the_prefix_reusing_scorer(workspace, tmp_path, capsys):
+    """The progress wrapper must not hide ``removal_scores``: a scorer that offers it is asked for
+    whole rounds (never for one full forward per candidate), and the bar still counts candidates."""
+    from speechprune.prune.run import PruneConfig, prune
+
+    class RoundScorer:
+        rounds: list[tuple[list[int], list[int]]] = []
+
+        def __call__(self, causal_lm):
+            raise AssertionError("greedy-score fell back to one full forward per candidate")
+
+        def removal_scores(self, causal_lm, removed, candidates):
+            self.rounds.append((list(removed), list(candidates)))
+            return {c: float(abs(c - 3)) for c in candidates}  # layer 3 first, then its lower neighbour
+
+    scorer = RoundScorer()
+    record = prune(PruneConfig(model=str(workspace[0] / "model"), out=str(tmp_path / "g"), remove=2,
+                               strategy="greedy-score", verify=False), score=scorer)
+    assert scorer.rounds == [([], [0, 1, 2, 3, 4, 5]), ([3], [0, 1, 2, 4, 5])]
+    assert record["removed"] == [2, 3]
+    assert re.search(r"prune greedy-score: 11/11 candidates done in", capsys.readouterr().err)

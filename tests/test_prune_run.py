@@ -226,37 +226,38 @@ def test_failed_verification_leaves_no_output(lm_dir, tmp_path, monkeypatch):
 
 # ---- SpeechLLM directory ----------------------------------------------------------------------
 
-def test_prune_speechllm_directory(lm_dir, tmp_path):
+def test_prune_speechllm_directory(speechllm_dir, tmp_path):
     import shutil
 
+    trained, _ = speechllm_dir
     source = tmp_path / "speechllm"
-    shutil.copytree(lm_dir, source / "decoder")
-    (source / "speechllm.json").write_text(json.dumps({"format": 1, "projector": {"stack": 5}}))
-    (source / "encoder").mkdir()
-    (source / "encoder" / "config.json").write_text('{"model_type": "whisper"}')
-    (source / "encoder" / "model.safetensors").write_bytes(b"encoder-weights")
-    (source / "projector.safetensors").write_bytes(b"projector-weights")
-    save_tiny_tokenizer(source / "tokenizer")
+    shutil.copytree(trained, source)
     (source / "adapters" / "decoder").mkdir(parents=True)
     (source / "adapters" / "decoder" / "adapter_config.json").write_text("{}")
     (source / "adapters" / "encoder").mkdir(parents=True)
     (source / "adapters" / "encoder" / "adapter_config.json").write_text("{}")
+    (source / "decoder" / "chat_template.jinja").write_text("{{ messages }}")
 
     out = tmp_path / "pruned"
-    record = prune(PruneConfig(model=str(source), out=str(out), drop="5:7"))
+    record = prune(PruneConfig(model=str(source), out=str(out), drop="4:6"))
 
     assert record["kind"] == "speechllm"
     for same in ("speechllm.json", "encoder/config.json", "encoder/model.safetensors", "projector.safetensors",
-                 "tokenizer/tokenizer.json", "adapters/encoder/adapter_config.json"):
+                 "tokenizer/tokenizer.json", "adapters/encoder/adapter_config.json", "decoder/chat_template.jinja"):
         assert (out / same).read_bytes() == (source / same).read_bytes(), same
     assert not (out / "adapters" / "decoder").exists()  # names layers that are gone
     assert record["not_copied"] == ["adapters/decoder"]
     model, info = AutoModelForCausalLM.from_pretrained(out / "decoder", output_loading_info=True)
-    assert not info["missing_keys"] and len(decoder_layers(model)) == 6
-    assert (out / "decoder" / "tokenizer.json").is_file()  # the decoder folder's own files come along
-    recipe = yaml.safe_load((out / "mergekit.yaml").read_text())
+    assert not info["missing_keys"] and len(decoder_layers(model)) == 4
+    # decoder/ is a complete Hugging Face model: its tokenizer is the SpeechLLM's
+    text = "the red cat sleeps."
+    assert AutoTokenizer.from_pretrained(out / "decoder")(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(source / "tokenizer")(text)["input_ids"]
+    mergekit = (out / "mergekit.yaml").read_text()
+    recipe = yaml.safe_load(mergekit)
     assert recipe["slices"][0]["sources"][0]["model"] == str((source / "decoder").resolve())
-    assert [s["sources"][0]["layer_range"] for s in recipe["slices"]] == [[0, 5], [7, 8]]
+    assert [s["sources"][0]["layer_range"] for s in recipe["slices"]] == [[0, 4]]
+    assert "Llama" in mergekit.split("slices:")[0] and "layer_types" in mergekit.split("slices:")[0]
 
 
 @pytest.fixture(scope="module")
@@ -298,10 +299,12 @@ def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_p
     from speechprune.prune.strategies import angular, greedy_score
 
     source, manifest = speechllm_dir
-    # the same choice as greedy-score computed by hand on the same cached inputs
+    # the same choice as greedy-score computed by hand on the same cached inputs, one full forward
+    # per candidate (the reference; the command reuses each round's prefix)
     decoder, batches = cached_decoder_inputs(str(source), str(manifest), "speech", batch_size=4)
     assert len(batches) == 2 and batches[0].regions["speech"].any()
-    expected = greedy_score(decoder, 2, loss_score(batches))
+    reference_trace: list[dict] = []
+    expected = greedy_score(decoder, 2, loss_score(batches), trace=reference_trace, method="full")
 
     encodes = []
     original_encode = SpeechLLM.encode
@@ -321,6 +324,10 @@ def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_p
     record = json.loads((out / "pruning.json").read_text())
     assert record["removed"] == expected and record["utterances"] == 6
     assert len(record["steps"]) == 2 and len(record["steps"][0]["scores"]) == 6
+    for step, reference in zip(record["steps"], reference_trace):  # same computation; 2e-5: float32 rounding
+        assert step["scores"] == pytest.approx(reference["scores"], abs=2e-5, rel=0)
+        ranked = sorted(reference["scores"].values())
+        assert ranked[1] - ranked[0] > 8e-5  # no near-tie: the same choice holds on any CPU
     assert SpeechLLM.load(out).decoder.config.num_hidden_layers == 4
 
     # iterative: its first step is the best single layer of a scan of the full model

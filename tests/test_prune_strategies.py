@@ -8,7 +8,16 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    GemmaConfig,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers
@@ -242,3 +251,136 @@ def test_loss_score_is_token_weighted_and_ignores_unlabelled_positions():
     assert count == 2 * 2 * 4
     assert score(model) == pytest.approx(total / count, rel=1e-6)
     assert isinstance(batches[0], DecoderInputs)
+
+
+# ----------------------------------------------------------------------------- greedy-score, prefix reuse
+# Both methods run the same float32 layers on the same inputs; a different CPU / BLAS may block a
+# matmul differently for the tail's shapes only through the same calls, so the scores may differ by
+# a few float32 rounding steps per layer: 2e-5 (~ 150 ulps of a loss near 4) bounds that with room.
+SCORE_TOLERANCE = 2e-5
+FAMILY_CONFIGS = {
+    "llama": lambda common: LlamaConfig(**common),
+    "qwen2": lambda common: Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=2),
+    "mistral": lambda common: MistralConfig(**common, sliding_window=4),
+    "gemma": lambda common: GemmaConfig(**common, head_dim=16),
+    "gemma2": lambda common: Gemma2Config(**common, head_dim=16, sliding_window=4),
+    "gemma3": lambda common: Gemma3TextConfig(**common, head_dim=16, sliding_window=4, layer_types=[
+        "sliding_attention" if i % 3 != 2 else "full_attention" for i in range(common["num_hidden_layers"])]),
+    "qwen3": lambda common: Qwen3Config(**common, head_dim=16, use_sliding_window=True, sliding_window=4,
+                                        layer_types=["full_attention" if i % 2 else "sliding_attention"
+                                                     for i in range(common["num_hidden_layers"])]),
+}
+
+
+def tiny_family(family: str, layers: int, seed: int = 0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                  initializer_range=0.2)  # layers that change the stream a lot: no near-tied scores
+    return AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](common)).eval()
+
+
+def padded_batches(model, count: int = 2, padding_side: str = "right", seed: int = 3):
+    """Speech-like embeddings then target tokens, lengths 5..11 (past the sliding window of 4)."""
+    embed = model.get_input_embeddings()
+    hidden = embed.weight.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for b in range(count):
+        utterances = []
+        for length in (3 + 2 * b, 7, 5):
+            speech = torch.randn(length, hidden, generator=generator)
+            target = torch.randint(0, 53, (4,), generator=generator)
+            with torch.no_grad():
+                utterances.append([Segment(speech, "speech"), Segment(embed(target), "target", target)])
+        batches.append(assemble(utterances, padding_side=padding_side))
+    return batches
+
+
+def assert_prefix_equals_full(model, batches, n: int, candidates=None) -> list[int]:
+    """Both methods choose the same layers with scores equal within SCORE_TOLERANCE, and the models'
+    rounds have no near-tie that rounding could flip (else the check would not hold on any CPU)."""
+    score = loss_score(batches)
+    full_trace, prefix_trace = [], []
+    full = greedy_score(model, n, score, candidates=candidates, trace=full_trace, method="full")
+    prefix = greedy_score(model, n, score, candidates=candidates, trace=prefix_trace, method="prefix")
+    assert prefix == full
+    assert [s["removed"] for s in prefix_trace] == [s["removed"] for s in full_trace]
+    for full_step, prefix_step in zip(full_trace, prefix_trace):
+        assert full_step["scores"].keys() == prefix_step["scores"].keys()
+        for layer, value in full_step["scores"].items():
+            assert prefix_step["scores"][layer] == pytest.approx(value, abs=SCORE_TOLERANCE, rel=0)
+        ranked = sorted(full_step["scores"].values())
+        if len(ranked) > 1:
+            assert ranked[1] - ranked[0] > 4 * SCORE_TOLERANCE, f"near-tied scores in round {full_step['step']}"
+    return full
+
+
+@pytest.mark.parametrize("family, layers", [("llama", 6), ("llama", 2), ("qwen2", 5), ("mistral", 4),
+                                            ("gemma", 5), ("gemma2", 6), ("gemma3", 7), ("qwen3", 5)])
+def test_prefix_reuse_chooses_what_full_forwards_choose(family, layers):
+    model = tiny_family(family, layers)
+    before = [id(layer) for layer in decoder_layers(model)]
+    types = list(getattr(model.config, "layer_types", None) or [])
+    chosen = assert_prefix_equals_full(model, padded_batches(model), layers - 1)  # down to one layer
+    assert len(chosen) == layers - 1
+    # the model is back as it was, no hook left behind
+    assert [id(layer) for layer in decoder_layers(model)] == before
+    assert model.config.num_hidden_layers == layers
+    assert list(getattr(model.config, "layer_types", None) or []) == types
+    for index, layer in enumerate(decoder_layers(model)):
+        assert not layer._forward_pre_hooks and layer.self_attn.layer_idx == index
+
+
+def test_prefix_reuse_with_left_padding_and_restricted_candidates():
+    model = tiny_family("llama", 7, seed=4)
+    batches = padded_batches(model, count=3, padding_side="left")
+    assert_prefix_equals_full(model, batches, 3, candidates=[0, 2, 3, 5, 6])
+    assert_prefix_equals_full(model, batches, 2, candidates=[1, 2, 4])  # the last layer is no candidate
+
+
+@pytest.mark.parametrize("decoder_type", ["llama", "qwen2"])
+def test_prefix_reuse_on_a_speechllm(decoder_type, tiny_manifest):
+    from speechprune.data.manifest import load_manifest
+    from tests.conftest import build_tiny_speechllm
+
+    utterances = load_manifest(tiny_manifest)
+    torch.manual_seed(1)
+    speechllm = build_tiny_speechllm(utterances, layers=5, decoder_type=decoder_type).eval()
+    with torch.no_grad():
+        for layer in decoder_layers(speechllm.decoder):  # random layers that matter (no near-ties)
+            for weight in (layer.mlp.down_proj.weight, layer.self_attn.o_proj.weight):
+                weight.mul_(8.0)
+        batches = [speechllm.decoder_inputs(batch) for batch in speechllm.batches(utterances, batch_size=5)]
+    assert len(batches) == 3 and batches[0].regions["speech"].any()
+    assert_prefix_equals_full(speechllm.decoder, batches, 3)
+
+
+def test_prefix_reuse_runs_the_counted_layer_forwards():
+    """A round over L' kept layers: (L'-1) layers for the forward without the last one (whose
+    layer inputs are the states), then L'-1-i layers for the candidate at kept position i."""
+    layers = 6
+    model = tiny_family("llama", layers)
+    batches = padded_batches(model, count=2)
+    runs = []
+    for layer in decoder_layers(model):
+        layer.register_forward_hook(lambda *args: runs.append(1))
+    score = loss_score(batches)
+    removed: list[int] = []
+    for kept in (6, 5, 4):
+        runs.clear()
+        by_candidate = score.removal_scores(model, removed, [c for c in range(layers) if c not in removed])
+        assert len(runs) == len(batches) * ((kept - 1) + (kept - 1) * kept // 2)
+        removed = sorted([*removed, min(by_candidate, key=lambda c: (by_candidate[c], c))])
+    runs.clear()
+    greedy_score(model, 1, score, method="full")
+    assert len(runs) == len(batches) * layers * (layers - 1)
+
+
+def test_greedy_score_method_is_checked():
+    model = tiny_llama(3)
+    with pytest.raises(UserError, match="method"):
+        greedy_score(model, 1, loss_score(calibration_batches(model)), method="fast")
+    with pytest.raises(UserError, match="removal_scores"):
+        greedy_score(model, 1, lambda m: 0.0, method="prefix")
+    assert greedy_score(model, 1, lambda m: float(len(decoder_layers(m))), method="auto") == [0]

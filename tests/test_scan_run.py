@@ -87,7 +87,7 @@ def test_scan_plain_llm_on_text_and_compare_with_the_speechllm(models, tmp_path)
     assert main(["scan", "--model", str(models["llm"]), "--data", str(models["manifest"]), "--out", str(out),
                  "--regions", "all,last", "--stability-regions", "last", "--plots=false"]) == 0
     payload = read(out)
-    assert list(payload["inputs"]) == ["text"] and payload["model"]["kind"] == "causal_lm"
+    assert list(payload["inputs"]) == ["text"] and payload["model"]["kind"] == "causal-lm"
     assert set(payload["inputs"]["text"]["regions"]) == {"all", "last"}
     assert "stability" in payload["inputs"]["text"]["regions"]["last"]
     assert "stability" not in payload["inputs"]["text"]["regions"]["all"]

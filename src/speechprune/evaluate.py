@@ -22,7 +22,7 @@ from speechprune.config import option, require, save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.files import staged_dir, write_json
-from speechprune.model.speechllm import SpeechLLM
+from speechprune.model.interface import LoadedModel, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,7 +37,7 @@ WER_NORMALISER = jiwer.Compose([
 
 @dataclass
 class EvalConfig:
-    model: str = option(help="SpeechLLM directory")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
     data: list[str] = option(help="test manifest(s), comma-separated")
     out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, config.yaml")
     batch_size: int = option(16, help="utterances decoded together")
@@ -103,7 +103,7 @@ def _scores(task: str, members: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
+def decode(model: LoadedModel, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
            num_beams: int = 1, progress: str = "") -> EvalResult:
     """Decode ``utterances`` (longest first, to waste little padding) and score them.
     ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding.
@@ -115,8 +115,9 @@ def decode(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16, 
     ordered = [utterances[i] for i in order]
     starts = range(0, len(ordered), batch_size)
     with Progress(progress, len(starts), "batches", enabled=bool(progress)) as shown:
-        for start, batch in zip(starts, model.batches(ordered, batch_size)):
-            texts = model.generate(batch, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        for start in starts:
+            texts = model.generate(ordered[start: start + batch_size], max_new_tokens=max_new_tokens,
+                                   num_beams=num_beams)
             for offset, text in enumerate(texts):
                 hypotheses[order[start + offset]] = text
             shown.advance()
@@ -138,14 +139,14 @@ def resolve_device(device: str) -> str:
 
 
 def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
-    """Decode each test manifest with a SpeechLLM and write, per manifest, the hypotheses and
+    """Decode each test manifest with a model (any kind load_model opens) and write, per manifest, the hypotheses and
     references (``<manifest>.hypotheses.jsonl``) and one ``metrics.json`` holding WER, BLEU and
     chrF per manifest and condition."""
     test_sets = {}
     for path in config.data:
         utterances = load_manifests([path])
         test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
-    model = SpeechLLM.load(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
+    model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
     results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams,
                             progress=f"eval {name}")
                for name, utterances in test_sets.items()}

@@ -1,4 +1,8 @@
-"""Healing a pruned SpeechLLM: a short LoRA fine-tune through the same training loop.
+"""Healing a pruned model: a short LoRA fine-tune of the decoder on the target loss.
+
+A SpeechLLM directory heals through the training loop that built it (``train.run_stages``, which
+can also train its projector); any other kind (a plain causal LM, a Hugging Face speech-LLM) heals
+with :func:`heal_decoder`, a LoRA loop on the decoder inputs its adapter builds.
 
 Targets (where the LoRA goes in the decoder):
 - ``receiving-mlp`` (default, as in the seed paper): the MLP of each layer that now receives a
@@ -12,21 +16,26 @@ best. The export merges the LoRA into a standard checkpoint and keeps the adapte
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
+import torch
+from accelerate import Accelerator, PartialState
 from torch import nn
 
 from speechprune.config import option, require, save_config
+from speechprune.console import Progress, show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
-from speechprune.files import read_json, write_json
+from speechprune.files import read_json, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
+from speechprune.model.interface import LoadedModel, load_model
+from speechprune.model.layout import IGNORE_INDEX
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.surgery import receiving_layers
-from speechprune.console import show
-from speechprune.train import LoopConfig, StageConfig, make_accelerator, run_stages
+from speechprune.train import LoopConfig, StageConfig, StageResult, make_accelerator, run_stages
 from speechprune.train import summary as train_summary
 
 TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
@@ -34,11 +43,11 @@ TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
 
 @dataclass
 class HealConfig:
-    model: str = option(help="pruned SpeechLLM directory (its pruning.json names the receiving layers)")
+    model: str = option(help="pruned model directory written by prune (its pruning.json names the receiving layers)")
     data: list[str] = option(help="training manifest(s), comma-separated")
-    out: str = option(help="output SpeechLLM directory")
+    out: str = option(help="output directory, of the same kind as --model")
     target: str = option("receiving-mlp", help="receiving-mlp | all-mlp | all-linear")
-    projector: bool = option(False, help="also train the projector (fully)")
+    projector: bool = option(False, help="also train the projector (fully; SpeechLLM directories only)")
     steps: int = option(200, help="optimiser steps of LoRA training")
     lr: float = option(1e-3, help="peak learning rate (warm-up, then cosine decay)")
     rank: int = option(8, help="LoRA rank r")
@@ -104,23 +113,109 @@ def heal_in_place(model: SpeechLLM, utterances: list, targets: list[str], out: P
     return results
 
 
+def heal_decoder(model: LoadedModel, utterances: list, targets: list[str], steps: int, lr: float,
+                 rank: int = 8, alpha: int = 16, batch_size: int = 16, seed: int = 0) -> dict:
+    """LoRA on ``targets`` of ``model.causal_lm``, trained for ``steps`` on the target loss of the
+    model's own decoder inputs (speech when it has speech input, else text). The model stays
+    LoRA-wrapped (:func:`merge_lora`). Data-parallel under ``accelerate launch``."""
+    import warnings
+
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import get_cosine_schedule_with_warmup
+
+    # peft 0.21 asks transformers 5.24 a deprecated question on every wrap; nothing for users to act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    source = "speech" if "speech" in model.sources else "text"
+    model.module.requires_grad_(False)
+    config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
+                            target_modules="all-linear" if targets == ["all-linear"] else targets)
+    model.causal_lm = get_peft_model(model.causal_lm, config)
+    params = [p for p in model.causal_lm.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.1 * steps), steps)
+    wrapped, optimizer, scheduler = accelerator.prepare(model.causal_lm, optimizer, scheduler)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    history, started = [], time.perf_counter()
+    wrapped.train()
+    with Progress("heal", steps, "steps", enabled=accelerator.is_main_process) as progress:
+        for step in range(steps):
+            global_batch = batch_size * accelerator.num_processes
+            if len(order) < global_batch:
+                order += torch.randperm(len(utterances), generator=generator).tolist()
+            chosen, order = order[:global_batch], order[global_batch:]
+            mine = chosen[accelerator.process_index::accelerator.num_processes]
+            with torch.no_grad():
+                inputs = model.decoder_inputs([utterances[i] for i in mine], source=source).to(accelerator.device)
+            logits = wrapped(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                             position_ids=inputs.position_ids, use_cache=False).logits
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            history.append({"step": step + 1, "loss": float(loss.detach())})
+            progress.advance(status=f"loss {history[-1]['loss']:.3f}")
+    model.causal_lm = accelerator.unwrap_model(wrapped).eval()
+    model.module.requires_grad_(False)
+    return {"name": "heal", "steps": steps, "seconds": time.perf_counter() - started,
+            "final_loss": history[-1]["loss"], "history": history}
+
+
+def heal_model(model: LoadedModel, utterances: list, targets: list[str], out: Path, steps: int, lr: float,
+               rank: int = 8, alpha: int = 16, projector: bool = False, batch_size: int = 16, seed: int = 0,
+               resume: bool = True) -> list[dict]:
+    """Heal ``model`` in place with LoRA on ``targets`` (still wrapped on return: :func:`merge_lora`):
+    a SpeechLLM through its training loop (checkpoints under ``out/checkpoints``), any other kind
+    with :func:`heal_decoder`."""
+    out.mkdir(parents=True, exist_ok=True)
+    speechllm = getattr(model, "speechllm", None)
+    if speechllm is not None:
+        results = heal_in_place(speechllm, utterances, targets, out, steps, lr, rank, alpha, projector, batch_size,
+                                seed, resume)
+        return [r.__dict__ for r in results]
+    if projector:
+        raise UserError(f"--projector: {model.path} is a {model.kind}; only a SpeechLLM directory has a projector "
+                        "this toolkit trains")
+    return [heal_decoder(model, utterances, targets, steps, lr, rank, alpha, batch_size, seed)]
+
+
+def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
+    """Merge a LoRA-wrapped decoder into plain weights (saving the adapter first when asked)."""
+    if hasattr(model.causal_lm, "merge_and_unload"):
+        if adapter_dir is not None:
+            model.causal_lm.save_pretrained(adapter_dir)
+        model.causal_lm = model.causal_lm.merge_and_unload()
+
+
 def heal(config: HealConfig) -> Path:
-    """LoRA-heal a pruned SpeechLLM on --data and export it (LoRA merged, adapter kept)."""
+    """LoRA-heal a pruned model on --data and export it (LoRA merged, adapter kept)."""
     out = Path(config.out)
-    model = SpeechLLM.load(config.model)
+    model = load_model(config.model)
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
-    targets = lora_targets(model.decoder, config.target, receiving)
-    results = heal_in_place(model, load_manifests(config.data), targets, out, config.steps, config.lr, config.rank,
-                            config.alpha, config.projector, config.batch_size, config.seed, config.resume)
+    targets = lora_targets(model.causal_lm, config.target, receiving)
+    results = heal_model(model, load_manifests(config.data), targets, out, config.steps, config.lr, config.rank,
+                         config.alpha, config.projector, config.batch_size, config.seed, config.resume)
     if not PartialState().is_main_process:
         return out
-    model.save(out)
+    speechllm = getattr(model, "speechllm", None)
+    if speechllm is not None:
+        speechllm.save(out)  # merges the LoRA, keeps the adapter under adapters/decoder
+    else:
+        with staged_dir(out) as staging:
+            merge_lora(model, adapter_dir=staging / "adapters" / "decoder")
+            model.save_pruned(staging)
     pruning = Path(config.model) / "pruning.json"
     if pruning.is_file():
         write_json(out / "pruning.json", read_json(pruning))
     write_json(out / "heal.json", {"target": config.target, "lora_modules": targets, "receiving_layers": receiving,
-                                   "projector_trained": config.projector, "stages": [r.__dict__ for r in results]})
+                                   "projector_trained": config.projector, "stages": results})
     save_config(config, out / "config.yaml")
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
-                       f"{' and the projector' if config.projector else ''} -> {out}", results))
+                       f"{' and the projector' if config.projector else ''} -> {out}",
+                       [StageResult(**stage) for stage in results]))
     return out

@@ -1,6 +1,6 @@
 """The pruning sweep: for every (strategy, fraction removed, healing) prune -> heal -> evaluate,
-with decode speed and model size against the unpruned model, and the largest acceptable
-fraction per strategy and healing.
+with model size against the unpruned model, and the largest acceptable fraction per strategy
+and healing (decode speed is left to bench/: see ``SPEED_NOTE``).
 
 Acceptability (per test set):
 - ASR: WER <= max(baseline WER x (1 + ``wer_rise``), baseline WER + ``wer_floor``). The relative
@@ -27,12 +27,14 @@ import torch
 
 from speechprune.config import option, require, save_config
 from speechprune.console import show, table
+from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifests
 from speechprune.evaluate import decode
 from speechprune.files import read_json, write_json, write_text
 from speechprune.heal import TARGETS as HEAL_TARGETS
-from speechprune.heal import healing_layers, heal_in_place, lora_targets
-from speechprune.model.speechllm import SpeechLLM
+from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
+from speechprune.model.decoder import decoder_layers
+from speechprune.model.interface import LoadedModel, load_model
 from speechprune.prune.strategies import SCAN_STRATEGIES, choose_from_scan, layers_for_fraction
 from speechprune.prune.prefill import prefill_skip
 from speechprune.prune.surgery import remove_layers
@@ -42,7 +44,7 @@ PREFILL_ONLY = "prefill-only"  # a sweep column beside the healing settings: lay
 
 @dataclass
 class SweepConfig:
-    model: str = option(help="SpeechLLM directory to prune")
+    model: str = option(help="model to prune: SpeechLLM directory, Hugging Face speech-LLM or causal LM")
     scan: str = option(help="scan directory (scan.json) of that model")
     train: list[str] = option(help="healing manifest(s)")
     test: list[str] = option(help="test manifest(s); each is scored separately (e.g. in-domain and out-of-domain)")
@@ -77,12 +79,12 @@ def _cell_name(strategy: str, removed: int, heal: str) -> str:
     return "baseline" if removed == 0 else f"{strategy}-remove{removed}-{heal}"
 
 
-def _model_bytes(model: SpeechLLM) -> dict:
-    decoder = sum(p.numel() * p.element_size() for p in model.decoder.parameters())
-    return {"decoder_bytes": decoder, "model_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+def _model_bytes(model: LoadedModel) -> dict:
+    decoder = sum(p.numel() * p.element_size() for p in model.decoder_parameters())
+    return {"decoder_bytes": decoder, "model_bytes": sum(p.numel() * p.element_size() for p in model.module.parameters())}
 
 
-def _measure(model: SpeechLLM, test_sets: dict, batch_size: int) -> dict:
+def _measure(model: LoadedModel, test_sets: dict, batch_size: int) -> dict:
     """Decode every test set; on CUDA also the peak memory while doing it."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -95,33 +97,32 @@ def _measure(model: SpeechLLM, test_sets: dict, batch_size: int) -> dict:
 
 def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
              train_utterances: list, out: Path) -> dict:
-    model = SpeechLLM.load(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
-    num_layers = model.decoder.config.num_hidden_layers
+    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    num_layers = len(decoder_layers(model.causal_lm))
     n = layers_for_fraction(fraction, num_layers)
     removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
     prefill_only = heal == PREFILL_ONLY
-    kept = [i for i in range(num_layers) if i not in removed] if prefill_only else remove_layers(model.decoder, removed)
+    if removed and not prefill_only:
+        refusal = model.pruning_refusal()
+        if refusal:
+            raise UserError(f"--model {config.model}: {refusal}")
+    kept = [i for i in range(num_layers) if i not in removed] if prefill_only else remove_layers(model.causal_lm, removed)
     record = {"strategy": strategy if n else "none", "fraction": fraction, "removed_count": n, "heal": heal,
               "removed": removed, "kept_layers": len(kept), "original_layers": num_layers}
     started = time.perf_counter()
     if heal not in ("none", PREFILL_ONLY) and n:
-        targets = lora_targets(model.decoder, heal, healing_layers(kept, num_layers))
+        targets = lora_targets(model.causal_lm, heal, healing_layers(kept, num_layers))
         checkpoints = out / "healing" / _cell_name(strategy, n, heal)
-        heal_in_place(model, train_utterances, targets, checkpoints, config.heal_steps, config.heal_lr,
-                      projector=config.heal_projector, batch_size=config.batch_size, resume=False)
+        heal_model(model, train_utterances, targets, checkpoints, config.heal_steps, config.heal_lr,
+                   projector=config.heal_projector, batch_size=config.batch_size, resume=False)
         shutil.rmtree(checkpoints, ignore_errors=True)  # a healed cell is re-run whole, never resumed
         with contextlib.suppress(OSError):
             checkpoints.parent.rmdir()  # healing/ holds only the running cell's checkpoints
-        _merge_lora(model)
+        merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
-    with prefill_skip(model.decoder, removed if prefill_only else []):
+    with prefill_skip(model.causal_lm, removed if prefill_only else []):
         record.update(_measure(model, test_sets, config.batch_size))
     return record
-
-
-def _merge_lora(model: SpeechLLM) -> None:
-    if hasattr(model.decoder, "merge_and_unload"):
-        model.decoder = model.decoder.merge_and_unload()
 
 
 def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> bool:

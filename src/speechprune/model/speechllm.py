@@ -326,6 +326,8 @@ class SpeechLLM(nn.Module):
                         self.decoder = merged
             self.encoder.save(staging / "encoder")
             self.decoder.save_pretrained(staging / "decoder")
+            # decoder/ is a complete Hugging Face model (AutoTokenizer loads it too, mergekit copies it)
+            self.tokenizer.save_pretrained(staging / "decoder")
             self.tokenizer.save_pretrained(staging / "tokenizer")
             save_file(_contiguous(self.projector.state_dict()), staging / "projector.safetensors")
             if self.ctc_head is not None:
@@ -455,10 +457,13 @@ def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator
 
 
 def generate_text(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: DecoderInputs,
-                  max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-    """Decode from a left-padded prefix with ``generate`` (KV cache on)."""
-    output = decoder.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                  max_new_tokens: int = 64, num_beams: int = 1, eos_token_id: int | list[int] | None = None) -> list[str]:
+    """Decode from a left-padded prefix with ``generate`` (KV cache on); stop on ``eos_token_id``
+    (default: the tokenizer's)."""
+    device = decoder.get_input_embeddings().weight.device
+    output = decoder.generate(inputs_embeds=inputs.inputs_embeds.to(device), attention_mask=inputs.attention_mask.to(device),
                               max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                              eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id,
                               use_cache=True)
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]

@@ -5,28 +5,12 @@ measured before speech was attached to it."""
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from speechprune.data.manifest import Utterance
-from speechprune.errors import UserError
 from speechprune.model.layout import DecoderInputs
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechBatch, build_decoder_inputs, tokenize_utterance
-from speechprune.model.tokenizer import load_tokenizer, separator_id
-
-
-def load_text_model(path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-                    device_map: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A plain Hugging Face causal LM and its tokenizer, by local path or hub id."""
-    try:
-        kwargs = {"dtype": dtype} if dtype is not None else {}
-        if device_map:
-            kwargs["device_map"] = device_map
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load causal LM {path!r}: {str(error).splitlines()[0]}") from None
-    if not device_map:
-        model = model.to(device)
-    return model.eval(), load_tokenizer(path)
+from speechprune.model.tokenizer import separator_id
 
 
 def text_batch(tokenizer: PreTrainedTokenizerBase, utterances: list[Utterance],
@@ -41,8 +25,9 @@ def text_batch(tokenizer: PreTrainedTokenizerBase, utterances: list[Utterance],
 
 
 def text_decoder_inputs(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, utterances: list[Utterance],
-                        prompts: dict | None = None, padding_side: str = "right") -> DecoderInputs:
+                        prompts: dict | None = None, padding_side: str = "right",
+                        with_target: bool = True) -> DecoderInputs:
     """``source_text prompt <bos> target <eos>``; regions as for a SpeechLLM (``speech`` = source text)."""
     batch = text_batch(tokenizer, utterances, prompts)
     return build_decoder_inputs(decoder, batch, separator_id(tokenizer), speech=None, markers=None,
-                                padding_side=padding_side)
+                                with_target=with_target, padding_side=padding_side)

@@ -11,7 +11,6 @@ Output: the pruned directory, plus ``pruning.json`` (what was removed and why) a
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,18 +31,10 @@ from speechprune.prune.surgery import (
     validate_indices,
 )
 
-SPEECHLLM_FILE = "speechllm.json"
-DECODER_DIR = "decoder"
-# Files that save_pretrained writes itself, or that describe the old weights: never copied over.
-_NOT_COPIED = re.compile(
-    r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|\.index\.json)$|^(config\.json|generation_config\.json"
-    r"|pruning\.json|mergekit\.yaml|config\.yaml)$"
-)
-
-
 @dataclass
 class PruneConfig:
-    model: str = option(help="SpeechLLM directory (speechllm.json + decoder/) or plain Hugging Face causal-LM directory")
+    model: str = option(help="SpeechLLM directory (speechllm.json + decoder/), Hugging Face speech-LLM or causal LM "
+                             "(directory or hub id)")
     out: str = option(help="output directory, of the same kind as --model")
     drop: str = option("", help="layers to remove: 0-based, end-exclusive START:END blocks, e.g. 10:14,20:22")
     remove: int | None = option(None, help="number of layers to remove, chosen by --strategy")
@@ -116,39 +107,10 @@ def parse_drop(drop: str, num_layers: int | None = None) -> list[int]:
     return sorted(removed)
 
 
-@dataclass
-class _Source:
-    root: Path  # what --model named
-    decoder: Path  # the HF causal-LM directory inside it (root itself for a plain LM)
-    kind: str  # "speechllm" or "causal-lm"
-
-
-def _source(model: str) -> _Source:
-    root = Path(model)
-    if not root.is_dir():
-        raise UserError(f"--model {model}: no such directory (a SpeechLLM or Hugging Face causal-LM directory)")
-    if (root / SPEECHLLM_FILE).is_file():
-        decoder = root / DECODER_DIR
-        if not (decoder / "config.json").is_file():
-            raise UserError(f"--model {model}: a SpeechLLM directory needs {DECODER_DIR}/config.json (a Hugging Face causal LM)")
-        return _Source(root, decoder, "speechllm")
-    if (root / "config.json").is_file():
-        return _Source(root, root, "causal-lm")
-    raise UserError(f"--model {model}: neither a SpeechLLM directory ({SPEECHLLM_FILE}) nor a Hugging Face model (config.json)")
-
-
-def _num_layers(decoder: Path) -> int:
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(decoder)
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"{decoder}/config.json: cannot be read as a Hugging Face config ({error})".splitlines()[0]) from None
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    num_layers = getattr(config, "num_hidden_layers", None)
-    if not isinstance(num_layers, int):
-        raise UserError(f"{decoder}/config.json: no num_hidden_layers")
-    return num_layers
+def _refuse_unsafe(model: Any) -> None:
+    reason = model.pruning_refusal()
+    if reason:
+        raise UserError(f"--model {model.path}: {reason}")
 
 
 def _read_scan(scan: str) -> tuple[dict, Path]:
@@ -172,8 +134,8 @@ def _device(name: str) -> str:
         raise UserError(f"--device: not a device: {name!r}") from None
 
 
-def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Callable | None,
-            score: Callable | None, load: Callable[[], Any]) -> tuple[list[int], dict[str, Any]]:
+def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable | None,
+            score: Callable | None) -> tuple[list[int], dict[str, Any]]:
     """The layers to remove and how they were chosen (recorded in pruning.json)."""
     if config.drop:
         return parse_drop(config.drop, num_layers), {"strategy": "drop", "drop": config.drop}
@@ -198,16 +160,15 @@ def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Calla
         return removed, record
 
     # iterative / greedy-score: measured on the model itself
-    model = None
     needed = rescan if config.strategy == "iterative" else score
     if needed is None:
         if not config.data:
             raise UserError(f"--strategy {config.strategy} measures the model on a calibration set: give --data MANIFEST")
-        from speechprune.prune.calibration import cached_decoder_inputs, loss_score, scan_rescan
+        from speechprune.prune.calibration import calibration_batches, loss_score, scan_rescan
 
-        input_name = config.input if config.input != "auto" else ("speech" if source.kind == "speechllm" else "text")
-        model, batches = cached_decoder_inputs(str(source.root), config.data, input_name, config.batch_size,
-                                               config.max_utterances, _device(config.device))
+        input_name = config.input if config.input != "auto" else ("speech" if "speech" in model.sources else "text")
+        model.module.to(_device(config.device))
+        batches = calibration_batches(model, config.data, input_name, config.batch_size, config.max_utterances)
         record.update(data=str(Path(config.data).resolve()), input=input_name,
                       utterances=sum(int(b.attention_mask.shape[0]) for b in batches))
         if config.strategy == "iterative":
@@ -216,31 +177,48 @@ def _select(config: PruneConfig, source: _Source, num_layers: int, rescan: Calla
         else:
             score = loss_score(batches)
             record["score"] = "target cross-entropy"
-    model = model if model is not None else load()
     trace: list[dict] = []
     measure = rescan if config.strategy == "iterative" else score
     # iterative: one re-scan per removed layer; greedy-score: every remaining layer scored per round
     total = n if config.strategy == "iterative" else sum(num_layers - k for k in range(n))
     with Progress(f"prune {config.strategy}", total, "scans" if config.strategy == "iterative" else "candidates") \
             as shown:
-        def measured(candidate_model: Any) -> Any:
-            result = measure(candidate_model)
-            shown.advance()
-            return result
-
+        measured = _Counted(measure, shown)
         if config.strategy == "iterative":
-            removed = strategies.iterative(model, n, measured, config.input, config.region, trace=trace)
+            removed = strategies.iterative(model.causal_lm, n, measured, config.input, config.region, trace=trace)
         else:
-            removed = strategies.greedy_score(model, n, measured, trace=trace)
+            removed = strategies.greedy_score(model.causal_lm, n, measured, trace=trace)
+    model.module.to("cpu")  # the export and its check run on CPU
     record["steps"] = trace
     return removed, record
 
 
-def mergekit_yaml(model_path: str | Path, ranges: list[list[int]], dtype: str) -> str:
+class _Counted:
+    """``measure`` (a re-scan or a score) that advances ``progress`` by one per model measured; a
+    score's prefix-reusing ``removal_scores`` stays available and advances by its candidates."""
+
+    def __init__(self, measure: Callable[[Any], Any], progress: Progress):
+        self.measure, self.progress = measure, progress
+        if hasattr(measure, "removal_scores"):
+            self.removal_scores = self._removal_scores
+
+    def __call__(self, causal_lm: Any) -> Any:
+        result = self.measure(causal_lm)
+        self.progress.advance()
+        return result
+
+    def _removal_scores(self, causal_lm: Any, removed: list[int], candidates: list[int]) -> dict[int, float]:
+        result = self.measure.removal_scores(causal_lm, removed, candidates)
+        self.progress.advance(len(candidates))
+        return result
+
+
+def mergekit_yaml(model_path: str | Path, ranges: list[list[int]], dtype: str, note: str = "") -> str:
     """A mergekit passthrough recipe that slices the kept ranges out of the original decoder."""
     lines = [
         "# mergekit passthrough: the kept decoder layers of the original model.",
         "# layer_range is [start, end): 0-based, end-exclusive.",
+        *([f"# mergekit {note}."] if note else []),
         "slices:",
     ]
     for start, end in ranges:
@@ -253,41 +231,17 @@ def _yaml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _copy_files(source: Path, target: Path, skip: Callable[[Path], bool]) -> list[str]:
-    """Copy ``source``'s entries (recursively) except hidden ones and those ``skip`` names;
-    return the relative paths skipped."""
-    skipped: list[str] = []
-
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        left_out = [n for n in names if n.startswith(".") or skip(Path(folder) / n)]
-        skipped.extend(str((Path(folder) / n).relative_to(source)) for n in left_out if not n.startswith("."))
-        return left_out
-
-    for entry in sorted(source.iterdir()):
-        if entry.name in ignore(str(source), [entry.name]):
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, target / entry.name, ignore=ignore)
-        else:
-            shutil.copy2(entry, target / entry.name)
-    return skipped
-
-
-def _load(decoder: Path):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        return AutoModelForCausalLM.from_pretrained(decoder, dtype="auto").eval()
-    except (OSError, ValueError) as error:
-        raise UserError(f"{decoder}: cannot load as a Hugging Face causal LM ({str(error).splitlines()[0]})") from None
-
-
-def _probe_ids(causal_lm: Any) -> torch.Tensor:
+def _probe_ids(model: Any) -> torch.Tensor:
+    """Random token ids for the export check, avoiding the speech placeholder (whose embedding a
+    speech-LLM replaces by audio features)."""
     from speechprune.model.decoder import text_config
 
+    causal_lm = model.causal_lm
     vocab = int(getattr(text_config(causal_lm), "vocab_size", 0) or causal_lm.get_input_embeddings().num_embeddings)
     generator = torch.Generator().manual_seed(0)
-    return torch.randint(0, vocab, (2, 16), generator=generator)
+    ids = torch.randint(0, vocab, (2, 16), generator=generator)
+    reserved = getattr(model, "speech_token_id", None)
+    return ids if reserved is None else torch.where(ids == reserved, (ids + 1) % vocab, ids)
 
 
 @torch.no_grad()
@@ -316,15 +270,14 @@ def _tolerance(reference: torch.Tensor, dtype: torch.dtype) -> float:
 
 
 @torch.no_grad()
-def verify_export(path: Path, num_layers: int, reference: torch.Tensor, input_ids: torch.Tensor) -> dict[str, Any]:
-    """Reload ``path`` with plain ``AutoModelForCausalLM.from_pretrained`` and check: no weight
-    missing or newly initialised, ``num_layers`` layers, logits equal ``reference`` and cached
+def verify_export(reload: Callable[[Path], tuple[Any, dict]], path: Path, num_layers: int, reference: torch.Tensor,
+                  input_ids: torch.Tensor) -> dict[str, Any]:
+    """Reload ``path`` with ``reload`` (``from_pretrained`` of the original's class) and check: no
+    weight missing or newly initialised, ``num_layers`` layers, logits equal ``reference`` and cached
     decoding equals uncached. UserError if not."""
-    from transformers import AutoModelForCausalLM
-
     from speechprune.model.decoder import decoder_layers
 
-    model, info = AutoModelForCausalLM.from_pretrained(path, dtype="auto", output_loading_info=True)
+    model, info = reload(path)
     model.eval()
     problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
     if problems:
@@ -356,32 +309,30 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     From Python, ``rescan(model) -> scan dict`` (iterative) and ``score(model) -> float`` (greedy-score,
     lower is better) replace --data. Returns what pruning.json records.
     """
-    source = _source(config.model)
+    from speechprune.model.decoder import decoder_layers
+    from speechprune.model.interface import load_model
+
     out = Path(config.out)
-    if out.resolve() == source.root.resolve() or source.root.resolve() in out.resolve().parents:
+    root = Path(config.model)
+    if root.exists() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise UserError(f"--out {config.out} must not be --model or lie inside it")
-    num_layers = _num_layers(source.decoder)
+    model = load_model(config.model)
+    _refuse_unsafe(model)
+    num_layers = len(decoder_layers(model.causal_lm))
 
-    loaded: list[Any] = []
-
-    def load() -> Any:
-        if not loaded:
-            loaded.append(_load(source.decoder))
-        return loaded[0]
-
-    removed, record = _select(config, source, num_layers, rescan, score, load)
-    model = load()
+    removed, record = _select(config, model, num_layers, rescan, score)
     probe = _probe_ids(model)
-    reference = reference_logits(model, removed, probe) if config.verify else None
-    parameters_before = sum(p.numel() for p in model.parameters())
-    kept = remove_layers(model, removed)
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    reference = reference_logits(model.causal_lm, removed, probe) if config.verify else None
+    parameters_before = sum(p.numel() for p in model.decoder_parameters())
+    kept = remove_layers(model.causal_lm, removed)
+    dtype = str(next(model.causal_lm.parameters()).dtype).removeprefix("torch.")
     ranges = kept_ranges(kept)
-    previous = source.root / "pruning.json"
+    previous = root / "pruning.json"
     pruning = {
         "index_convention": INDEX_CONVENTION + " Only receiving_layers index the pruned decoder.",
-        "model": str(source.root.resolve()),
-        "kind": source.kind,
+        "model": str(root.resolve()) if root.exists() else config.model,
+        "kind": model.kind,
+        "class": type(model.module).__name__,
         "original_num_layers": num_layers,
         "num_layers": len(kept),
         "removed": removed,
@@ -390,7 +341,8 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         "removed_blocks": kept_ranges(removed),
         # indices in the PRUNED model: the layer now fed by each removed block (heal's receiving-mlp)
         "receiving_layers": receiving_layers(kept, num_layers),
-        "decoder_parameters": {"before": parameters_before, "after": sum(p.numel() for p in model.parameters())},
+        "decoder_parameters": {"before": parameters_before,
+                               "after": sum(p.numel() for p in model.decoder_parameters())},
         **record,
         "dtype": dtype,
         "config": asdict(config),
@@ -399,25 +351,18 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         pruning["previous_pruning"] = read_json(previous)
 
     with staged_dir(out) as stage:
-        if source.kind == "speechllm":
-            # The decoder is written anew; the LoRA adapters of the unpruned decoder (already merged
-            # into it) name layers that no longer exist, so they are left out.
-            stale = {source.root / DECODER_DIR, source.root / "adapters" / DECODER_DIR,
-                     source.root / "pruning.json", source.root / "mergekit.yaml",
-                     source.root / "config.yaml"}  # the recipe of the unpruned model; this one's is written below
-            skipped = _copy_files(source.root, stage, lambda p: p in stale)
-            pruning["not_copied"] = [p for p in skipped if p != DECODER_DIR]
-            target = stage / DECODER_DIR
-        else:
-            target = stage
-        target.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(target)
-        _copy_files(source.decoder, target, lambda p: p.is_dir() or _NOT_COPIED.search(p.name) is not None)
+        checkpoint = model.save_pruned(stage)
+        if getattr(model, "not_copied", None) is not None:
+            pruning["not_copied"] = model.not_copied
+        source_checkpoint, note, reload = model.source_checkpoint(), model.mergekit_note, model.reload_causal_lm
         if reference is not None:
-            del model, loaded[:]
-            pruning["verification"] = verify_export(target, len(kept), reference, probe)
+            model.release()  # the original's weights are not needed while the export is reloaded
+            pruning["verification"] = verify_export(reload, checkpoint, len(kept), reference, probe)
+        if source_checkpoint is not None:
+            write_text(stage / "mergekit.yaml", mergekit_yaml(source_checkpoint.resolve(), ranges, dtype, note))
+        else:
+            pruning["mergekit"] = f"no mergekit.yaml: mergekit {note}"
         write_json(stage / "pruning.json", pruning)
-        write_text(stage / "mergekit.yaml", mergekit_yaml(source.decoder.resolve(), ranges, dtype))
         save_config(config, stage / "config.yaml")
     show(summary(pruning, out))
     return pruning

@@ -10,7 +10,9 @@ Model-based, with the measurement passed in as a callable so that this module ne
 scan nor the evaluation stage:
 - ``iterative``: remove one layer at a time, re-scanning the pruned model between steps;
 - ``greedy-score``: SLEB / Moslem; each round, switch each remaining layer off in turn (in place,
-  :func:`~speechprune.prune.surgery.skip_layers`) and keep the removal with the best score.
+  :func:`~speechprune.prune.surgery.skip_layers`) and keep the removal with the best score; a
+  score that offers ``removal_scores`` scores a whole round reusing the layers before each
+  candidate (see :func:`greedy_score`).
 
 Every function returns the layers to remove as sorted, 0-based indices of the original decoder.
 Ties are broken towards the lowest index, so every choice is deterministic.
@@ -151,20 +153,38 @@ def iterative(
     return removed
 
 
+GREEDY_METHODS = ("auto", "prefix", "full")
+
+
 def greedy_score(
     causal_lm: Any,
     n: int,
     score: Callable[[Any], float],
     candidates: Sequence[int] | None = None,
     trace: list[dict] | None = None,
+    method: str = "auto",
 ) -> list[int]:
     """SLEB / Moslem greedy removal: n rounds; each round switches every remaining candidate layer
     off in turn (together with those already removed; in place, nothing copied) and keeps the one
-    whose ``score(model)`` is lowest (lower is better: loss, WER, negative chrF). ``score`` should
-    run on cached decoder inputs (see :func:`speechprune.prune.calibration.loss_score`).
-    ``candidates`` restricts which layers may go (default: all). The model is unchanged on return."""
+    whose score is lowest (lower is better: loss, WER, negative chrF). ``candidates`` restricts
+    which layers may go (default: all). The model is unchanged on return.
+
+    ``score(model) -> float`` scores the model as it is (run it on cached decoder inputs, see
+    :func:`speechprune.prune.calibration.loss_score`). ``method``: ``"full"`` calls it once per
+    candidate (a full forward each); ``"prefix"`` asks ``score.removal_scores(model, removed,
+    candidates)`` for the whole round at once, which reuses the layers before each candidate
+    (:class:`~speechprune.prune.calibration.LossScore` does); ``"auto"`` takes ``"prefix"`` when the
+    score offers it. Both choose the same layers: each candidate's score comes from the same layer
+    computations on the same inputs (equal bit for bit where tested; at most float rounding apart)."""
     from speechprune.model.decoder import decoder_layers
 
+    if method not in GREEDY_METHODS:
+        raise UserError(f"greedy-score method must be one of {', '.join(GREEDY_METHODS)}, not {method!r}")
+    round_scores = getattr(score, "removal_scores", None)
+    if method == "prefix" and round_scores is None:
+        raise UserError("greedy-score method 'prefix' needs a score with removal_scores (see loss_score)")
+    if method == "full":
+        round_scores = None
     num_layers = len(decoder_layers(causal_lm))
     _check_n(n, num_layers)
     pool = list(range(num_layers)) if candidates is None else sorted(set(candidates))
@@ -175,12 +195,15 @@ def greedy_score(
         raise UserError(f"greedy-score cannot remove {n} layers from {len(pool)} candidates")
     removed: list[int] = []
     for step in range(n):
-        results = []
-        for candidate in pool:
-            if candidate in removed:
-                continue
-            with skip_layers(causal_lm, [*removed, candidate]):
-                results.append((float(score(causal_lm)), candidate))
+        remaining = [c for c in pool if c not in removed]
+        if round_scores is not None:
+            by_candidate = round_scores(causal_lm, removed, remaining)
+            results = [(float(by_candidate[c]), c) for c in remaining]
+        else:
+            results = []
+            for candidate in remaining:
+                with skip_layers(causal_lm, [*removed, candidate]):
+                    results.append((float(score(causal_lm)), candidate))
         # NaN (a broken model) ranks last; ties go to the lowest layer index.
         best_score, best = min(results, key=lambda r: (math.isnan(r[0]), r[0], r[1]))
         if math.isnan(best_score):

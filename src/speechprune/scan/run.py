@@ -1,4 +1,4 @@
-"""``speechprune scan``: load a SpeechLLM or a plain causal LM, stream a manifest through it once,
+"""``speechprune scan``: load a model of any kind (``model.load_model``), stream a manifest through it once,
 and write ``OUT/scan.json`` and figures. Owns the configuration, sharding over processes,
 checkpoint/resume and the output layout; the per-batch work is :class:`~speechprune.scan.scanner.Scanner`.
 """
@@ -6,7 +6,6 @@ checkpoint/resume and the output layout; the per-batch work is :class:`~speechpr
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import sys
 import time
@@ -29,11 +28,12 @@ CHECKPOINT_DIR = ".checkpoint"
 
 @dataclass
 class ScanConfig:
-    model: str = option(help="SpeechLLM directory, or a plain Hugging Face causal LM directory or hub id")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
     data: str = option(help="manifest (JSONL) whose utterances are scanned")
     out: str = option(help="output directory: scan.json, config.yaml, heatmap_<input>_<region>.png, "
-                                 "stability_<input>_<region>.png, best_blocks.png")
-    input: str = option("auto", help="speech | text | both | auto (both for a SpeechLLM, text for a plain LLM)")
+                           "stability_<input>_<region>.png, best_blocks.png")
+    input: str = option("auto", help="speech | text | both | auto (every input the model takes: both for a "
+                                     "speech model, text for a plain LLM)")
     regions: list[str] = option(list(REGIONS), help="regions to accumulate: speech, prompt, target, last, all")
     batch_size: int = option(8, help="utterances per forward")
     max_utterances: int = option(0, help="scan only the first N utterances of the manifest (0 = all)")
@@ -64,36 +64,11 @@ class ScanConfig:
 
 
 # loading ---------------------------------------------------------------------------------------
-@dataclass
-class Loaded:
-    kind: str  # "speechllm" or "causal_lm"
-    decoder: torch.nn.Module
-    tokenizer: object
-    speechllm: object = None
+def _load(config: ScanConfig, device: torch.device):
+    from speechprune.model.interface import load_model
 
-
-def _load(config: ScanConfig, device: torch.device) -> Loaded:
-    dtype = DTYPES[config.dtype]
-    extra = {"device_map": "auto"} if config.device_map else {}
-    from speechprune.model.speechllm import SpeechLLM, is_speechllm_dir
-
-    if is_speechllm_dir(config.model):
-        _check_supported(SpeechLLM.load, extra, "SpeechLLM.load")
-        model = SpeechLLM.load(config.model, device=str(device), dtype=dtype, **extra)
-        if hasattr(model, "eval"):
-            model.eval()
-        return Loaded("speechllm", model.decoder, model.tokenizer, model)
-    from speechprune.model.text import load_text_model
-
-    _check_supported(load_text_model, extra, "load_text_model")
-    decoder, tokenizer = load_text_model(config.model, dtype=dtype, device=str(device), **extra)
-    decoder.eval()
-    return Loaded("causal_lm", decoder, tokenizer)
-
-
-def _check_supported(function, extra: dict, name: str) -> None:
-    if extra and "device_map" not in inspect.signature(function).parameters:
-        raise UserError(f"--device-map: {name} does not take a device map yet; run without --device-map")
+    return load_model(config.model, dtype=DTYPES[config.dtype], device=str(device),
+                      device_map="auto" if config.device_map else None)
 
 
 def _resolve_device(config: ScanConfig):
@@ -113,12 +88,11 @@ def _resolve_device(config: ScanConfig):
         raise UserError(f"--device: not a device: {config.device!r}") from None
 
 
-def _inputs_for(config: ScanConfig, kind: str) -> list[str]:
-    if kind == "causal_lm":
-        if config.input == "speech":
-            raise UserError(f"--input speech: {config.model} is a plain causal LM, it has no speech input; use --input text")
-        return ["text"]
-    return list(INPUTS) if config.input in ("auto", "both") else [config.input]
+def _inputs_for(config: ScanConfig, model) -> list[str]:
+    if config.input in ("auto", "both"):
+        return [name for name in INPUTS if name in model.sources]
+    model.check_source(config.input)
+    return [config.input]
 
 
 # data ------------------------------------------------------------------------------------------
@@ -128,21 +102,11 @@ def _chunks(total: int, batch_size: int, rank: int, world: int) -> list[list[int
     return everything[rank::world]
 
 
-def _batches(loaded: Loaded, utterances: list, chunks: list[list[int]], inputs: list[str],
-             batch_size: int) -> Iterator[ScanBatch]:
-    if loaded.kind == "speechllm":
-        model = loaded.speechllm
-        for chunk in chunks:
-            # one small dataset per batch: nothing (features included) is kept across batches
-            batch = next(iter(model.batches([utterances[i] for i in chunk], batch_size=len(chunk), shuffle=False)))
-            decoder_inputs = {name: model.decoder_inputs(batch, source=name) for name in inputs}
-            yield ScanBatch(decoder_inputs, _rows(chunk, utterances, next(iter(decoder_inputs.values()))))
-    else:
-        from speechprune.model.text import text_decoder_inputs
-
-        for chunk in chunks:
-            decoder_inputs = text_decoder_inputs(loaded.decoder, loaded.tokenizer, [utterances[i] for i in chunk])
-            yield ScanBatch({"text": decoder_inputs}, _rows(chunk, utterances, decoder_inputs))
+def _batches(model, utterances: list, chunks: list[list[int]], inputs: list[str]) -> Iterator[ScanBatch]:
+    for chunk in chunks:
+        members = [utterances[i] for i in chunk]
+        decoder_inputs = {name: model.decoder_inputs(members, source=name) for name in inputs}
+        yield ScanBatch(decoder_inputs, _rows(chunk, utterances, next(iter(decoder_inputs.values()))))
 
 
 def _rows(chunk: list[int], utterances: list, decoder_inputs) -> list[int]:
@@ -218,8 +182,8 @@ def scan(config: ScanConfig) -> dict:
     if not utterances:
         raise UserError(f"--data: {config.data} holds no utterances")
 
-    loaded = _load(config, device)
-    inputs = _inputs_for(config, loaded.kind)
+    model = _load(config, device)
+    inputs = _inputs_for(config, model)
     chunks = _chunks(len(utterances), config.batch_size, rank, world)
     fingerprint = {
         "model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
@@ -230,7 +194,7 @@ def scan(config: ScanConfig) -> dict:
         "rank": rank, "processes": world,
     }
     checkpoint = _checkpoint_path(out, rank, world)
-    scanner = Scanner(loaded.decoder, inputs, config.regions, config.stability_regions,
+    scanner = Scanner(model.causal_lm, inputs, config.regions, config.stability_regions,
                       device=None if config.device_map else device)
     done = 0
     if not config.fresh:
@@ -243,7 +207,7 @@ def scan(config: ScanConfig) -> dict:
     started = time.perf_counter()
     with torch.no_grad(), scanner, Progress("scan", len(chunks), "batches", enabled=state.is_main_process) as shown:
         shown.advance(done)
-        for k, batch in enumerate(_batches(loaded, utterances, chunks[done:], inputs, config.batch_size), start=done):
+        for k, batch in enumerate(_batches(model, utterances, chunks[done:], inputs), start=done):
             scanner.step(batch)
             shown.advance()
             if config.checkpoint_every and (k + 1) % config.checkpoint_every == 0 and k + 1 < len(chunks):
@@ -262,7 +226,7 @@ def scan(config: ScanConfig) -> dict:
         "device_map": config.device_map or None, "processes": world, "accumulation": "float64",
         "stability_regions": list(config.stability_regions), "bootstrap": config.bootstrap, "seed": config.seed,
     }
-    model_info = _model_info(config.model, loaded)
+    model_info = model.describe()
     data_info = {"manifest": str(data_path), "sha256": fingerprint["data_sha256"], "utterances": len(utterances)}
     payload = build_payload(scanner, model=model_info, data=data_info, settings=settings,
                             bootstrap=config.bootstrap, seed=config.seed)
@@ -301,14 +265,6 @@ def summary(payload: dict, out: Path, sizes: int = 6) -> list:
                            [(r, f"{a['spearman']:.3f}", f"{a['same_best_start']:.2f}", f"{a['mean_abs_delta_start']:.2f}")
                             for r, a in pairs]))
     return lines
-
-
-def _model_info(path: str, loaded: Loaded) -> dict:
-    from speechprune.model.decoder import text_config
-
-    cfg = text_config(loaded.decoder)
-    return {"path": path, "kind": loaded.kind, "family": getattr(cfg, "model_type", None),
-            "hidden_size": getattr(cfg, "hidden_size", None), "num_layers": getattr(cfg, "num_hidden_layers", None)}
 
 
 def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, bootstrap: int = 1000,
