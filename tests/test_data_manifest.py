@@ -105,7 +105,7 @@ def test_missing_empty_and_non_utf8_manifests(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="empty.jsonl: no utterances"):
         load_manifest(tmp_path / "empty.jsonl")
     (tmp_path / "latin1.jsonl").write_bytes(b'{"id": "\xe9"}\n')
-    with pytest.raises(UserError, match="latin1.jsonl: not UTF-8"):
+    with pytest.raises(UserError, match="latin1.jsonl:1: not UTF-8"):
         load_manifest(tmp_path / "latin1.jsonl")
 
 

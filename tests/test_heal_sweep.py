@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifest
 from speechprune.heal import HealConfig, heal, healing_layers, lora_targets
 from speechprune.model.speechllm import SpeechLLM
@@ -92,5 +93,6 @@ def test_sweep_writes_table_curves_and_skips_finished_cells(tiny_speechllm, tiny
     assert (tmp_path / "sweep" / "curve_tiny.png").exists()
     assert "angular/none/tiny" in summary["largest_acceptable"]
     stamp = (tmp_path / "sweep" / "cells" / "baseline.json").stat().st_mtime_ns
-    sweep(config)  # a rerun reuses every finished cell
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        sweep(config)  # a finished sweep is never replaced unasked (an unfinished one resumes: test_robustness)
     assert (tmp_path / "sweep" / "cells" / "baseline.json").stat().st_mtime_ns == stamp

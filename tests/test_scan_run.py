@@ -151,9 +151,10 @@ def test_a_checkpoint_of_another_scan_is_refused_unless_fresh(models, tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         scan(ScanConfig(batch_size=4, **settings))
     monkeypatch.setattr(Scanner, "step", real_step)
-    with pytest.raises(UserError, match="batch_size"):
+    # other settings: refused when OUT is claimed, before the checkpoint's own fingerprint is read
+    with pytest.raises(UserError, match="holds an unfinished run with other settings; pass --overwrite"):
         scan(ScanConfig(batch_size=5, **settings))
-    assert scan(ScanConfig(batch_size=5, fresh=True, **settings))["inputs"]["text"]["regions"]["all"]["count"] > 0
+    assert scan(ScanConfig(batch_size=5, overwrite=True, **settings))["inputs"]["text"]["regions"]["all"]["count"] > 0
 
 
 def test_config_from_dotted_overrides():

@@ -30,6 +30,8 @@ COMMANDS: dict[str, Command] = {
                        "write a Hugging Face dataset (LibriSpeech, CoVoST2, FLEURS, audio folder) as a manifest"),
     "train": Command("speechprune.train", "TrainConfig", "train",
                      "build or load a SpeechLLM and train it in stages (Accelerate)"),
+    "base-llm": Command("speechprune.base_llm", "BaseLLMConfig", "pretrain_base_llm",
+                        "pretrain a decoder on grammar text alone: a Hugging Face base LLM"),
     "eval": Command("speechprune.evaluate", "EvalConfig", "evaluate",
                     "batched decoding; WER, BLEU and chrF"),
     "scan": Command("speechprune.scan.run", "ScanConfig", "scan",
@@ -44,9 +46,16 @@ COMMANDS: dict[str, Command] = {
                      "prune -> heal -> evaluate over fractions, strategies and healing"),
     "report": Command("speechprune.report", "ReportConfig", "report",
                       "one self-contained HTML page and a Markdown summary of a run directory"),
+    "study": Command("speechprune.study", "StudyConfig", "study",
+                     "the paper's study: base LLMs, SpeechLLMs, scans, agreement and claims in one run"),
     "demo": Command("speechprune.demo", "DemoConfig", "demo",
                     "the whole chain on the offline default"),
 }
+
+
+# Flags of every command: what a model directory is trusted to do when it is loaded.
+LOADING_FLAGS = {"--trust-remote-code": ("trust_remote_code", "run Python code shipped with a model (never by default)"),
+                 "--allow-pickle": ("allow_pickle", "load pickled .bin/.pt weights, which can run code (safetensors only by default)")}
 
 
 def _usage(group: str = "") -> str:
@@ -56,6 +65,7 @@ def _usage(group: str = "") -> str:
     lines = [f"usage: {head} [--option value ...] [name=value ...] [--config FILE]", "",
              f"{group} subcommands:" if group else "commands:"]
     lines += [f"  {name:<12} {COMMANDS[name].summary}" for name in names]
+    lines += ["", "for every command:"] + [f"  {flag:<20} {text}" for flag, (_, text) in LOADING_FLAGS.items()]
     lines += ["", f"{head} --help lists its options."]
     return "\n".join(lines)
 
@@ -109,6 +119,14 @@ def _take_positional(tokens: list[str]) -> tuple[list[str], list[str]]:
     return options, positional
 
 
+def _take_loading_flags(tokens: list[str]) -> list[str]:
+    from speechprune.model.safety import POLICY, LoadingPolicy
+
+    given = {LOADING_FLAGS[token][0] for token in tokens if token in LOADING_FLAGS}
+    POLICY.__dict__.update(vars(LoadingPolicy(**{key: True for key in given})))
+    return [token for token in tokens if token not in LOADING_FLAGS]
+
+
 def run(argv: list[str]) -> object:
     """Parse ``argv`` (without the program name) and run the command; returns its result."""
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -118,6 +136,7 @@ def run(argv: list[str]) -> object:
         print(_usage(argv[0]))
         return None
     name, rest = _split_command(argv)
+    rest = _take_loading_flags(rest)
     command = COMMANDS[name]
     module = importlib.import_module(command.module)
     config_cls = getattr(module, command.config)

@@ -214,19 +214,28 @@ def save_config(config: Any, path: str | Path) -> None:
     write_text(path, to_yaml(config))
 
 
-def describe_options(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+def describe_options(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, str]]:
     """(name, default, help) rows for ``--help``: names with hyphens, nested dataclasses flattened
-    to dotted names, a dict of dataclasses (``stages``) as one row for the dict and one per field
-    (``stages.NAME.steps``) with each entry's default; defaults as they would be typed."""
+    to dotted names (with the defaults of the enclosing default, ``instance``, where one sets
+    them), a dict of dataclasses (``stages``) as one row for the dict and one per field
+    (``stages.NAME.steps``) with each entry's default, a list of named dataclasses as the list of
+    their names; defaults as they would be typed."""
     rows = []
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
         name = prefix + f.name.replace("_", "-")
         tp = _unwrap_optional(types[f.name])
-        default = _default_of(f)
+        default = _default_of(f) if instance is None else getattr(instance, f.name)
         text = f.metadata.get("help", "")
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe_options(tp, name + "."))
+            rows.extend(describe_options(tp, name + ".", default if dataclasses.is_dataclass(default) else None))
+            continue
+        item_type = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if item_type is not None and dataclasses.is_dataclass(item_type):
+            names = [getattr(entry, "name", None) or type(entry).__name__ for entry in default or []]
+            entry_fields = ", ".join(x.name for x in dataclasses.fields(item_type))
+            rows.append((name, "{" + ", ".join(names) + "}" if names else "(none)",
+                         (text + "; " if text else "") + f"each entry: {entry_fields}; give the list in --config FILE.yaml"))
             continue
         value_type = typing.get_args(tp)[1] if typing.get_origin(tp) is dict and typing.get_args(tp) else None
         if value_type is not None and dataclasses.is_dataclass(value_type) and isinstance(default, dict):

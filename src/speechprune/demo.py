@@ -27,7 +27,7 @@ from rich.console import Console
 from speechprune.config import option
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
-from speechprune.files import read_json, write_json
+from speechprune.files import claims_output, read_json, write_json
 from speechprune.train import TrainConfig, default_stages, train
 
 console = Console(stderr=True)
@@ -47,6 +47,7 @@ class DemoConfig:
     heal_steps: int = option(80, help="LoRA healing steps per sweep cell")
     prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
     test_utterances: int = option(80, help="in-domain test utterances per sweep cell")
+    overwrite: bool = option(False, help="replace an existing --out (else only this demo's unfinished work is resumed)")
 
 
 def _step(name: str, done_marker: Path) -> bool:
@@ -79,6 +80,7 @@ class _Timer:
         write_json(self.path, {"seconds": self.seconds})
 
 
+@claims_output("demo", resumable=True)
 def demo(config: DemoConfig) -> Path:
     """Synthesise the corpus, train the tiny SpeechLLM, evaluate it, scan its decoder with speech
     and text input, compare the two scans, sweep prune -> heal -> evaluate, and write the report."""

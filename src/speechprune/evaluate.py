@@ -21,7 +21,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from speechprune.config import option, require, save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance, load_manifests
-from speechprune.files import staged_dir, write_json
+from speechprune.files import claims_output, staged_dir, write_json, write_text
 from speechprune.model.interface import LoadedModel, load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +46,8 @@ class EvalConfig:
     dtype: str = option("float32", help="float32 | bfloat16 | float16")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")
     max_utterances: int | None = option(None, help="evaluate only the first N utterances")
+    overwrite: bool = option(False, help="replace an existing --out")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
         require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
@@ -138,13 +140,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@claims_output("eval")
 def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
     """Decode each test manifest with a model (any kind load_model opens) and write, per manifest, the hypotheses and
     references (``<manifest>.hypotheses.jsonl``) and one ``metrics.json`` holding WER, BLEU and
     chrF per manifest and condition."""
     test_sets = {}
     for path in config.data:
-        utterances = load_manifests([path])
+        utterances = load_manifests([path], skip_bad=config.skip_bad)
         test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
     model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
     results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams,
@@ -155,8 +158,8 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
                "sets": {name: result.metrics for name, result in results.items()}}
     with staged_dir(config.out) as staging:
         for name, result in results.items():
-            (staging / f"{name}.hypotheses.jsonl").write_text(
-                "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows), encoding="utf-8")
+            write_text(staging / f"{name}.hypotheses.jsonl",
+                       "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
         write_json(staging / "metrics.json", metrics)
         save_config(config, staging / "config.yaml")
     show(summary(metrics, config.out))

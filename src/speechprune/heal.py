@@ -29,7 +29,7 @@ from speechprune.config import option, require, save_config
 from speechprune.console import Progress, show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
-from speechprune.files import read_json, staged_dir, write_json
+from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
 from speechprune.model.layout import IGNORE_INDEX
@@ -55,6 +55,8 @@ class HealConfig:
     batch_size: int = option(16, help="utterances per optimiser step")
     seed: int = option(0, help="seed of LoRA initialisation and data order")
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
+    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
         require(self.target in TARGETS, f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
@@ -192,29 +194,32 @@ def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
         model.causal_lm = model.causal_lm.merge_and_unload()
 
 
+@claims_output("heal", resumable=True)
 def heal(config: HealConfig) -> Path:
     """LoRA-heal a pruned model on --data and export it (LoRA merged, adapter kept)."""
     out = Path(config.out)
     model = load_model(config.model)
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
     targets = lora_targets(model.causal_lm, config.target, receiving)
-    results = heal_model(model, load_manifests(config.data), targets, out, config.steps, config.lr, config.rank,
+    utterances = load_manifests(config.data, skip_bad=config.skip_bad)
+    results = heal_model(model, utterances, targets, out, config.steps, config.lr, config.rank,
                          config.alpha, config.projector, config.batch_size, config.seed, config.resume)
     if not PartialState().is_main_process:
         return out
     speechllm = getattr(model, "speechllm", None)
-    if speechllm is not None:
-        speechllm.save(out)  # merges the LoRA, keeps the adapter under adapters/decoder
-    else:
-        with staged_dir(out) as staging:
+    with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
+        if speechllm is not None:
+            speechllm.save(staging)  # merges the LoRA, keeps the adapter under adapters/decoder
+        else:
             merge_lora(model, adapter_dir=staging / "adapters" / "decoder")
             model.save_pruned(staging)
-    pruning = Path(config.model) / "pruning.json"
-    if pruning.is_file():
-        write_json(out / "pruning.json", read_json(pruning))
-    write_json(out / "heal.json", {"target": config.target, "lora_modules": targets, "receiving_layers": receiving,
-                                   "projector_trained": config.projector, "stages": results})
-    save_config(config, out / "config.yaml")
+        pruning = Path(config.model) / "pruning.json"
+        if pruning.is_file():
+            write_json(staging / "pruning.json", read_json(pruning))
+        write_json(staging / "heal.json", {"target": config.target, "lora_modules": targets,
+                                           "receiving_layers": receiving, "projector_trained": config.projector,
+                                           "stages": results})
+        save_config(config, staging / "config.yaml")
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
                        f"{' and the projector' if config.projector else ''} -> {out}",
                        [StageResult(**stage) for stage in results]))

@@ -30,12 +30,12 @@ from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifests
 from speechprune.evaluate import decode
-from speechprune.files import read_json, write_json, write_text
+from speechprune.files import atomic_path, claims_output, read_json, write_json, write_text
 from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
-from speechprune.model.decoder import decoder_layers
+from speechprune.model.decoder import decoder_layers, text_config
 from speechprune.model.interface import LoadedModel, load_model
-from speechprune.prune.strategies import SCAN_STRATEGIES, choose_from_scan, layers_for_fraction
+from speechprune.prune.strategies import SCAN_STRATEGIES, check_scan_fits, choose_from_scan, layers_for_fraction
 from speechprune.prune.prefill import prefill_skip
 from speechprune.prune.surgery import remove_layers
 
@@ -65,6 +65,8 @@ class SweepConfig:
     wer_rise: float = option(0.25, help="acceptable relative WER rise")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
+    overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
         bad = [f for f in self.fractions if not 0 <= f < 1]
@@ -98,6 +100,7 @@ def _measure(model: LoadedModel, test_sets: dict, batch_size: int) -> dict:
 def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
              train_utterances: list, out: Path) -> dict:
     model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    check_scan_fits(scan, text_config(model.causal_lm), config.scan)
     num_layers = len(decoder_layers(model.causal_lm))
     n = layers_for_fraction(fraction, num_layers)
     removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
@@ -236,7 +239,8 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             axis.legend(fontsize=7)
         figure.tight_layout()
         name = f"curve_{set_name}.png"
-        figure.savefig(out / name, dpi=120)
+        with atomic_path(out / name) as tmp:
+            figure.savefig(tmp, dpi=120, format="png")
         plt.close(figure)
         names.append(name)
     return names
@@ -270,6 +274,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
     return lines
 
 
+@claims_output("sweep", resumable=True)
 def sweep(config: SweepConfig) -> dict:
     """Prune -> heal -> evaluate for every strategy, fraction and healing; tables, curves and the
     largest acceptable fraction per strategy, healing and test set."""
@@ -277,9 +282,9 @@ def sweep(config: SweepConfig) -> dict:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     scan = read_json(Path(config.scan) / "scan.json")
-    test_sets = {Path(p).name.removesuffix(".jsonl"): load_manifests([p])[: config.max_test_utterances]
-                 for p in config.test}
-    train_utterances = load_manifests(config.train) if any(h != "none" for h in config.heal) else []
+    read = lambda paths: load_manifests(paths, skip_bad=config.skip_bad)  # noqa: E731
+    test_sets = {Path(p).name.removesuffix(".jsonl"): read([p])[: config.max_test_utterances] for p in config.test}
+    train_utterances = read(config.train) if any(h != "none" for h in config.heal) else []
     num_layers = int(scan["num_layers"])
     plan = {("none", 0, "none")}
     for fraction in config.fractions:

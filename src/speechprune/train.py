@@ -19,11 +19,12 @@ is skipped; a YAML file or ``stages.text-lm.steps=150`` changes them.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import random
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +40,14 @@ from speechprune.config import option, require, save_config
 from speechprune.console import note, show, stderr, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
-from speechprune.files import write_json
+from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 
 MODES = ("frozen", "lora", "full")
 INPUTS = ("speech", "text", "lm")
 COMPONENTS = ("encoder", "projector", "decoder")
+LATEST = "latest.json"  # names the newest whole checkpoint under OUT/checkpoints
 
 
 @dataclass
@@ -67,6 +69,8 @@ class StageConfig:
     warmup: float = option(0.1, help="fraction of the stage's steps spent warming up")
     weight_decay: float = option(0.01, help="AdamW weight decay")
     batch_size: int | None = option(None, help="override the loop's batch size in this stage")
+    projector_lr: float | None = option(None, help="the projector's own peak learning rate (default: lr); a frozen "
+                                                   "or LoRA decoder needs a projector that moves much faster")
 
     def __post_init__(self):
         require(self.steps >= 0, "stage steps must be >= 0")
@@ -129,15 +133,21 @@ class TrainConfig:
     train: list[str] = option(help="training manifest(s), comma-separated; ASR and ST sets are mixed")
     out: str = option(help="output directory: becomes the SpeechLLM directory")
     init: str | None = option(None, help="continue from this SpeechLLM directory instead of building one")
+    encoder_from: str | None = option(None, help="SpeechLLM directory whose encoder and CTC head (a warmed-up "
+                                                 "encoder) replace the newly built ones: one warm-up serves "
+                                                 "every decoder")
     model: ModelConfig = option(ModelConfig())
     stages: dict[str, StageConfig] = option(default_stages(), help="training stages by name")
     stage_order: list[str] = option([], help="the order to run stages in (default: as listed; a YAML file that "
                                              "adds a stage appends it after the default ones)")
     loop: LoopConfig = option(LoopConfig())
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
+    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
         require(len(self.train) > 0, "--train needs at least one manifest")
+        require(not (self.init and self.encoder_from), "--init loads a whole SpeechLLM: --encoder-from has no use with it")
         unknown = [name for name in self.stage_order if name not in self.stages]
         require(not unknown, f"stage_order names unknown stage(s) {unknown}; stages are {list(self.stages)}")
         require(any(stage.steps > 0 for stage in self.ordered_stages().values()), "every stage has 0 steps: nothing to train")
@@ -253,10 +263,13 @@ def seed_everything(seed: int) -> None:
 
 
 def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, StageConfig], loop: LoopConfig,
-               out: Path, accelerator: Accelerator | None = None, resume: bool = True) -> list[StageResult]:
+               out: Path, accelerator: Accelerator | None = None, resume: bool = True,
+               on_log: Callable[[str, int], dict] | None = None) -> list[StageResult]:
     """Train ``model`` in place through ``stages`` (in order). Checkpoints go to
     ``out/checkpoints`` every ``loop.checkpoint_every`` steps and at each stage's end; with
-    ``resume`` an interrupted run continues from the newest one with the same result."""
+    ``resume`` an interrupted run continues from the newest one with the same result.
+    ``on_log(stage, step)``, when given, is called at every logged step (and at step 0 of each
+    stage) and its numbers join that step's record (a dev-set perplexity, say)."""
     accelerator = accelerator or make_accelerator(loop, out)
     seed_everything(loop.seed)
     checkpoint_dir = out / "checkpoints"
@@ -274,19 +287,22 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
             continue
         params = _set_trainable(model, stage, loop.lora)
         loader = _loader(model, utterances, speech_data, stage, loop)
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay,
+        optimizer = torch.optim.AdamW(_param_groups(model, params, stage), lr=stage.lr,
+                                      weight_decay=stage.weight_decay,
                                       fused=all(p.device.type in ("cpu", "cuda") for p in params))
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
         wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
         step, history, elapsed = 0, [], 0.0
         if state and stage_index == state["stage_index"]:
-            step, history, elapsed = _restore(state, checkpoint_dir, model, optimizer, scheduler, accelerator)
+            step, history, elapsed = _restore(state, model, optimizer, scheduler, accelerator)
         started = time.perf_counter()
         progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
                             console=stderr(), disable=not accelerator.is_main_process or not stderr().is_terminal)
         task = progress.add_task(name, total=stage.steps, completed=step, loss=float("nan"))
         running, loss_value = [], float("nan")
+        if on_log is not None and step == 0:
+            history.append({"stage": name, "step": 0, **_logged(on_log, model, name, 0)})
         batches = _endless(loader, accelerator, start_batch=step * loop.grad_accum)
         with progress:
             while step < stage.steps:
@@ -309,9 +325,13 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                 if step % loop.log_every == 0 or step == stage.steps:
                     record = {"stage": name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                               **{k: float(v.detach()) for k, v in losses.items() if k != "total"}}
+                    if on_log is not None:
+                        record.update(_logged(on_log, model, name, step))
                     history.append(record)
                     if accelerator.is_main_process and not progress.console.is_terminal:
-                        progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f} "
+                        extra = "".join(f" {k} {v:.4g}" for k, v in record.items()
+                                        if k not in ("stage", "step", "loss", "lr", "lm") and isinstance(v, float))
+                        progress.console.print(f"{name} step {step}/{stage.steps} loss {loss_value:.4f}{extra} "
                                                f"({elapsed + time.perf_counter() - started:.0f}s)")
                     if loop.log_with:
                         accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
@@ -322,6 +342,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         results.append(StageResult(name, step, seconds, loss_value, history))
         _save_checkpoint(checkpoint_dir, accelerator, model, None, None, stage_index + 1, 0, [], 0.0, results)
         state = None
+    if state:  # killed after the last stage's checkpoint: every stage is done, only the weights are needed
+        _restore(state, model, None, None, accelerator)
     if loop.log_with:
         accelerator.end_training()
     model.requires_grad_(False)
@@ -343,6 +365,25 @@ def summary(title: str, results: list[StageResult]) -> object:
                  [(r.name, r.steps, f"{r.seconds:.1f}", f"{r.final_loss:.4f}") for r in results])
 
 
+def _logged(on_log: Callable[[str, int], dict], model: SpeechLLM, stage: str, step: int) -> dict:
+    """``on_log``'s numbers, measured in eval mode without gradients (training resumes after)."""
+    model.eval()
+    with torch.no_grad():
+        numbers = on_log(stage, step)
+    model.train()
+    return numbers
+
+
+def _param_groups(model: SpeechLLM, params: list[torch.nn.Parameter], stage: StageConfig) -> list[dict]:
+    """One group at the stage's lr, and the projector's own group when ``projector_lr`` is set."""
+    if stage.projector_lr is None:
+        return [{"params": params}]
+    projector = {id(p) for p in model.projector.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in projector]},
+              {"params": [p for p in params if id(p) in projector], "lr": stage.projector_lr}]
+    return [group for group in groups if group["params"]]
+
+
 def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> list[str]:
     """A hash of every process's weights: data-parallel replicas must end up identical."""
     digest = hashlib.sha256()
@@ -350,6 +391,28 @@ def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> li
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return gather_object([digest.hexdigest()])
+
+
+@torch.no_grad()
+def ctc_greedy_cer(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 16,
+                   max_seconds: float | None = None) -> float:
+    """Character error rate of the encoder's CTC head alone (best path, blanks and repeats
+    collapsed) against the normalised transcripts: how well a warmed-up encoder hears."""
+    import jiwer
+
+    from speechprune.model.speechllm import normalize_for_ctc
+
+    if model.ctc_head is None:
+        raise UserError("this SpeechLLM has no CTC head: its encoder cannot be scored alone")
+    hypotheses, references = [], []
+    for batch in model.batches(utterances, batch_size=batch_size, max_seconds=max_seconds):
+        encoded, lengths = model.encode(batch)
+        best = model.ctc_head(encoded).argmax(-1).cpu()
+        for row, length in zip(best, lengths.tolist()):
+            classes = torch.unique_consecutive(row[:length]).tolist()
+            hypotheses.append("".join(model.ctc_alphabet[c - 1] for c in classes if c > 0))
+        references.extend(normalize_for_ctc(u.text) for u in utterances[len(references): len(references) + len(batch)])
+    return float(jiwer.cer(references, hypotheses))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -366,61 +429,102 @@ def _endless(loader, accelerator: Accelerator, start_batch: int = 0):
 def _save_checkpoint(directory: Path, accelerator: Accelerator, model: SpeechLLM, optimizer, scheduler,
                      stage_index: int, step: int, history: list, elapsed: float,
                      results: list[StageResult]) -> None:
-    """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress."""
+    """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress, in a
+    directory of its own that ``latest.json`` then names: a kill at any moment leaves the
+    previous checkpoint named and whole. Tensors go through ``torch.save`` and are read back with
+    ``weights_only=True``; the RNG states and progress are JSON."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        staging = directory.with_name(directory.name + ".partial")
-        staging.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), staging / "model.pt")
-        if optimizer is not None:
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optim.pt")
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        torch.save(rng, staging / "rng.pt")
-        (staging / "state.json").write_text(json.dumps({
-            "stage_index": stage_index, "step": step, "history": history, "elapsed": elapsed,
-            "results": [r.__dict__ for r in results]}))
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
+        name = f"stage{stage_index}-step{step}"
+        with staged_dir(directory / name) as staging:
+            torch.save(model.state_dict(), staging / "model.pt")
+            if optimizer is not None:
+                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+                           staging / "optim.pt")
+            write_json(staging / "rng.json", _rng_state())
+            write_json(staging / "state.json", {"stage_index": stage_index, "step": step, "history": history,
+                                                "elapsed": elapsed, "results": [r.__dict__ for r in results]})
+        write_json(directory / LATEST, {"checkpoint": name})
+        for old in directory.iterdir():
+            if old.is_dir() and old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    python_state = random.getstate()
+    return {"torch": torch.get_rng_state().tolist(),
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *map(lambda v: v.item() if hasattr(v, "item") else v,
+                                                                    numpy_state[2:])],
+            "python": [python_state[0], list(python_state[1]), python_state[2]]}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    try:
+        name = read_json(directory / LATEST)["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return directory / name if (directory / name / "state.json").is_file() else None
 
 
 def _load_checkpoint_state(directory: Path) -> dict | None:
-    path = directory / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    latest = _latest_checkpoint(directory)
+    return {**read_json(latest / "state.json"), "path": str(latest)} if latest else None
 
 
 def _restored_results(state: dict | None) -> list[StageResult]:
     return [StageResult(**r) for r in state["results"]] if state else []
 
 
-def _restore(state: dict, directory: Path, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
-    model.load_state_dict(torch.load(directory / "model.pt", map_location=accelerator.device, weights_only=True))
-    if (directory / "optim.pt").exists() and state["step"] > 0:
-        saved = torch.load(directory / "optim.pt", map_location=accelerator.device, weights_only=False)
+def _safe_load(path: Path, device) -> dict:
+    """Tensors, numbers, strings, lists and dicts only: a checkpoint from elsewhere cannot run code."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - whatever is wrong with it, the user sees one line
+        raise UserError(f"{path}: cannot be loaded safely as a checkpoint ({type(error).__name__}); "
+                        "remove it or pass --overwrite to start over") from None
+
+
+def _restore(state: dict, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
+    checkpoint = Path(state["path"])
+    model.load_state_dict(_safe_load(checkpoint / "model.pt", accelerator.device))
+    if (checkpoint / "optim.pt").exists() and state["step"] > 0:
+        saved = _safe_load(checkpoint / "optim.pt", accelerator.device)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-    rng = torch.load(directory / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
+    _set_rng_state(read_json(checkpoint / "rng.json"))
+    if accelerator.is_main_process:
+        print(f"train: resumed from {checkpoint} (stage {state['stage_index']}, step {state['step']})",
+              file=sys.stderr, flush=True)
     return state["step"], state["history"], state["elapsed"]
 
 
 # ----------------------------------------------------------------------------- the command
+@claims_output("train", resumable=True)
 def train(config: TrainConfig) -> Path:
     """Build (or load with --init) a SpeechLLM and train it through the configured stages.
 
     OUT becomes a SpeechLLM directory, with ``config.yaml`` (the resolved configuration) and
     ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files."""
     out = Path(config.out)
-    utterances = load_manifests(config.train)
+    utterances = load_manifests(config.train, skip_bad=config.skip_bad)
     seed_everything(config.loop.seed)
     if config.init:
         model = SpeechLLM.load(config.init)
     else:
         texts = decoder_texts(config.model.prompts, utterances)
         model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None)
+        if config.encoder_from:
+            model.take_encoder(SpeechLLM.load(config.encoder_from))
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out)
@@ -429,16 +533,17 @@ def train(config: TrainConfig) -> Path:
     fingerprints = replica_fingerprints(model, accelerator)
     model.eval()
     if accelerator.is_main_process:
-        model.save(out)  # replaces OUT whole: checkpoints and config are written again below
-        save_config(config, out / "config.yaml")
-        write_json(out / "train_log.json", {
-            "stages": [r.__dict__ for r in results],
-            "train_seconds": sum(r.seconds for r in results),
-            "num_processes": accelerator.num_processes,
-            "replica_fingerprints": fingerprints,
-            "utterances": len(utterances),
-        })
+        with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
+            model.save(staging)
+            save_config(config, staging / "config.yaml")
+            write_json(staging / "train_log.json", {
+                "stages": [r.__dict__ for r in results],
+                "train_seconds": sum(r.seconds for r in results),
+                "num_processes": accelerator.num_processes,
+                "replica_fingerprints": fingerprints,
+                "utterances": len(utterances),
+            })
         show(summary(f"train: {len(utterances)} utterances, {sum(r.seconds for r in results):.0f}s -> {out}",
-                      results))
+                     results))
     accelerator.wait_for_everyone()
     return out

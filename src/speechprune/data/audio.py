@@ -6,10 +6,7 @@ Resampling uses ``scipy.signal.resample_poly`` (torchaudio does not load beside 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import tempfile
 from math import gcd
 from pathlib import Path
 
@@ -20,6 +17,10 @@ from scipy.signal import lfilter, resample_poly
 from speechprune.errors import UserError
 
 SAMPLE_RATE = 16000
+# One utterance is at most this long: longer files are refused from their header, before any
+# decoding (a two-hour file resampled to float32 would take gigabytes). Cut long recordings into
+# utterances first.
+MAX_AUDIO_SECONDS = 600.0
 NOISE_KINDS = ("white", "pink", "babble")
 
 
@@ -62,7 +63,28 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, max_seconds: fl
     path = Path(path)
     if not path.is_file():
         raise UserError(f"audio file not found: {path}")
-    return _read(str(path), sample_rate, max_seconds, str(path))
+    frames, rate = audio_info(path)
+    check_duration(frames, rate, str(path))
+    return check_samples(_read(str(path), sample_rate, max_seconds, str(path)), str(path))
+
+
+def check_duration(frames: int, rate: int, name: str) -> None:
+    """Refuse an empty file or one longer than :data:`MAX_AUDIO_SECONDS` (from the header)."""
+    if frames <= 0:
+        raise UserError(f"empty audio file {name}")
+    if frames / rate > MAX_AUDIO_SECONDS:
+        raise UserError(f"audio {name} lasts {frames / rate:.0f} s, over the {MAX_AUDIO_SECONDS:.0f} s limit for one "
+                        "utterance; cut it into utterances first")
+
+
+def check_samples(wave: np.ndarray, name: str) -> np.ndarray:
+    """Refuse NaN or infinite samples (a broken float file) and all-zero audio (a failed export:
+    nothing to hear, and a zero-variance input to normalising encoders)."""
+    if not np.isfinite(wave).all():
+        raise UserError(f"audio {name} has NaN or infinite samples")
+    if not wave.any():
+        raise UserError(f"audio {name} is all zeros (digital silence)")
+    return wave
 
 
 def decode_audio_bytes(data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
@@ -94,15 +116,10 @@ def save_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RAT
     if not atomic:
         sf.write(str(path), wave, sample_rate, subtype=subtype, format="WAV")
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        sf.write(tmp, wave, sample_rate, subtype=subtype, format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    from speechprune.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), wave, sample_rate, subtype=subtype, format="WAV")
 
 
 def _pink(n: int, rng: np.random.Generator) -> np.ndarray:

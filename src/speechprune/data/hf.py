@@ -21,7 +21,7 @@ from speechprune.config import option, require
 from speechprune.data.audio import SAMPLE_RATE, decode_audio_bytes, load_audio, save_audio
 from speechprune.data.manifest import Utterance, write_manifest
 from speechprune.errors import UserError
-from speechprune.files import staged_dir
+from speechprune.files import claims_output, staged_dir
 
 # Column candidates per preset: the first one the dataset has is used. ``langs_from_name``: the
 # subset name carries the languages (CoVoST2 "en_de" -> en, de; FLEURS "fr_fr" -> fr).
@@ -231,6 +231,7 @@ def _utterance_id(row: dict[str, Any], id_col: Optional[str], audio_col: str, ro
     return _UNSAFE.sub("_", raw or "").strip("_.") or f"{row_index:07d}"
 
 
+@claims_output("data hf", directory=False)
 def export_hf_dataset(config: HFDataConfig) -> Path:
     """Write one split of a Hugging Face dataset as a manifest with 16 kHz mono WAV files.
 
@@ -242,8 +243,6 @@ def export_hf_dataset(config: HFDataConfig) -> Path:
 
     settings = _resolve_settings(config)
     out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
     data = _load(config)
     if isinstance(data, list):
         columns, features = list(data[0].keys()), {}

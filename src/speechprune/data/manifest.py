@@ -4,7 +4,9 @@
      "task": "asr", "src_lang": "en", "tgt_lang": "en", "target": "The dog sees two cats.",
      "duration": 2.41, ...any other keys (speaker, voice, split, ...)}
 
-``audio`` may be relative to the manifest's folder. ``text`` is the transcript in the source
+``audio`` may be relative to the manifest's folder, ``..`` included (a manifest often sits beside
+a shared audio folder, and an absolute path may point anywhere anyway: a manifest is trusted to
+name audio, never to be executed). ``text`` is the transcript in the source
 language; ``target`` is what the model must output: the transcript for ASR (``task`` "asr",
 ``src_lang == tgt_lang``), the translation for speech translation (``task`` "st").
 Validated on load: every problem is a one-line :class:`UserError` naming ``file:line``.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -126,8 +129,12 @@ def _validate(record: dict[str, Any], path: Path, line: int, check_audio: bool) 
         except (sf.LibsndfileError, RuntimeError, OSError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise fail(f"unreadable audio file {audio}: {reason}") from None
-        if info.frames == 0:
-            raise fail(f"empty audio file {audio}")
+        from speechprune.data.audio import check_duration
+
+        try:
+            check_duration(info.frames, info.samplerate, str(audio))
+        except UserError as error:
+            raise fail(str(error)) from None
         if duration is None:
             duration = round(info.frames / info.samplerate, 4)
 
@@ -139,38 +146,66 @@ def _validate(record: dict[str, Any], path: Path, line: int, check_audio: bool) 
     )
 
 
-def load_manifest(path: str | Path, check_audio: bool = True) -> list[Utterance]:
+def load_manifest(path: str | Path, check_audio: bool = True, skip_bad: bool = False) -> list[Utterance]:
     """Read and validate a JSONL manifest; blank lines are skipped.
 
-    Raises :class:`UserError` ``"FILE:LINE: what is wrong"`` for malformed JSON, a missing or empty
-    required field, an unknown task, ASR with different languages, a missing or unreadable audio
-    file (header checked with soundfile when ``check_audio``), or a duplicate id; and
-    ``"manifest not found: FILE"`` / ``"FILE: no utterances"`` for the file as a whole.
+    Raises :class:`UserError` ``"FILE:LINE: what is wrong"`` for malformed JSON, a line that is
+    not UTF-8, a missing or empty required field, an unknown task, ASR with different languages, a
+    missing, unreadable, empty or too long audio file (header checked with soundfile when
+    ``check_audio``), or a duplicate id; and ``"manifest not found: FILE"`` / ``"FILE: no
+    utterances"`` for the file as a whole. ``skip_bad`` skips such lines instead, decodes every
+    audio file to skip NaN/Inf and all-zero audio as well, and prints how many and which.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"manifest not found: {path}")
     utterances: list[Utterance] = []
     first_line: dict[str, int] = {}
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                utterance = _validate(_parse_line(raw, path, line_number), path, line_number, check_audio)
-                if utterance.id in first_line:
-                    raise _line_error(path, line_number,
-                                      f"duplicate id {utterance.id!r} (first on line {first_line[utterance.id]})")
+    skipped: list[str] = []
+    with open(path, "rb") as handle:
+        for line_number, raw_bytes in enumerate(handle, start=1):
+            try:
+                utterance = _read_line(raw_bytes, path, line_number, check_audio, skip_bad, first_line)
+            except UserError as error:
+                if not skip_bad:
+                    raise
+                skipped.append(str(error))
+                continue
+            if utterance is not None:
                 first_line[utterance.id] = line_number
                 utterances.append(utterance)
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if skipped:
+        print(f"speechprune: skipped {len(skipped)} bad utterance(s) of {path} (--skip-bad):", file=sys.stderr)
+        for reason in skipped:
+            print(f"  {reason}", file=sys.stderr)
     if not utterances:
-        raise UserError(f"{path}: no utterances in manifest")
+        raise UserError(f"{path}: no utterances in manifest" + (" (all were bad)" if skipped else ""))
     return utterances
 
 
-def load_manifests(paths: str | Path | Iterable[str | Path], check_audio: bool = True) -> list[Utterance]:
+def _read_line(raw_bytes: bytes, path: Path, line_number: int, check_audio: bool, check_samples: bool,
+               first_line: dict[str, int]) -> Utterance | None:
+    try:
+        raw = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _line_error(path, line_number, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not raw.strip():
+        return None
+    utterance = _validate(_parse_line(raw, path, line_number), path, line_number, check_audio)
+    if utterance.id in first_line:
+        raise _line_error(path, line_number, f"duplicate id {utterance.id!r} (first on line {first_line[utterance.id]})")
+    if check_samples and check_audio:
+        from speechprune.data.audio import load_audio
+
+        try:
+            load_audio(utterance.audio)
+        except UserError as error:
+            raise _line_error(path, line_number, str(error)) from None
+    return utterance
+
+
+def load_manifests(paths: str | Path | Iterable[str | Path], check_audio: bool = True,
+                   skip_bad: bool = False) -> list[Utterance]:
     """Several manifests concatenated in order. A string may hold a comma-separated list.
 
     Ids must be unique within each manifest; across manifests they may repeat (an ASR and an ST
@@ -183,7 +218,7 @@ def load_manifests(paths: str | Path | Iterable[str | Path], check_audio: bool =
         raise UserError("no manifest given")
     utterances: list[Utterance] = []
     for path in paths:
-        utterances.extend(load_manifest(path, check_audio=check_audio))
+        utterances.extend(load_manifest(path, check_audio=check_audio, skip_bad=skip_bad))
     return utterances
 
 

@@ -37,11 +37,12 @@ from speechprune.data import grammar
 from speechprune.data.audio import NOISE_KINDS, SAMPLE_RATE, add_noise, resample, save_audio
 from speechprune.data.manifest import Utterance, write_manifest
 from speechprune.errors import UserError
-from speechprune.files import staged_dir, write_json
+from speechprune.files import claims_output, read_json, run_signature, staged_dir, write_json
 
 SPLITS = ("train", "dev", "test", "test-ood")
 DEFAULT_ST_PAIRS = ("en-fr", "en-de", "fr-en", "de-en")
 ESPEAK = "espeak-ng"
+DONE_DIR = ".done"  # inside the staging folder: one small JSON per utterance already spoken
 
 
 @dataclass
@@ -219,8 +220,19 @@ def _render_job(job: _Job, out: Path, config: SynthConfig) -> tuple[float, int]:
     peak = float(np.max(np.abs(wave))) if wave.size else 0.0
     if peak > 0.99:
         wave = wave * (0.99 / peak)
-    save_audio(out / job.relpath, wave, atomic=False)  # the whole folder is staged
-    return round(len(wave) / SAMPLE_RATE, 4), speed
+    save_audio(out / job.relpath, wave)  # atomic: a rerun after a kill trusts every WAV it finds
+    result = round(len(wave) / SAMPLE_RATE, 4), speed
+    write_json(out / DONE_DIR / f"{job.audio_id}.json", result)
+    return result
+
+
+def _done(job: _Job, out: Path) -> tuple[float, int] | None:
+    """The result of a job a killed run finished already (its WAV is whole: written atomically)."""
+    path = out / DONE_DIR / f"{job.audio_id}.json"
+    if not path.is_file() or not (out / job.relpath).is_file():
+        return None
+    duration, speed = read_json(path)
+    return duration, speed
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,8 +281,11 @@ def _run_jobs(jobs: list[_Job], out: Path, config: SynthConfig) -> list[tuple[fl
     from speechprune.console import track
 
     workers = config.workers or os.cpu_count() or 1
+    done = sum(_done(job, out) is not None for job in jobs)
+    if done:
+        note(f"data synth: resumed: {done} of {len(jobs)} utterances already spoken")
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        spoken = pool.map(lambda job: _render_job(job, out, config), jobs, chunksize=1)
+        spoken = pool.map(lambda job: _done(job, out) or _render_job(job, out, config), jobs, chunksize=1)
         return list(track(spoken, "data synth: speaking", total=len(jobs), unit="utterances"))
 
 
@@ -354,6 +369,7 @@ def _summary(config: SynthConfig, splits: dict[str, list[grammar.Meaning]], jobs
     }
 
 
+@claims_output("data synth")
 def synthesize(config: SynthConfig) -> Path:
     """Speak a seeded multilingual ASR/ST corpus with espeak-ng into ``config.out``; returns it.
 
@@ -363,10 +379,6 @@ def synthesize(config: SynthConfig) -> Path:
     until the whole corpus is written.
     """
     out = Path(config.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise UserError(f"--out {out} already exists; pass --overwrite to replace it")
     _check_voices(config, config.languages)
     if config.dropped_st_pairs:
         note(f"--st-pairs: left out {', '.join(config.dropped_st_pairs)} (a language not in --languages); "
@@ -374,8 +386,9 @@ def synthesize(config: SynthConfig) -> Path:
     splits = _split_meanings(config)
     jobs = _jobs(config, splits)
     started = time.perf_counter()
-    with staged_dir(out, overwrite=True) as stage:
+    with staged_dir(out, overwrite=True, resume_signature=run_signature("data synth", config)) as stage:
         results = _run_jobs(jobs, stage, config)
+        shutil.rmtree(stage / DONE_DIR)
         elapsed = time.perf_counter() - started
         counts = _manifests(config, splits, jobs, results, stage)
         write_json(stage / "corpus.json", _summary(config, splits, jobs, results, counts))

@@ -30,6 +30,7 @@ from transformers import (
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from speechprune.errors import UserError
+from speechprune.model.safety import pretrained
 
 SAMPLE_RATE = 16000
 
@@ -67,11 +68,11 @@ class WhisperSpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, window: str = "dynamic") -> "WhisperSpeechEncoder":
-        config = AutoConfig.from_pretrained(path)
+        config = pretrained(AutoConfig, path, "speech encoder config", weights=False)
         if "WhisperEncoder" in (config.architectures or []):
-            encoder = WhisperEncoder.from_pretrained(path)
+            encoder = pretrained(WhisperEncoder, path, "speech encoder")
         else:  # a full Whisper checkpoint: keep the encoder, drop the text decoder
-            encoder = WhisperModel.from_pretrained(path).get_encoder()
+            encoder = pretrained(WhisperModel, path, "speech encoder").get_encoder()
         return cls(encoder, WhisperFeatureExtractor.from_pretrained(path), window)
 
     def save(self, directory: Path) -> None:
@@ -141,7 +142,7 @@ class WaveformSpeechEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, window: str = "dynamic") -> "WaveformSpeechEncoder":
-        return cls(AutoModel.from_pretrained(path), AutoFeatureExtractor.from_pretrained(path), window)
+        return cls(pretrained(AutoModel, path, "speech encoder"), AutoFeatureExtractor.from_pretrained(path), window)
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
@@ -196,8 +197,5 @@ def build_encoder(config: dict, window: str = "dynamic", hop_length: int = 160) 
 
 def load_encoder(path: str, window: str = "dynamic") -> nn.Module:
     """An encoder from a local checkpoint directory or hub id."""
-    try:
-        model_type = AutoConfig.from_pretrained(path).model_type
-    except OSError as error:
-        raise UserError(f"cannot load speech encoder {path!r}: {str(error).splitlines()[0]}") from None
+    model_type = pretrained(AutoConfig, path, "speech encoder config", weights=False).model_type
     return _encoder_class(model_type).from_pretrained(path, window)

@@ -201,11 +201,10 @@ def _register_builtin() -> None:
 # ----------------------------------------------------------------------------- shared helpers
 def from_pretrained(model_class: Any, path: str | Path, what: str, **kwargs) -> Any:
     """``model_class.from_pretrained`` with a one-line UserError for a path that is not such a model."""
+    from speechprune.model.safety import pretrained
+
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    try:
-        return model_class.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load {what} {str(path)!r}: {str(error).splitlines()[0]}") from None
+    return pretrained(model_class, str(path), what, **kwargs)
 
 
 def place(module: nn.Module, device: str | torch.device, dtype: torch.dtype | None, device_map: str | None) -> nn.Module:

@@ -34,6 +34,7 @@ from speechprune.files import staged_dir
 from speechprune.model.encoders import build_encoder, load_encoder
 from speechprune.model.layout import DecoderInputs, Segment, assemble
 from speechprune.model.projector import FrameStackProjector
+from speechprune.model.safety import pretrained
 from speechprune.model.tokenizer import load_tokenizer, separator_id, train_bpe_tokenizer
 
 SPEECHLLM_FILE = "speechllm.json"
@@ -173,6 +174,17 @@ class SpeechLLM(nn.Module):
         if config.ctc and ctc_texts:
             alphabet = "".join(sorted({ch for text in ctc_texts for ch in normalize_for_ctc(text)}))
         return cls(encoder, projector, decoder, tokenizer, config.prompts, config.projector, alphabet)
+
+    def take_encoder(self, other: "SpeechLLM") -> None:
+        """Use ``other``'s encoder and CTC head (and its CTC alphabet): a warmed-up encoder shared
+        by SpeechLLMs with different decoders."""
+        self.encoder = other.encoder
+        self.ctc_alphabet = other.ctc_alphabet
+        self.ctc_head = other.ctc_head
+        config = self.projector_config  # called on a new model: its untrained projector takes the new width
+        self.projector = FrameStackProjector(other.encoder.output_dim, self.projector.markers.shape[1],
+                                             config.stack, config.kind, config.hidden_dim,
+                                             marker_std=float(self.projector.markers.detach().std()))
 
     @property
     def device(self) -> torch.device:
@@ -346,17 +358,20 @@ class SpeechLLM(nn.Module):
         directory = Path(directory)
         if not is_speechllm_dir(directory):
             raise UserError(f"{directory} is not a SpeechLLM directory (no {SPEECHLLM_FILE})")
-        spec = json.loads((directory / SPEECHLLM_FILE).read_text())
+        try:
+            spec = json.loads((directory / SPEECHLLM_FILE).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise UserError(f"{directory / SPEECHLLM_FILE}: not valid JSON ({error})".splitlines()[0]) from None
         encoder = load_encoder(str(directory / "encoder"), spec["encoder"]["window"])
         decoder = _load_decoder(str(directory / "decoder"), dtype=dtype, device_map=device_map)
         tokenizer = load_tokenizer(str(directory / "tokenizer"))
         projector_config = ProjectorConfig(**spec["projector"])
         projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
                                         projector_config.stack, projector_config.kind, projector_config.hidden_dim)
-        projector.load_state_dict(load_file(directory / "projector.safetensors"))
+        _load_part(projector, directory / "projector.safetensors", directory)
         model = cls(encoder, projector, decoder, tokenizer, spec["prompts"], projector_config, spec.get("ctc_alphabet"))
         if model.ctc_head is not None and (directory / "ctc_head.safetensors").exists():
-            model.ctc_head.load_state_dict(load_file(directory / "ctc_head.safetensors"))
+            _load_part(model.ctc_head, directory / "ctc_head.safetensors", directory)
         model.eval()
         if device_map:  # the decoder is placed already; move the rest, not the dispatched decoder
             first = decoder.get_input_embeddings().weight.device
@@ -411,10 +426,20 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _load_decoder(path: str, dtype: torch.dtype | None = None, device_map: str | None = None) -> PreTrainedModel:
     kwargs = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
+    return pretrained(AutoModelForCausalLM, path, "decoder", **kwargs)
+
+
+def _load_part(module: nn.Module, path: Path, directory: Path) -> None:
+    """Weights of a small part; a missing file or a shape that does not fit (a decoder swapped for
+    one of another hidden size) is one line naming the directory."""
+    if not path.is_file():
+        raise UserError(f"SpeechLLM {directory}: {path.name} is missing")
     try:
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load decoder {path!r}: {str(error).splitlines()[0]}") from None
+        module.load_state_dict(load_file(path))
+    except RuntimeError as error:
+        shapes = "; ".join(line.strip() for line in str(error).splitlines() if "size mismatch" in line)[:300]
+        raise UserError(f"SpeechLLM {directory}: {path.name} does not fit the encoder and decoder beside it "
+                        f"(was one of them replaced?): {shapes or str(error).splitlines()[0]}") from None
 
 
 def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator: int,

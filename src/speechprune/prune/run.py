@@ -21,7 +21,7 @@ import torch
 from speechprune.config import option, require, save_config
 from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
-from speechprune.files import read_json, staged_dir, write_json, write_text
+from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
 from speechprune.prune import strategies
 from speechprune.prune.surgery import (
     INDEX_CONVENTION,
@@ -52,6 +52,7 @@ class PruneConfig:
     device: str = option("auto", help="where --data is run: auto | cpu | cuda | cuda:N (the export itself is on CPU)")
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
+    overwrite: bool = option(False, help="replace an existing --out")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "--model is empty")
@@ -151,6 +152,9 @@ def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable |
         scanned_layers = strategies.scan_num_layers(scan)
         if scanned_layers != num_layers:
             raise UserError(f"--scan {config.scan}: scanned a {scanned_layers}-layer decoder, --model has {num_layers} layers")
+        from speechprune.model.decoder import text_config
+
+        strategies.check_scan_fits(scan, text_config(model.causal_lm), config.scan)
         record.update(scan=str(scan_path.resolve()), input=strategies.resolve_input(scan, config.input),
                       region=config.region)
         removed = strategies.choose_from_scan(config.strategy, scan, n, config.input, config.region)
@@ -300,6 +304,7 @@ def verify_export(reload: Callable[[Path], tuple[Any, dict]], path: Path, num_la
     return {"logits_max_abs_error": logits_error, "cached_max_abs_error": cache_error, "tolerance": tolerance}
 
 
+@claims_output("prune")
 def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
           score: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """Remove decoder layers and export a standard checkpoint of the same kind as the input.

@@ -78,6 +78,20 @@ def scan_num_layers(scan: Scan) -> int:
     return num_layers
 
 
+def check_scan_fits(scan: Scan, decoder_config: Any, scan_name: str) -> None:
+    """Refuse a scan made on another model: its decoder's layer count, hidden size or family
+    (as scan.json records them) differ from the decoder about to be pruned."""
+    scanned = scan.get("model") or {}
+    mine = {"num_layers": getattr(decoder_config, "num_hidden_layers", None),
+            "hidden_size": getattr(decoder_config, "hidden_size", None),
+            "family": getattr(decoder_config, "model_type", None)}
+    theirs = {**{key: scanned.get(key) for key in ("hidden_size", "family")}, "num_layers": scan_num_layers(scan)}
+    differ = [f"{key} {theirs[key]} vs {mine[key]}" for key in mine
+              if theirs[key] is not None and mine[key] is not None and theirs[key] != mine[key]]
+    if differ:
+        raise UserError(f"--scan {scan_name} was made on another model ({', '.join(differ)} in the model to prune)")
+
+
 def angular(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
     """The block [l*, l*+n), l* = argmin_l angular[l][l+n] over l = 0..L-n (lowest l on ties)."""
     num_layers = scan_num_layers(scan)

@@ -18,6 +18,7 @@ import numpy as np
 from speechprune.config import option, require, save_config
 from speechprune.console import show, table
 from speechprune.errors import UserError
+from speechprune.files import claims_output
 from speechprune.model.layout import REGIONS
 from speechprune.scan.blocks import best_blocks, block_distances, layers_for_fraction, removed_layers
 from speechprune.scan.plots import subject
@@ -34,6 +35,7 @@ class CompareConfig:
     fractions: list[float] = option([0.25, 0.5], help="removed fractions for the Jaccard of removed layers")
     labels: list[str] = option([], help="one label per profile (default: scan folder/input)")
     plots: bool = option(True, help="write PNG figures")
+    overwrite: bool = option(False, help="replace an existing --out")
 
     def __post_init__(self) -> None:
         require(len(self.scans) >= 1, "compare needs at least one scan: speechprune compare SCAN [SCAN ...] --out DIR")
@@ -90,6 +92,7 @@ def agreement(a: np.ndarray, b: np.ndarray, fractions: list[float]) -> dict:
     }
 
 
+@claims_output("compare")
 def compare(config: CompareConfig) -> dict:
     """How much two or more scans (or the speech and text inputs of one scan) agree:
     Spearman of block distances, same l*(n), mean |delta l*(n)|, Jaccard of removed layers."""

@@ -6,7 +6,6 @@ checkpoint/resume and the output layout; the per-batch work is :class:`~speechpr
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from speechprune.config import option, require
 from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
+from speechprune.files import claims_output
 from speechprune.model.layout import REGIONS
 from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
 from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
@@ -47,6 +47,8 @@ class ScanConfig:
     checkpoint_every: int = option(20, help="save the sums and the data position every N batches (0 = never)")
     fresh: bool = option(False, help="ignore an existing checkpoint in OUT and start over")
     plots: bool = option(True, help="write PNG figures")
+    overwrite: bool = option(False, help="replace an existing --out (else only this scan's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self) -> None:
         require(self.input in ("auto", "both") + INPUTS, f"--input must be speech, text, both or auto, not {self.input!r}")
@@ -145,16 +147,20 @@ def _checkpoint_path(out: Path, rank: int, world: int) -> Path:
 
 
 def _save_checkpoint(path: Path, fingerprint: dict, batches_done: int, scanner: Scanner) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"fingerprint": fingerprint, "batches_done": batches_done, "stats": scanner.state_dict()}, tmp)
-    os.replace(tmp, path)
+    from speechprune.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"fingerprint": fingerprint, "batches_done": batches_done, "stats": scanner.state_dict()}, tmp)
 
 
 def _load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors, numbers, strings, lists and dicts only: a checkpoint cannot run code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
+        raise UserError(f"{path}: not a scan checkpoint this version can read safely ({type(error).__name__}); "
+                        "rerun with --fresh") from None
     if state.get("fingerprint") != fingerprint:
         old = state.get("fingerprint") or {}
         differs = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
@@ -164,6 +170,7 @@ def _load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
 
 
 # the command -----------------------------------------------------------------------------------
+@claims_output("scan", resumable=True)
 def scan(config: ScanConfig) -> dict:
     """Angular distance and cosine between every pair of decoder layers, per input and region,
     from one streaming pass over the manifest; every block [l, l+n) and l*(n) follow from it.
@@ -176,7 +183,7 @@ def scan(config: ScanConfig) -> dict:
     data_path = Path(config.data)
     if not data_path.is_file():
         raise UserError(f"--data: manifest not found: {config.data}")
-    utterances = list(load_manifest(config.data))
+    utterances = list(load_manifest(config.data, skip_bad=config.skip_bad))
     if config.max_utterances:
         utterances = utterances[: config.max_utterances]
     if not utterances:

@@ -1,0 +1,178 @@
+"""The base LLM: a decoder pretrained as a language model on text alone, saved as a standard
+Hugging Face checkpoint (``AutoModelForCausalLM`` and ``AutoTokenizer`` load it), which a
+SpeechLLM then starts from (``model.decoder.pretrained=BASE``), as the paper's SpeechLLMs start
+from Llama and Qwen.
+
+Text is cheap: the corpus grammar (:mod:`speechprune.data.grammar`) renders many more sentences
+than the speech corpus speaks, in every language asked for. Training is the ``text-lm`` stage of
+:func:`speechprune.train.run_stages` (the one Accelerate loop), with the dev-set perplexity
+measured at every logged step: ``OUT/curve.json`` and ``OUT/curve.png`` show it level off.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from speechprune.config import option, require, save_config
+from speechprune.data import grammar
+from speechprune.data.manifest import Utterance, load_manifests
+from speechprune.files import staged_dir, write_json
+from speechprune.model.speechllm import DEFAULT_PROMPTS, LANGUAGE_NAMES, DecoderConfig, ModelConfig, SpeechLLM
+from speechprune.model.text import text_batch
+from speechprune.train import LoopConfig, StageConfig, make_accelerator, run_stages, seed_everything
+
+console = Console(stderr=True)
+CURVE_FILE = "curve.json"
+
+
+@dataclass
+class BaseLLMConfig:
+    out: str = option(help="output directory: a Hugging Face causal-LM checkpoint with its tokenizer")
+    languages: list[str] = option(["en", "fr", "es"], help="languages of the text (the grammar has en, fr, de, es)")
+    sentences: int = option(20000, help="distinct meanings rendered in every language for training")
+    dev_sentences: int = option(300, help="held-out meanings per language for the dev perplexity")
+    seed: int = option(1, help="seed of the sentences (the speech corpus uses its own seed)")
+    exclude: list[str] = option([], help="manifests whose sentences the base LLM must never read (e.g. the speech "
+                                         "corpus's dev and test sets, so in-domain test text stays unseen)")
+    decoder: DecoderConfig = option(DecoderConfig(), help="the decoder to build (config, BPE vocabulary)")
+    prompts: dict = option(dict(DEFAULT_PROMPTS), help="task prompts the tokenizer should know (weighted like text "
+                                                       "a SpeechLLM reads before every target)")
+    steps: int = option(3000, help="optimiser steps")
+    lr: float = option(2e-3, help="peak learning rate (warm-up, then cosine decay)")
+    batch_size: int = option(32, help="sentences per optimiser step")
+    eval_every: int = option(100, help="steps between dev-perplexity measurements")
+    loop: LoopConfig = option(LoopConfig(checkpoint_every=500))
+
+    def __post_init__(self):
+        require(len(self.languages) > 0, "--languages is empty")
+        for lang in self.languages:
+            require(lang in grammar.LANGUAGES, f"--languages: the grammar has no {lang!r} ({', '.join(grammar.LANGUAGES)})")
+        require(self.sentences >= 1 and self.dev_sentences >= 1, "--sentences and --dev-sentences must be >= 1")
+        require(self.steps >= 1 and self.eval_every >= 1, "--steps and --eval-every must be >= 1")
+        require(self.decoder.pretrained is None, "the base LLM is built here: leave decoder.pretrained empty")
+
+
+def grammar_texts(count: int, seed: int, languages: list[str], exclude: set[str] = frozenset()) -> list[str]:
+    """``count`` meanings rendered in every language (a sentence in ``exclude`` is skipped)."""
+    meanings = grammar.sample_meanings(count, seed, tuple(languages))
+    return [text for meaning in meanings for lang in languages
+            if (text := grammar.render(meaning, lang)) not in exclude]
+
+
+def _as_utterances(texts: list[str], tag: str) -> list[Utterance]:
+    return [Utterance(id=f"{tag}-{i}", audio="", text=t, task="asr", src_lang="xx", tgt_lang="xx", target=t)
+            for i, t in enumerate(texts)]
+
+
+@torch.no_grad()
+def text_perplexity(model: SpeechLLM, utterances: list[Utterance], batch_size: int = 64) -> float:
+    """exp of the token-weighted mean next-token loss of ``<bos> text <eos>`` (the ``lm`` layout)."""
+    total, count = 0.0, 0
+    for start in range(0, len(utterances), batch_size):
+        batch = text_batch(model.tokenizer, utterances[start: start + batch_size], prompts=model.prompts)
+        inputs = model.text_lm_inputs(batch)
+        logits = model.decoder(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                               position_ids=inputs.position_ids, use_cache=False).logits
+        labels = inputs.labels.to(logits.device)
+        total += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((labels != -100).sum())
+    return math.exp(total / max(count, 1))
+
+
+def levelled_off_at(curve: list[dict], window: int = 3, tolerance: float = 0.01) -> int | None:
+    """The first step after which ``window`` successive measurements each improve the dev
+    perplexity by less than ``tolerance`` (relative); None while it still falls faster."""
+    for i in range(len(curve) - window):
+        gains = [(curve[j]["dev_ppl"] - curve[j + 1]["dev_ppl"]) / curve[j]["dev_ppl"] for j in range(i, i + window)]
+        if all(gain < tolerance for gain in gains):
+            return int(curve[i]["step"])
+    return None
+
+
+def _plot(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.2))
+    axis.plot([c["step"] for c in curve], [c["dev_ppl"] for c in curve], marker="o", markersize=3)
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("dev perplexity")
+    axis.set_yscale("log")
+    axis.set_title("base LLM: text-only pretraining")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def pretrain_base_llm(config: BaseLLMConfig) -> Path:
+    """Generate grammar text in every language, train a BPE and a decoder on it as a language
+    model (the ``text-lm`` stage), and save decoder + tokenizer as one Hugging Face checkpoint,
+    with the dev-perplexity curve (``curve.json``, ``curve.png``)."""
+    out = Path(config.out)
+    exclude = {u.target for u in load_manifests(config.exclude)} | {u.text for u in load_manifests(config.exclude)} \
+        if config.exclude else set()
+    train_texts = grammar_texts(config.sentences, config.seed, config.languages, exclude)
+    dev_pool = grammar_texts(config.sentences + config.dev_sentences, config.seed + 7919, config.languages, exclude)
+    seen = set(train_texts)
+    dev_texts = [t for t in dev_pool if t not in seen][: config.dev_sentences * len(config.languages)]
+    require(len(dev_texts) > 0, "no dev sentence is left once the training sentences are removed")
+    prompts = [p.format(target_language=LANGUAGE_NAMES.get(lang, lang)) for p in config.prompts.values()
+               for lang in config.languages]
+    # prompts precede every target a SpeechLLM reads: weight them so the BPE merges them
+    bpe_texts = train_texts + prompts * max(1, len(train_texts) // (10 * len(prompts)))
+    seed_everything(config.loop.seed)
+    model = SpeechLLM.build(ModelConfig(decoder=config.decoder, prompts=config.prompts, ctc=False), bpe_texts)
+    console.print(f"base LLM: {len(train_texts):,} training sentences, {len(dev_texts):,} dev sentences in "
+                  f"{', '.join(config.languages)}; {sum(p.numel() for p in model.decoder.parameters()):,} parameters")
+    work = out.with_name(out.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    save_config(config, work / "config.yaml")
+    dev = _as_utterances(dev_texts, "dev")
+    curve: list[dict] = []
+
+    def measure(stage: str, step: int) -> dict:
+        if step % config.eval_every and step != config.steps:
+            return {}
+        ppl = text_perplexity(model, dev)
+        curve.append({"step": step, "dev_ppl": ppl})
+        return {"dev_ppl": ppl}
+
+    stage = StageConfig(steps=config.steps, input="lm", encoder="frozen", projector="frozen", lr=config.lr,
+                        batch_size=config.batch_size)
+    loop = config.loop
+    loop.log_every = math.gcd(loop.log_every, config.eval_every)
+    started = time.perf_counter()
+    model.train()
+    results = run_stages(model, _as_utterances(train_texts, "text"), {"text-lm": stage}, loop, work,
+                         make_accelerator(loop, work), on_log=measure)
+    model.eval()
+    # a resumed run measured only its own part of the curve: the stage history has all of it
+    curve = [{"step": r["step"], "dev_ppl": r["dev_ppl"]} for r in results[0].history if "dev_ppl" in r]
+    with staged_dir(out) as staging:
+        model.decoder.save_pretrained(staging)
+        model.tokenizer.save_pretrained(staging)
+        save_config(config, staging / "config.yaml")
+        write_json(staging / CURVE_FILE, {
+            "curve": curve, "levelled_off_at": levelled_off_at(curve), "final_dev_ppl": curve[-1]["dev_ppl"],
+            "train_loss": [{"step": r["step"], "loss": r["loss"]} for r in results[0].history if "loss" in r],
+            "train_sentences": len(train_texts), "dev_sentences": len(dev_texts), "languages": config.languages,
+            "steps": config.steps, "train_seconds": results[0].seconds,
+            "wall_seconds": time.perf_counter() - started})
+        _plot(curve, staging / "curve.png")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    console.print(f"[bold green]base LLM[/] saved to {out}: dev perplexity {curve[0]['dev_ppl']:.2f} -> "
+                  f"{curve[-1]['dev_ppl']:.2f} in {config.steps} steps ({results[0].seconds:.0f} s); "
+                  f"levelled off at step {levelled_off_at(curve)}")
+    return out

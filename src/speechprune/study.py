@@ -1,0 +1,567 @@
+"""``speechprune study``: the paper's experiment in one command, one YAML, one output directory.
+
+Every model starts from a base LLM pretrained on text alone (:mod:`speechprune.base_llm`), as
+the paper's SpeechLLMs start from Llama and Qwen. Conditions vary one axis at a time from a
+reference (decoder, encoder, task, training mode): the decoder (family x size), the encoder,
+the task (ASR, speech translation), the ASR language, the training mode (LoRA or frozen decoder),
+and one multi-task model trained on every task and language together. For every condition the
+study trains the SpeechLLM, evaluates it, scans its decoder with speech and text input; the base
+LLM of every decoder is scanned on the same utterances (``task`` text layout, so both read the
+same sequences); then it compares, sweeps and builds a consensus backbone:
+
+    OUT/corpus/                         the synthetic corpus (or the one named by --corpus)
+    OUT/base/{decoder}/                 base LLM (Hugging Face checkpoint) and its text scan
+    OUT/encoders/{encoder}-{langs}/     one warmed-up (CTC) encoder per encoder and language set
+    OUT/conditions/{condition}/         model/ eval/ scan/ compare-base/ [sweep/]
+    OUT/agreement/{axis}/               compare across the conditions of one axis (speech input)
+    OUT/consensus/                      consensus scan, multi-task sweep with it and with its own scan
+    OUT/study.json  OUT/claims.md       every number, the commands' outputs it came from
+
+Each step writes its own directory and is skipped when that directory is complete, so a rerun
+reuses every finished part and an interrupted study continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
+from speechprune.config import option, require, save_config
+from speechprune.data.manifest import load_manifests, write_manifest
+from speechprune.data.synth import SynthConfig, synthesize
+from speechprune.evaluate import EvalConfig, evaluate
+from speechprune.files import read_json, write_json, write_text
+from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig, SpeechLLM
+from speechprune.scan.blocks import best_blocks, block_distances
+from speechprune.scan.compare import CompareConfig, agreement, compare
+from speechprune.scan.run import ScanConfig, scan
+from speechprune.sweep import SweepConfig, sweep
+from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, ctc_greedy_cer, train
+
+console = Console(stderr=True)
+MODES = ("lora", "frozen")
+REGION = "all"  # the region every agreement and consensus is computed on
+PAPER = {
+    "inherited": "redundancy is largely inherited from the pretrained LLM (base-on-text and SpeechLLM heatmaps alike)",
+    "text_speech": "text and speech input give nearly identical distance heatmaps and the same redundant blocks",
+    "size": "7-8B decoders keep ASR with 60% of their layers (40% removed); 1-3B decoders tolerate less",
+    "axes": "the same blocks are redundant across speech encoders, tasks (ASR, ST) and languages",
+    "backbone": "one pruned multi-task backbone can be deployed (about 32% of layers removable for translation)",
+}
+
+
+def _llama(layers: int) -> dict:
+    return {"model_type": "llama", "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
+            "tie_word_embeddings": True}
+
+
+def _qwen2(layers: int) -> dict:
+    return {"model_type": "qwen2", "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "tie_word_embeddings": True}
+
+
+@dataclass
+class NamedConfig:
+    """A decoder or encoder of the study: a name used in folder names and its model config."""
+    name: str = option(help="short name (folder names, tables)")
+    config: dict = option({}, help="the config a new model is built from (model_type and its fields)")
+
+
+@dataclass
+class CorpusSettings:
+    path: str = option("", help="an existing corpus folder (speechprune data synth) instead of synthesising one")
+    train_sentences: int = option(3000, help="meanings per language in the synthesised training split")
+    dev_sentences: int = option(200, help="meanings per language in the dev split")
+    test_sentences: int = option(200, help="meanings per language in the test split")
+    seed: int = option(0, help="seed of the synthesised corpus (sentences, voices, noise)")
+
+
+@dataclass
+class BaseSettings:
+    sentences: int = option(20000, help="meanings rendered in every language for text pretraining")
+    dev_sentences: int = option(200, help="held-out meanings per language for the base LLM's dev perplexity")
+    steps: int = option(1200, help="optimiser steps of text pretraining")
+    lr: float = option(2e-3, help="peak learning rate of text pretraining")
+    batch_size: int = option(32, help="sentences per optimiser step of text pretraining")
+    eval_every: int = option(100, help="steps between dev-perplexity measurements")
+
+
+@dataclass
+class SpeechLLMSettings:
+    warmup_steps: int = option(800, help="CTC steps of each shared encoder warm-up")
+    warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
+    warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
+    joint_steps: int = option(1100, help="steps of joint SpeechLLM training per condition")
+    lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
+    projector_lr: float = option(3e-3, help="the projector's own peak lr")
+    ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
+    lora_rank: int = option(16, help="LoRA rank r of the decoder in joint training (lora mode)")
+    lora_alpha: int = option(32, help="LoRA alpha (the update is scaled by alpha / rank)")
+    batch_size: int = option(8, help="utterances per optimiser step of joint training")
+    projector: ProjectorConfig = option(ProjectorConfig())
+
+
+@dataclass
+class EvalSettings:
+    test_utterances: int = option(100, help="utterances per test set (evaluation and sweeps)")
+    scan_utterances: int = option(200, help="dev utterances each scan reads (the same for base and SpeechLLM)")
+    fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="removed fractions of every sweep")
+    heal_steps: int = option(150, help="LoRA healing steps per healed sweep cell")
+    max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
+    wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
+    wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
+    bleu_drop: float = option(0.25, help="acceptable relative BLEU loss (sweep rule)")
+
+
+@dataclass
+class StudyConfig:
+    out: str = option("runs/study", help="the study's directory")
+    languages: list[str] = option(["en", "fr", "es"], help="corpus languages (ASR axis, base-LLM text)")
+    tasks: list[str] = option(["asr-en", "asr-fr", "asr-es", "st-en-fr", "st-fr-en"],
+                              help="task axis (asr-LANG or st-SRC-TGT); its ASR tasks are the language axis")
+    decoders: list[NamedConfig] = option(
+        [NamedConfig(f"{family}-{layers}", make(layers)) for family, make in (("llama", _llama), ("qwen2", _qwen2))
+         for layers in (6, 10, 16)],
+        help="decoder axis (family x size, growing in depth as Llama-3.2-1B/3B/3.1-8B do: 16/28/32 layers)")
+    encoders: list[NamedConfig] = option(
+        [NamedConfig("whisper", dict(EncoderConfig().config)),
+         NamedConfig("wav2vec2", {"model_type": "wav2vec2", "hidden_size": 192, "num_hidden_layers": 4,
+                                  "num_attention_heads": 4, "intermediate_size": 768,
+                                  "conv_dim": [128, 128, 128, 128, 128, 128, 192],
+                                  "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+                                  "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
+                                  "do_stable_layer_norm": True, "feat_extract_norm": "layer"})],
+        help="encoder axis; the first is the reference")
+    modes: list[str] = option(["lora", "frozen"], help="training-mode axis: lora | frozen (projector only)")
+    multitask: bool = option(True, help="train one SpeechLLM on every task and language (claim 5)")
+    reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the first)")
+    plots: bool = option(True, help="write the scans' and comparisons' figures")
+    corpus: CorpusSettings = option(CorpusSettings())
+    base: BaseSettings = option(BaseSettings())
+    speechllm: SpeechLLMSettings = option(SpeechLLMSettings())
+    evaluation: EvalSettings = option(EvalSettings())
+    loop: LoopConfig = option(LoopConfig())
+
+    def __post_init__(self):
+        require(len(self.decoders) >= 1 and len(self.encoders) >= 1, "a study needs a decoder and an encoder")
+        for kind in ("decoders", "encoders"):
+            names = [d.name for d in getattr(self, kind)]
+            require(len(set(names)) == len(names), f"{kind}: names repeat ({names})")
+            require(all(n and "/" not in n and "." not in n for n in names), f"{kind}: names must be plain words")
+        require(not self.reference_decoder or self.reference_decoder in [d.name for d in self.decoders],
+                f"reference_decoder {self.reference_decoder!r} is not among the decoders")
+        require(len(self.modes) >= 1 and all(m in MODES for m in self.modes), f"modes must be among {MODES}")
+        for task in self.tasks:
+            parts = task.split("-")
+            valid = (parts[0] == "asr" and len(parts) == 2) or (parts[0] == "st" and len(parts) == 3)
+            require(valid, f"tasks: {task!r} is not asr-LANG or st-SRC-TGT")
+            require(all(lang in self.languages for lang in parts[1:]), f"tasks: {task!r} uses a language not in --languages")
+        require(f"asr-{self.languages[0]}" in self.tasks,
+                f"tasks must include asr-{self.languages[0]} (the reference task: ASR in the first language)")
+
+
+# ----------------------------------------------------------------------------- conditions
+@dataclass(frozen=True)
+class Condition:
+    decoder: str
+    encoder: str
+    tasks: tuple[str, ...]
+    mode: str
+    axes: tuple[str, ...]  # the axes this condition belongs to
+
+    @property
+    def name(self) -> str:
+        task = "multi" if len(self.tasks) > 1 else self.tasks[0]
+        return f"{self.decoder}.{self.encoder}.{task}.{self.mode}"
+
+    def source_languages(self) -> tuple[str, ...]:
+        return tuple(sorted({task.split("-")[1] for task in self.tasks}))
+
+
+def conditions(config: StudyConfig) -> list[Condition]:
+    """The reference and every one-axis variation of it (each condition once, with all its axes)."""
+    ref_decoder = config.reference_decoder or config.decoders[0].name
+    ref = dict(decoder=ref_decoder, encoder=config.encoders[0].name, tasks=(f"asr-{config.languages[0]}",),
+               mode=config.modes[0])
+    variations = [("decoder", {"decoder": d.name}) for d in config.decoders]
+    variations += [("encoder", {"encoder": e.name}) for e in config.encoders]
+    variations += [("task", {"tasks": (t,)}) for t in config.tasks if t == ref["tasks"][0] or t.startswith("st-")]
+    variations += [("language", {"tasks": (t,)}) for t in config.tasks if t.startswith("asr-")]
+    variations += [("mode", {"mode": m}) for m in config.modes]
+    if config.multitask:
+        variations.append(("multitask", {"tasks": tuple(config.tasks)}))
+    found: dict[str, Condition] = {}
+    for axis, change in variations:
+        settings = {**ref, **change}
+        key = Condition(**settings, axes=()).name
+        previous = found.get(key)
+        found[key] = Condition(**settings, axes=(previous.axes if previous else ()) + (axis,))
+    return list(found.values())
+
+
+# ----------------------------------------------------------------------------- steps
+def _step(name: str, marker: Path) -> bool:
+    """True when the step must run; a finished step (its marker file exists) is reused."""
+    if marker.exists():
+        console.print(f"[green]✓[/] {name} (reused: {marker.parent})")
+        return False
+    console.rule(f"[bold]{name}")
+    return True
+
+
+def _manifest(corpus: Path, task: str, split: str) -> Path:
+    return corpus / f"{task}.{split}.jsonl"
+
+
+def _mixed_manifest(out: Path, corpus: Path, tasks: tuple[str, ...], split: str, per_task: int | None) -> Path:
+    """One manifest with the first ``per_task`` utterances of every task (ids made unique)."""
+    if len(tasks) == 1 and per_task is None:
+        return _manifest(corpus, tasks[0], split)
+    path = out / "data" / f"{'+'.join(tasks)}.{split}.{per_task or 'all'}.jsonl"
+    if not path.exists():
+        utterances = []
+        for task in tasks:
+            for utt in load_manifests([_manifest(corpus, task, split)])[:per_task]:
+                utterances.append(dataclasses.replace(utt, id=f"{task}/{utt.id}",
+                                                      audio=str(Path(utt.audio).resolve())))
+        write_manifest(path, utterances)
+    return path
+
+
+def _corpus(config: StudyConfig, out: Path) -> Path:
+    if config.corpus.path:
+        corpus = Path(config.corpus.path)
+        missing = [t for t in config.tasks if not _manifest(corpus, t, "train").exists()]
+        require(not missing, f"corpus {corpus} has no train manifest for {missing}")
+        return corpus
+    corpus = out / "corpus"
+    pairs = sorted({"-".join(t.split("-")[1:]) for t in config.tasks if t.startswith("st-")})
+    if _step("corpus", corpus / "corpus.json"):
+        synthesize(SynthConfig(out=str(corpus), seed=config.corpus.seed, languages=list(config.languages),
+                               st_pairs=pairs, train_sentences=config.corpus.train_sentences,
+                               dev_sentences=config.corpus.dev_sentences, test_sentences=config.corpus.test_sentences,
+                               test_ood_sentences=0, overwrite=True))
+    return corpus
+
+
+def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig) -> Path:
+    path = out / "base" / decoder.name / "model"
+    if _step(f"base LLM {decoder.name}", path / "curve.json"):
+        held_out = [str(_manifest(corpus, t, s)) for t in config.tasks for s in ("dev", "test")]
+        b = config.base
+        pretrain_base_llm(BaseLLMConfig(out=str(path), languages=list(config.languages), sentences=b.sentences,
+                                        dev_sentences=b.dev_sentences, exclude=held_out,
+                                        decoder=DecoderConfig(config=dict(decoder.config)), steps=b.steps, lr=b.lr,
+                                        batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config)))
+    return path
+
+
+def _loop(config: StudyConfig) -> LoopConfig:
+    return dataclasses.replace(config.loop, lora=dataclasses.replace(config.loop.lora))
+
+
+def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...]) -> Path:
+    path = out / "encoders" / f"{encoder.name}-{'+'.join(languages)}"
+    if _step(f"encoder warm-up {path.name}", path / "speechllm.json"):
+        s = config.speechllm
+        stages = {"ctc": StageConfig(steps=s.warmup_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
+                                     decoder="frozen", lr=s.warmup_lr, batch_size=s.warmup_batch_size)}
+        # the decoder here is never trained: a one-layer stand-in keeps the warm-up cheap
+        stand_in = {**_llama(1), "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                    "num_key_value_heads": 2}
+        train(TrainConfig(train=[str(_manifest(corpus, f"asr-{lang}", "train")) for lang in languages],
+                          out=str(path), stages=stages, loop=_loop(config),
+                          model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
+                                            decoder=DecoderConfig(config=stand_in))))
+    if not (path / "ctc_cer.json").exists():  # how well the warmed-up encoder hears, alone
+        dev = load_manifests([str(_manifest(corpus, f"asr-{lang}", "dev")) for lang in languages])
+        dev = dev[: config.evaluation.scan_utterances]
+        write_json(path / "ctc_cer.json", {"cer": ctc_greedy_cer(SpeechLLM.load(path), dev), "utterances": len(dev)})
+    return path
+
+
+def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: Path, warm: Path) -> Path:
+    path = out / "conditions" / condition.name / "model"
+    if _step(f"SpeechLLM {condition.name}", path / "speechllm.json"):
+        s = config.speechllm
+        loop = _loop(config)
+        loop.lora = LoraConfig(rank=s.lora_rank, alpha=s.lora_alpha)
+        joint = StageConfig(steps=s.joint_steps, ctc_weight=s.ctc_weight, lr=s.lr, projector_lr=s.projector_lr,
+                            decoder="lora" if condition.mode == "lora" else "frozen", batch_size=s.batch_size)
+        train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
+                          encoder_from=str(warm), stages={"joint": joint}, loop=loop,
+                          model=ModelConfig(decoder=DecoderConfig(pretrained=str(base)), projector=s.projector)))
+    return path
+
+
+def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Path) -> Path:
+    path = model.parent / "eval"
+    if _step(f"eval {condition.name}", path / "metrics.json"):
+        evaluate(EvalConfig(model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks],
+                            out=str(path), max_utterances=config.evaluation.test_utterances,
+                            max_new_tokens=config.evaluation.max_new_tokens))
+    return path
+
+
+def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
+    if _step(f"scan {label}", path / "scan.json"):
+        settings = dict(model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances,
+                        bootstrap=0, regions=["all", "last"], plots=plots)
+        if "layout" in {f.name for f in dataclasses.fields(ScanConfig)}:
+            settings["layout"] = "task"  # the SpeechLLM's own sequences, so base and SpeechLLM read the same
+        scan(ScanConfig(**settings))
+    return path
+
+
+def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, input: str = "") -> dict:
+    if _step(f"compare {path.name}", path / "compare.json"):
+        compare(CompareConfig(scans=[str(s) for s in scans], out=str(path), labels=labels, input=input,
+                              regions=[REGION, "last"], plots=plots))
+    return read_json(path / "compare.json")
+
+
+def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path: Path, tasks: tuple[str, ...],
+           heal: list[str], train_manifest: list[str]) -> dict:
+    if _step(f"sweep {path.parent.name}/{path.name}", path / "summary.json"):
+        e = config.evaluation
+        sweep(SweepConfig(model=str(model), scan=str(scan_dir), train=train_manifest,
+                          test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path),
+                          fractions=list(e.fractions), strategies=["angular"], heal=heal, heal_steps=e.heal_steps,
+                          input="speech", region=REGION, max_test_utterances=e.test_utterances,
+                          wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop))
+    return read_json(path / "summary.json")
+
+
+# ----------------------------------------------------------------------------- analysis
+def _angular(scan_dir: Path, input: str) -> np.ndarray:
+    payload = read_json(scan_dir / "scan.json")
+    return np.asarray(payload["inputs"][input]["regions"][REGION]["angular"], dtype=np.float64)
+
+
+def agreement_matrices(angulars: dict[str, np.ndarray]) -> dict:
+    """Pairwise agreement of every condition with every other (a condition with itself: 1, 1, 0)."""
+    names = list(angulars)
+    size = len(names)
+    metrics = {"spearman": np.eye(size), "same_best_share": np.eye(size), "mean_abs_shift": np.zeros((size, size))}
+    for i in range(size):
+        for j in range(i + 1, size):
+            result = agreement(angulars[names[i]], angulars[names[j]], [])
+            for key, source in (("spearman", "spearman"), ("same_best_share", "same_best_start"),
+                                ("mean_abs_shift", "mean_abs_delta_start")):
+                metrics[key][i, j] = metrics[key][j, i] = result[source]
+    return {"conditions": names, "metrics": {k: v.tolist() for k, v in metrics.items()}}
+
+
+def consensus(angulars: dict[str, np.ndarray]) -> dict:
+    """For every n the start minimising the mean block distance over all conditions, and each
+    condition's own l*(n). Mean block distance = block distance of the mean matrix, so the
+    consensus is also a scan any strategy can read."""
+    mean = np.mean(list(angulars.values()), axis=0)
+    table = block_distances(mean)
+    own = {name: best_blocks(matrix) for name, matrix in angulars.items()}
+    rows = []
+    for entry in best_blocks(mean):
+        n = entry["n"]
+        starts = {name: blocks[n - 1]["start"] for name, blocks in own.items()}
+        rows.append({"n": n, "consensus_start": entry["start"], "mean_distance": float(table[n - 1, entry["start"]]),
+                     "per_condition": starts,
+                     "mean_abs_shift": float(np.mean([abs(s - entry["start"]) for s in starts.values()]))})
+    return {"rows": rows, "mean_angular": mean.tolist()}
+
+
+def _pair(payload: dict, a: str, b: str) -> dict:
+    return next(p for p in payload["pairs"] if p["region"] == REGION and {p["a"], p["b"]} == {a, b})
+
+
+def _fmt(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} (min {np.min(values):.3f}, n={len(values)})" if values else "not measured"
+
+
+# ----------------------------------------------------------------------------- the command
+def study(config: StudyConfig) -> dict:
+    """Train base LLMs and SpeechLLMs over every axis, scan them with text and speech, compare,
+    sweep and build the consensus backbone; print the claims table and write study.json."""
+    started = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")
+    corpus = _corpus(config, out)
+    e = config.evaluation
+    decoders = {d.name: d for d in config.decoders}
+    encoders = {x.name: x for x in config.encoders}
+    plan = conditions(config)
+    console.print(f"study: {len(plan)} conditions: " + ", ".join(c.name for c in plan))
+
+    records: dict[str, dict] = {}
+    base_scans: dict[tuple[str, tuple], Path] = {}
+    for condition in plan:
+        base = _base_llm(config, out, corpus, decoders[condition.decoder])
+        warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], condition.source_languages())
+        model = _speechllm(config, out, corpus, condition, base, warm)
+        folder = model.parent
+        metrics = read_json(_evaluate(config, corpus, condition, model) / "metrics.json")
+        data = _mixed_manifest(out, corpus, condition.tasks, "dev",
+                               None if len(condition.tasks) == 1 else max(1, e.scan_utterances // len(condition.tasks)))
+        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots)
+        key = (condition.decoder, condition.tasks)
+        if key not in base_scans:
+            base_scans[key] = _scan(base, data, out / "base" / condition.decoder / f"scan-{'+'.join(condition.tasks)}",
+                                    "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots)
+        labels = [f"{role}/{input}" for role, path in (("base", base_scans[key]), ("speechllm", scan_dir))
+                  for input in read_json(path / "scan.json")["inputs"]]
+        base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
+        records[condition.name] = {
+            "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
+            "encoder_ctc_cer": read_json(warm / "ctc_cer.json")["cer"],
+            "num_layers": int(read_json(scan_dir / "scan.json")["num_layers"]),
+            "inherited": _pair(base_compare, "base/text", "speechllm/speech"),
+            "text_speech": _pair(base_compare, "speechllm/speech", "speechllm/text"),
+        }
+        if "decoder" in condition.axes:
+            train_manifest = [str(_manifest(corpus, t, "train")) for t in condition.tasks]
+            records[condition.name]["sweep"] = _sweep(config, corpus, model, scan_dir, folder / "sweep",
+                                                      condition.tasks, ["none", "receiving-mlp"], train_manifest)
+            records[condition.name]["sweep_dir"] = folder / "sweep"
+
+    # agreement over the conditions a one-axis change separates (same depth: the reference decoder's)
+    reference = next(r for r in records.values() if r["condition"].axes and "decoder" in r["condition"].axes
+                     and r["condition"].decoder == (config.reference_decoder or config.decoders[0].name))
+    comparable = {name: r for name, r in records.items() if r["num_layers"] == reference["num_layers"]
+                  and r["condition"].decoder == reference["condition"].decoder}
+    angulars = {name: _angular(r["scan"], "speech") for name, r in comparable.items()}
+    axes = {}
+    for axis in ("encoder", "task", "language", "mode"):
+        members = [name for name, r in comparable.items() if axis in r["condition"].axes]
+        if len(members) >= 2:
+            payload = _compare([comparable[m]["scan"] for m in members], out / "agreement" / axis, members,
+                               config.plots, "speech")
+            axes[axis] = {"conditions": members, "compare": f"agreement/{axis}",
+                          "spearman": [p["spearman"] for p in payload["pairs"] if p["region"] == REGION],
+                          "same_best_share": [p["same_best_start"] for p in payload["pairs"] if p["region"] == REGION],
+                          "mean_abs_shift": [p["mean_abs_delta_start"] for p in payload["pairs"] if p["region"] == REGION]}
+    single_task = {n: a for n, a in angulars.items() if len(comparable[n]["condition"].tasks) == 1}
+    backbone = consensus(single_task or angulars)
+
+    # claim 5: the multi-task model pruned with the consensus block, healed once on the mixed tasks
+    multitask = next((r for r in comparable.values() if "multitask" in r["condition"].axes), None)
+    backbone_result = None
+    if multitask is not None:
+        consensus_scan = out / "consensus" / "scan"
+        if not (consensus_scan / "scan.json").exists():
+            write_json(consensus_scan / "scan.json", {
+                "num_layers": reference["num_layers"], "kind": "consensus",
+                "conditions": list(single_task or angulars),
+                "inputs": {"speech": {"regions": {REGION: {"angular": backbone["mean_angular"]}}}}})
+        tasks = multitask["condition"].tasks
+        train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
+        with_consensus = _sweep(config, corpus, multitask["model"], consensus_scan, out / "consensus" / "sweep",
+                                tasks, ["none", "receiving-mlp"], train_manifest)
+        with_own = _sweep(config, corpus, multitask["model"], multitask["scan"], out / "consensus" / "sweep-own",
+                          tasks, ["none"], train_manifest)
+        sets = [f"{t}.test" for t in tasks]
+        largest = lambda summary, heal: min(summary["largest_acceptable"][f"angular/{heal}/{s}"]["fraction"]  # noqa: E731
+                                            for s in sets)
+        backbone_result = {"condition": multitask["condition"].name, "sets": sets,
+                           "consensus_healed": largest(with_consensus, "receiving-mlp"),
+                           "consensus_unhealed": largest(with_consensus, "none"),
+                           "own_unhealed": largest(with_own, "none"),
+                           "sweeps": ["consensus/sweep", "consensus/sweep-own"]}
+
+    payload = _payload(config, out, records, axes, agreement_matrices(angulars), backbone, backbone_result,
+                       time.perf_counter() - started)
+    write_json(out / "study.json", payload)
+    write_text(out / "claims.md", _claims_markdown(payload["claims"]))
+    _print_claims(payload["claims"])
+    console.print(f"[bold green]study finished[/] in {payload['seconds']:.0f} s: {out / 'study.json'}")
+    return payload
+
+
+def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices: dict, backbone: dict,
+             backbone_result: dict | None, seconds: float) -> dict:
+    rel = lambda p: str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)  # noqa: E731
+    claims = []
+    inherited = [r["inherited"] for r in records.values()]
+    claims.append({
+        "claim": "(1) decoder redundancy is inherited from the base LLM",
+        "measured": f"Spearman base-on-text vs SpeechLLM-on-speech {_fmt([p['spearman'] for p in inherited])}; "
+                    f"same l*(n) share {_fmt([p['same_best_start'] for p in inherited])}",
+        "paper": PAPER["inherited"],
+        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
+    pairs = [r["text_speech"] for r in records.values()]
+    claims.append({
+        "claim": "(2) text and speech input find the same redundant blocks",
+        "measured": f"Spearman SpeechLLM text vs speech {_fmt([p['spearman'] for p in pairs])}; "
+                    f"same l*(n) share {_fmt([p['same_best_start'] for p in pairs])}",
+        "paper": PAPER["text_speech"],
+        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
+    sizes = []
+    for name, r in records.items():
+        if "sweep" in r:
+            asr = [s for s in r["sweep"]["largest_acceptable"] if s.startswith("angular/")]
+            pick = lambda heal: min(r["sweep"]["largest_acceptable"][k]["fraction"] for k in asr if f"/{heal}/" in k)  # noqa: E731
+            sizes.append(f"{r['condition'].decoder} ({r['num_layers']} layers): {pick('none'):.2f} unhealed, "
+                         f"{pick('receiving-mlp'):.2f} healed")
+    claims.append({
+        "claim": "(3) larger decoders tolerate more pruning (largest acceptable removed fraction)",
+        "measured": "; ".join(sizes) or "not measured",
+        "paper": PAPER["size"],
+        "evidence": ", ".join(rel(r["sweep_dir"]) for r in records.values() if "sweep_dir" in r)})
+    claims.append({
+        "claim": "(4) the same blocks are redundant across encoders, tasks and languages",
+        "measured": "; ".join(f"{axis}: Spearman {_fmt(a['spearman'])}, same l*(n) {_fmt(a['same_best_share'])}"
+                              for axis, a in axes.items()) or "not measured",
+        "paper": PAPER["axes"],
+        "evidence": ", ".join(a["compare"] for a in axes.values())})
+    if backbone_result:
+        measured = (f"consensus block, healed once: {backbone_result['consensus_healed']:.2f} of the layers removable "
+                    f"with every task and language acceptable (unhealed {backbone_result['consensus_unhealed']:.2f}; "
+                    f"the model's own blocks unhealed {backbone_result['own_unhealed']:.2f})")
+    else:
+        measured = "not measured (multitask: false)"
+    claims.append({"claim": "(5) one pruned multi-task backbone", "measured": measured, "paper": PAPER["backbone"],
+                   "evidence": ", ".join(backbone_result["sweeps"]) if backbone_result else ""})
+    conditions_out = {}
+    for name, r in records.items():
+        c = r["condition"]
+        conditions_out[name] = {"decoder": c.decoder, "encoder": c.encoder, "tasks": list(c.tasks), "mode": c.mode,
+                                "axes": list(c.axes), "num_layers": r["num_layers"], "model": rel(r["model"]),
+                                "scan": rel(r["scan"]), "metrics": r["metrics"]["sets"],
+                                "encoder_ctc_cer": r["encoder_ctc_cer"],
+                                "inherited": {k: r["inherited"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")},
+                                "text_speech": {k: r["text_speech"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")}}
+    return {
+        "index_convention": "0-based layers; block [l, l+n) end-exclusive; l*(n) = best start for block size n",
+        "region": REGION,
+        "claims": claims,
+        "agreement": matrices,
+        "axes": axes,
+        "consensus": {"rows": backbone["rows"], "backbone": backbone_result},
+        "conditions": conditions_out,
+        "sweeps": {name: rel(r["sweep_dir"]) for name, r in records.items() if "sweep_dir" in r}
+                  | ({"consensus": "consensus/sweep", "consensus-own": "consensus/sweep-own"} if backbone_result else {}),
+        "seconds": seconds,
+    }
+
+
+def _claims_markdown(claims: list[dict]) -> str:
+    lines = ["| claim | measured here | paper |", "|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['measured']} | {c['paper']} |" for c in claims]
+    return "\n".join(lines) + "\n"
+
+
+def _print_claims(claims: list[dict]) -> None:
+    table = Table(title="claims", show_lines=True)
+    for column in ("claim", "measured here", "paper"):
+        table.add_column(column, overflow="fold")
+    for c in claims:
+        table.add_row(c["claim"], c["measured"], c["paper"])
+    Console().print(table)

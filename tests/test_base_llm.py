@@ -1,0 +1,133 @@
+"""The base LLM: text pretraining saved as a standard Hugging Face checkpoint, with its curve."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from speechprune.base_llm import BaseLLMConfig, grammar_texts, levelled_off_at, pretrain_base_llm
+from speechprune.data.manifest import load_manifests
+from speechprune.model.speechllm import DecoderConfig
+from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
+from tests.conftest import tiny_model_config, write_tiny_manifest
+
+
+def test_grammar_texts_render_every_language_and_skip_excluded():
+    texts = grammar_texts(30, seed=3, languages=["en", "fr"])
+    assert len(texts) == 60 and len(set(texts)) == 60
+    fewer = grammar_texts(30, seed=3, languages=["en", "fr"], exclude={texts[0], texts[1]})
+    assert fewer == texts[2:]
+
+
+def test_levelled_off_at_finds_the_first_flat_stretch():
+    curve = [{"step": s, "dev_ppl": p} for s, p in enumerate([100, 50, 20, 10.0, 9.95, 9.93, 9.92, 9.9])]
+    assert levelled_off_at(curve) == 3
+    assert levelled_off_at(curve[:5]) is None
+
+
+def test_base_llm_is_a_hugging_face_causal_lm_with_its_curve(tmp_path):
+    decoder = DecoderConfig(config={**tiny_model_config().decoder.config, "num_hidden_layers": 2})
+    out = tmp_path / "base"
+    pretrain_base_llm(BaseLLMConfig(out=str(out), languages=["en", "es"], sentences=40, dev_sentences=4, steps=4,
+                                    eval_every=2, batch_size=8, decoder=decoder,
+                                    loop=LoopConfig(log_every=1, checkpoint_every=100)))
+    curve = json.loads((out / "curve.json").read_text())
+    assert [c["step"] for c in curve["curve"]] == [0, 2, 4]
+    assert curve["train_sentences"] == 80 and curve["dev_sentences"] == 8
+    assert (out / "curve.png").is_file() and not (tmp_path / "base.work").exists()
+
+    # the last dev perplexity, recomputed from the saved checkpoint alone: <bos> text <eos>
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    dev = grammar_texts(40 + 4, 1 + 7919, ["en", "es"])
+    seen = set(grammar_texts(40, 1, ["en", "es"]))
+    dev = [t for t in dev if t not in seen][:8]
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for text in dev:
+            ids = [tokenizer.bos_token_id, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            logits = model(torch.tensor([ids])).logits[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+            count += len(ids) - 1
+    # float32 logits summed over a few hundred tokens: agreement to ~1e-5 relative is what float32 promises
+    assert curve["final_dev_ppl"] == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_speechllm_on_a_base_llm_with_a_warm_encoder_and_its_own_projector_lr(tmp_path):
+    manifest = write_tiny_manifest(tmp_path / "data", with_st=False)
+    config = tiny_model_config()
+    base = tmp_path / "base"
+    pretrain_base_llm(BaseLLMConfig(out=str(base), languages=["en"], sentences=20, dev_sentences=2, steps=2,
+                                    eval_every=2, batch_size=8, decoder=config.decoder,
+                                    loop=LoopConfig(checkpoint_every=100)))
+    warm = tmp_path / "warm"
+    train(TrainConfig(train=[str(manifest)], out=str(warm), model=config, loop=LoopConfig(batch_size=2),
+                      stages={"ctc": StageConfig(steps=2, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
+                                                 decoder="frozen")}))
+    config.decoder = DecoderConfig(pretrained=str(base))
+    out = tmp_path / "speechllm"
+    train(TrainConfig(train=[str(manifest)], out=str(out), model=config, encoder_from=str(warm),
+                      loop=LoopConfig(batch_size=2),
+                      stages={"joint": StageConfig(steps=2, decoder="frozen", encoder="frozen", lr=1e-3,
+                                                   projector_lr=5e-3)}))
+    from safetensors.torch import load_file
+
+    # the frozen decoder is the base LLM's, bit for bit; the encoder is the warm one's
+    base_weights = load_file(base / "model.safetensors")
+    tuned = load_file(out / "decoder" / "model.safetensors")
+    assert base_weights.keys() == tuned.keys()
+    assert all(torch.equal(base_weights[k], tuned[k]) for k in base_weights)
+    warm_encoder, new_encoder = (load_file(next((d / "encoder").glob("*.safetensors"))) for d in (warm, out))
+    assert all(torch.equal(warm_encoder[k], new_encoder[k]) for k in warm_encoder)
+    assert json.loads((out / "speechllm.json").read_text())["ctc_alphabet"] == \
+        json.loads((warm / "speechllm.json").read_text())["ctc_alphabet"]
+    assert load_manifests([manifest])  # the manifest is untouched
+
+
+def test_projector_lr_gets_its_own_parameter_group():
+    from speechprune.train import _param_groups
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.projector = torch.nn.Linear(2, 2)
+            self.other = torch.nn.Linear(2, 2)
+
+    model = Tiny()
+    params = list(model.parameters())
+    groups = _param_groups(model, params, StageConfig(steps=1, lr=1e-3, projector_lr=1e-2))
+    assert [len(g["params"]) for g in groups] == [2, 2] and groups[1]["lr"] == 1e-2
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.projector.parameters()}
+    assert len(_param_groups(model, params, StageConfig(steps=1))) == 1
+
+
+def test_ctc_greedy_cer_collapses_repeats_and_blanks(tmp_path):
+    from speechprune.train import ctc_greedy_cer
+    from tests.conftest import build_tiny_speechllm
+
+    utterances = load_manifests([write_tiny_manifest(tmp_path / "data", with_st=False)])[:2]
+    model = build_tiny_speechllm(utterances).eval()
+    alphabet = model.ctc_alphabet
+
+    class Spelled(torch.nn.Module):
+        """Best path per utterance: each character of 'a cat' twice, a blank between (so repeats must collapse)."""
+        def forward(self, encoded):
+            path = []
+            for ch in "a cat":
+                path += [alphabet.index(ch) + 1] * 2 + [0]
+            logits = torch.full((*encoded.shape[:2], len(alphabet) + 1), -10.0)
+            logits[:, : len(path)].scatter_(-1, torch.tensor(path)[None, :, None].expand(len(encoded), -1, 1), 10.0)
+            logits[:, len(path):, 0] = 10.0
+            return logits
+
+    model.ctc_head = Spelled()
+    import jiwer
+    from speechprune.model.speechllm import normalize_for_ctc
+
+    expected = jiwer.cer([normalize_for_ctc(u.text) for u in utterances], ["a cat"] * 2)
+    assert ctc_greedy_cer(model, utterances, batch_size=1) == pytest.approx(expected)
