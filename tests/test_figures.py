@@ -3,6 +3,7 @@ objects at the moment they are saved (titles, axis labels, notes, lines, axis li
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +24,9 @@ def saved(monkeypatch):
 
     def record(fig, path, *args, **kwargs):
         axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
-        figures[Path(path).name] = {
+        # a figure written through files.atomic_path goes to ".NAME.<random>.tmp.png" first
+        name = re.sub(r"^\.(.+)\.[^.]+\.tmp\.\w+$", r"\1", Path(path).name)
+        figures[name] = {
             "suptitle": fig._suptitle.get_text() if fig._suptitle else "",
             "titles": [ax.get_title() for ax in axes],
             "xlabels": [ax.get_xlabel() for ax in axes],
