@@ -55,7 +55,7 @@ def test_yaml_file_then_overrides(tmp_path):
     (["--steps", "3"], "missing required option: --data"),
     (["--data", "a", "--nope", "1"], "unknown option --nope"),
     (["--data", "a", "--steps", "0"], "--steps must be > 0"),
-    (["--data", "a", "--steps", "many"], "bad configuration"),
+    (["--data", "a", "--steps", "many"], "--steps: 'many' is not a whole number"),
     (["--data", "a", "stray"], "unexpected argument"),
 ])
 def test_bad_input_is_one_user_error(argv, message):

@@ -27,9 +27,10 @@ def test_translation_scores_match_sacrebleu():
     rows = [{"task": "st", "src_lang": "en", "tgt_lang": "fr", "reference": r, "hypothesis": h}
             for r, h in zip(refs, hyps)]
     metrics = score(rows)
-    assert metrics["st:en-fr"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
-    assert metrics["st:en-fr"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
-    assert "nrefs:1" in metrics["st:en-fr"]["bleu_signature"]
+    assert metrics["st"]["conditions"] == ["en-fr"]
+    assert metrics["st"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert metrics["st"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert "nrefs:1" in metrics["st"]["bleu_signature"]
 
 
 def test_eval_writes_metrics_per_manifest(tiny_manifest, tmp_path):
@@ -47,7 +48,8 @@ def test_eval_writes_metrics_per_manifest(tiny_manifest, tmp_path):
                                   out=str(tmp_path / "eval"), max_new_tokens=4, batch_size=3))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(metrics["sets"]) == {"tiny", "other"}
-    assert metrics["sets"]["tiny"]["asr:en-en"]["utterances"] == 6 and "bleu" in metrics["sets"]["tiny"]["st:en-fr"]
+    assert metrics["sets"]["tiny"]["asr"]["utterances"] == 6 and "bleu" in metrics["sets"]["tiny"]["st"]
+    assert metrics["sets"]["tiny"]["asr"]["conditions"] == ["en-en"]
     lines = (tmp_path / "eval" / "tiny.hypotheses.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == [u.id for u in utterances]
     assert results["tiny"].metrics["asr"]["wer"] >= 0

@@ -164,7 +164,7 @@ def test_prune_from_scan_with_each_scan_strategy(lm_dir, tmp_path):
         assert record["n"] == 2 and record["removed"] == removed
     record = prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "a3"), scan=str(scan_dir), remove=3))
     assert record["removed"] == expected["angular"] and record["block_distance"] == pytest.approx(0.06 / math.pi)
-    assert record["input"] == "auto" and record["region"] == "all"
+    assert record["input"] == "text" and record["region"] == "all"  # "auto" resolved: the scan has text only
     assert record["scan"] == str((scan_dir / "scan.json").resolve())
     record = prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "l3"), scan=str(scan_dir), remove=3,
                                strategy="last"))

@@ -44,8 +44,8 @@ class BaseLLMConfig:
     prompts: dict = option(dict(DEFAULT_PROMPTS), help="task prompts the tokenizer should know (weighted like text "
                                                        "a SpeechLLM reads before every target)")
     steps: int = option(3000, help="optimiser steps")
-    lr: float = option(2e-3)
-    batch_size: int = option(32)
+    lr: float = option(2e-3, help="peak learning rate (warm-up, then cosine decay)")
+    batch_size: int = option(32, help="sentences per optimiser step")
     eval_every: int = option(100, help="steps between dev-perplexity measurements")
     loop: LoopConfig = option(LoopConfig(checkpoint_every=500))
 

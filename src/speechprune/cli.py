@@ -58,12 +58,20 @@ LOADING_FLAGS = {"--trust-remote-code": ("trust_remote_code", "run Python code s
                  "--allow-pickle": ("allow_pickle", "load pickled .bin/.pt weights, which can run code (safetensors only by default)")}
 
 
-def _usage() -> str:
-    lines = ["usage: speechprune COMMAND [--option value ...] [key=value ...] [--config FILE]", "", "commands:"]
-    lines += [f"  {name:<12} {command.summary}" for name, command in COMMANDS.items()]
+def _usage(group: str = "") -> str:
+    """The command list; for a group (``data``) only its subcommands."""
+    names = [name for name in COMMANDS if not group or name.startswith(group + " ")]
+    head = f"speechprune {group} SUBCOMMAND" if group else "speechprune COMMAND"
+    lines = [f"usage: {head} [--option value ...] [name=value ...] [--config FILE]", "",
+             f"{group} subcommands:" if group else "commands:"]
+    lines += [f"  {name:<12} {COMMANDS[name].summary}" for name in names]
     lines += ["", "for every command:"] + [f"  {flag:<20} {text}" for flag, (_, text) in LOADING_FLAGS.items()]
-    lines += ["", "speechprune COMMAND --help lists a command's options."]
+    lines += ["", f"{head} --help lists its options."]
     return "\n".join(lines)
+
+
+def _groups() -> set[str]:
+    return {name.split()[0] for name in COMMANDS if " " in name}
 
 
 def _split_command(argv: list[str]) -> tuple[str, list[str]]:
@@ -71,16 +79,27 @@ def _split_command(argv: list[str]) -> tuple[str, list[str]]:
         name = " ".join(argv[:words])
         if name in COMMANDS:
             return name, argv[words:]
-    raise UserError(f"unknown command {' '.join(argv[:2])!r}; run 'speechprune --help'")
+    from speechprune.config import did_you_mean
+
+    if argv[0] in _groups():
+        known = [name.split()[1] for name in COMMANDS if name.startswith(argv[0] + " ")]
+        raise UserError(f"unknown {argv[0]} subcommand {argv[1]!r}{did_you_mean(argv[1], known)}; "
+                        f"run 'speechprune {argv[0]} --help'")
+    known = sorted({name.split()[0] for name in COMMANDS})
+    raise UserError(f"unknown command {argv[0]!r}{did_you_mean(argv[0], known)}; run 'speechprune --help'")
 
 
 def _help(name: str, config_cls: type) -> str:
     module = importlib.import_module(COMMANDS[name].module)
     function = getattr(module, COMMANDS[name].function)
     doc = (function.__doc__ or COMMANDS[name].summary).strip()
-    lines = [f"usage: speechprune {name} [options]", "", doc, "", "options (--name value, or name=value):"]
+    positional = getattr(config_cls, "positional", None)
+    usage = f"usage: speechprune {name} [options]" + (f" {positional.upper()} ..." if positional else "")
+    lines = [usage, "", doc, "",
+             "options: --name value, --name=value or name=value (hyphens or underscores alike; "
+             "lists comma-separated; --config FILE.yaml first, options after it win)"]
     for option_name, default, text in describe_options(config_cls):
-        lines.append(f"  --{option_name.replace('_', '-'):<28} {text} [default: {default}]")
+        lines.append(f"  --{option_name:<28} {text} [default: {default}]")
     return "\n".join(lines)
 
 
@@ -112,6 +131,9 @@ def run(argv: list[str]) -> object:
     """Parse ``argv`` (without the program name) and run the command; returns its result."""
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
+        return None
+    if argv[0] in _groups() and (len(argv) == 1 or argv[1] in ("-h", "--help", "help")):
+        print(_usage(argv[0]))
         return None
     name, rest = _split_command(argv)
     rest = _take_loading_flags(rest)

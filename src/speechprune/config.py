@@ -7,6 +7,7 @@ A dataclass validates itself in ``__post_init__`` and raises :class:`UserError` 
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,9 +59,13 @@ def _dotted_type(cls: type, key: str) -> Any:
     """The annotated type of ``a.b.c`` inside nested dataclasses (None when not a dataclass field)."""
     tp: Any = cls
     for part in key.split("."):
-        if not dataclasses.is_dataclass(tp):
+        tp = _unwrap_optional(tp)
+        if typing.get_origin(tp) is dict and typing.get_args(tp):
+            tp = typing.get_args(tp)[1]
+        elif dataclasses.is_dataclass(tp):
+            tp = _field_types(tp).get(part)
+        else:
             return None
-        tp = _field_types(tp).get(part)
     return tp
 
 
@@ -69,20 +74,62 @@ def _quoted(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) is typing.Union or type(tp).__name__ == "UnionType":
+        args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    """`` (did you mean X?)`` for the closest candidate, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def canonical_key(cls: type, key: str, spelled: str) -> str:
+    """``loop.log-every`` -> ``loop.log_every``: field names accept hyphens and underscores alike;
+    keys of a dict-valued option (stage names such as ``text-lm``) are kept as they are written.
+    An unknown name is a UserError naming it (``spelled``: how the user wrote it) with a suggestion."""
+    parts = key.split(".")
+    tp: Any = cls
+    canonical: list[str] = []
+    for part in parts:
+        tp = _unwrap_optional(tp)
+        if dataclasses.is_dataclass(tp):
+            name = part.replace("-", "_")
+            types = _field_types(tp)
+            if name not in types:
+                prefix = ".".join(canonical)
+                known = [("--" + prefix + "." if prefix else "--") + f.replace("_", "-") for f in types]
+                raise UserError(f"unknown option {spelled}" + did_you_mean(spelled if spelled.startswith("--")
+                                                                          else "--" + spelled, known))
+            canonical.append(name)
+            tp = types[name]
+        elif typing.get_origin(tp) is dict:
+            canonical.append(part)
+            tp = typing.get_args(tp)[1] if typing.get_args(tp) else Any
+        else:
+            raise UserError(f"unknown option {spelled}: {'.'.join(canonical)} has no sub-options")
+    return ".".join(canonical)
+
+
 def argv_to_dotlist(cls: type, argv: list[str]) -> tuple[list[str], str | None]:
     """Turn ``--some-flag value`` / ``--bool-flag`` / ``a.b=c`` into an OmegaConf dotlist.
 
     Returns the dotlist and the ``--config`` file, if one was given. A comma-separated value for
-    a list-typed field becomes a list (``--fractions 0,0.1,0.2``).
+    a list-typed field becomes a list (``--fractions 0,0.1,0.2``). Names take hyphens or
+    underscores alike, as flags and as ``name=value``.
     """
-    types = _field_types(cls)
     dotlist: list[str] = []
     config_file = None
     i = 0
     while i < len(argv):
         token = argv[i]
         if token.startswith("--"):
-            key = token[2:].replace("-", "_")
+            key = token[2:]
             value: str | None = None
             if "=" in key:
                 key, value = key.split("=", 1)
@@ -93,27 +140,47 @@ def argv_to_dotlist(cls: type, argv: list[str]) -> tuple[list[str], str | None]:
                 if value is None:
                     raise UserError("--config needs a YAML file")
                 config_file = value
-            else:
-                if value is None:
-                    value = "true"
-                top = key.split(".")[0]
-                if top not in types:
-                    raise UserError(f"unknown option --{token[2:].split('=')[0]}")
-                field_type = _dotted_type(cls, key)
-                if _is_list_type(field_type) and not value.startswith("["):
-                    value = "[" + value + "]"
-                elif _is_str_type(field_type):
-                    value = _quoted(value)  # keep "10:14" a string: YAML would read it as base-60 614
-                dotlist.append(f"{key}={value}")
+                i += 1
+                continue
+            key = canonical_key(cls, key, "--" + key)
+            if value is None:
+                value = "true"
+            field_type = _dotted_type(cls, key)
+            if _is_list_type(field_type) and not value.startswith("["):
+                value = "[" + value + "]"
+            elif _is_str_type(field_type):
+                value = _quoted(value)  # keep "10:14" a string: YAML would read it as base-60 614
+            dotlist.append(f"{key}={value}")
         elif "=" in token:
-            top = token.split("=", 1)[0].split(".")[0]
-            if top not in types:
-                raise UserError(f"unknown setting {token.split('=', 1)[0]!r}")
-            dotlist.append(token)
+            key, value = token.split("=", 1)
+            dotlist.append(f"{canonical_key(cls, key, key)}={value}")
         else:
-            raise UserError(f"unexpected argument {token!r} (use --name value or key=value)")
+            raise UserError(f"unexpected argument {token!r} (use --name value or name=value)")
         i += 1
     return dotlist, config_file
+
+
+_CONVERSION = re.compile(r"Value '(.*)' of type '\w+' could not be converted to (\w+)")
+_NOT_BOOL = re.compile(r"Value '(.*)' is not a valid bool")
+_KINDS = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false"}
+
+
+def _explain(error: OmegaConfBaseException) -> str:
+    """One line naming the option and the value (OmegaConf speaks of keys and Python types)."""
+    message = str(getattr(error, "msg", "") or error).strip().splitlines()[0]
+    key = getattr(error, "full_key", None)
+    if not key:
+        return f"bad configuration: {message}"
+    flag = "--" + ".".join(part.replace("_", "-") for part in str(key).split("."))
+    if flag[-1] == "]":  # an element of a list option: fractions[1] -> --fractions
+        flag = flag[: flag.rindex("[")]
+    conversion = _CONVERSION.search(message)
+    if conversion:
+        return f"{flag}: {conversion[1]!r} is not {_KINDS.get(conversion[2], conversion[2].lower())}"
+    not_bool = _NOT_BOOL.search(message)
+    if not_bool:
+        return f"{flag}: {not_bool[1]!r} is not true or false"
+    return f"{flag}: {message}"
 
 
 def build_config(cls: type[T], dotlist: list[str] = (), config_file: str | None = None) -> T:
@@ -130,9 +197,10 @@ def build_config(cls: type[T], dotlist: list[str] = (), config_file: str | None 
         if missing:
             raise UserError("missing required option: " + ", ".join("--" + m.replace("_", "-") for m in missing))
         return OmegaConf.to_object(merged)
-    except (OmegaConfBaseException, yaml.YAMLError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"bad configuration: {first_line}") from None
+    except OmegaConfBaseException as error:
+        raise UserError(_explain(error)) from None
+    except yaml.YAMLError as error:
+        raise UserError(f"bad configuration: {str(error).strip().splitlines()[0]}") from None
 
 
 def to_yaml(config: Any) -> str:
@@ -146,24 +214,66 @@ def save_config(config: Any, path: str | Path) -> None:
     write_text(path, to_yaml(config))
 
 
-def describe_options(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(name, default, help) rows for ``--help``, nested dataclasses flattened to dotted names."""
+def describe_options(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, str]]:
+    """(name, default, help) rows for ``--help``: names with hyphens, nested dataclasses flattened
+    to dotted names (with the defaults of the enclosing default, ``instance``, where one sets
+    them), a dict of dataclasses (``stages``) as one row for the dict and one per field
+    (``stages.NAME.steps``) with each entry's default, a list of named dataclasses as the list of
+    their names; defaults as they would be typed."""
     rows = []
     types = _field_types(cls)
     for f in dataclasses.fields(cls):
-        name = prefix + f.name
-        tp = types[f.name]
+        name = prefix + f.name.replace("_", "-")
+        tp = _unwrap_optional(types[f.name])
+        default = _default_of(f) if instance is None else getattr(instance, f.name)
+        text = f.metadata.get("help", "")
         if dataclasses.is_dataclass(tp):
-            rows.extend(describe_options(tp, name + "."))
+            rows.extend(describe_options(tp, name + ".", default if dataclasses.is_dataclass(default) else None))
             continue
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = repr(f.default_factory())  # type: ignore[misc]
-        else:
-            default = "(required)"
-        rows.append((name, default, f.metadata.get("help", "")))
+        item_type = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if item_type is not None and dataclasses.is_dataclass(item_type):
+            names = [getattr(entry, "name", None) or type(entry).__name__ for entry in default or []]
+            entry_fields = ", ".join(x.name for x in dataclasses.fields(item_type))
+            rows.append((name, "{" + ", ".join(names) + "}" if names else "(none)",
+                         (text + "; " if text else "") + f"each entry: {entry_fields}; give the list in --config FILE.yaml"))
+            continue
+        value_type = typing.get_args(tp)[1] if typing.get_origin(tp) is dict and typing.get_args(tp) else None
+        if value_type is not None and dataclasses.is_dataclass(value_type) and isinstance(default, dict):
+            rows.append((name, "{" + ", ".join(default) + "}" if default else "(none)",
+                         (text + "; " if text else "") + f"set a field with --{name}.NAME.FIELD VALUE"))
+            for sub in dataclasses.fields(value_type):
+                per_entry = ", ".join(f"{key}: {typed(getattr(entry, sub.name))}" for key, entry in default.items())
+                rows.append((f"{name}.NAME.{sub.name.replace('_', '-')}", per_entry or typed(_default_of(sub)),
+                             sub.metadata.get("help", "")))
+            continue
+        rows.append((name, typed(default), text))
     return rows
+
+
+_REQUIRED = object()
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return _REQUIRED
+
+
+def typed(value: Any) -> str:
+    """A default as a user would type it: lists comma-separated, booleans true/false."""
+    if value is _REQUIRED:
+        return "(required)"
+    if value is None or value == "" or value == [] or value == {}:
+        return "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(typed(v) for v in value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {typed(v)}" for k, v in value.items()) + "}"  # YAML, one key: NAME.KEY=VALUE
+    return str(value)
 
 
 def require(condition: bool, message: str) -> None:

@@ -19,6 +19,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from speechprune.config import option, require, save_config
+from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.files import claims_output, staged_dir, write_json, write_text
 from speechprune.model.interface import LoadedModel, load_model
@@ -38,8 +39,8 @@ WER_NORMALISER = jiwer.Compose([
 class EvalConfig:
     model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
     data: list[str] = option(help="test manifest(s), comma-separated")
-    out: str = option(help="output directory: hypotheses.jsonl and metrics.json")
-    batch_size: int = option(16)
+    out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, config.yaml")
+    batch_size: int = option(16, help="utterances decoded together")
     max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
     num_beams: int = option(1, help="1 = greedy")
     dtype: str = option("float32", help="float32 | bfloat16 | float16")
@@ -83,34 +84,45 @@ def translation_scores(references: list[str], hypotheses: list[str]) -> dict:
 
 
 def score(rows: list[dict]) -> dict:
-    """Metrics per condition ``task:src-tgt`` and pooled per task."""
-    groups: dict[str, list[dict]] = defaultdict(list)
+    """Metrics pooled per task (``asr``, ``st``, each naming its ``conditions``) and, where a task
+    has more than one condition ``task:src-tgt``, per condition as well: no entry repeats another."""
+    by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
-        groups[f"{row['task']}:{row['src_lang']}-{row['tgt_lang']}"].append(row)
-        groups[row["task"]].append(row)
+        by_task[row["task"]][f"{row['src_lang']}-{row['tgt_lang']}"].append(row)
     metrics = {}
-    for name, members in sorted(groups.items()):
-        refs, hyps = [m["reference"] for m in members], [m["hypothesis"] for m in members]
-        entry = {"utterances": len(members)}
-        entry.update(word_error_rate(refs, hyps) if members[0]["task"] == "asr" else translation_scores(refs, hyps))
-        metrics[name] = entry
+    for task, conditions in sorted(by_task.items()):
+        metrics[task] = {"conditions": sorted(conditions), **_scores(task, [r for c in conditions.values() for r in c])}
+        if len(conditions) > 1:
+            for condition, members in sorted(conditions.items()):
+                metrics[f"{task}:{condition}"] = _scores(task, members)
     return metrics
+
+
+def _scores(task: str, members: list[dict]) -> dict:
+    refs, hyps = [m["reference"] for m in members], [m["hypothesis"] for m in members]
+    return {"utterances": len(members),
+            **(word_error_rate(refs, hyps) if task == "asr" else translation_scores(refs, hyps))}
 
 
 @torch.no_grad()
 def decode(model: LoadedModel, utterances: list[Utterance], batch_size: int = 16, max_new_tokens: int = 160,
-           num_beams: int = 1) -> EvalResult:
+           num_beams: int = 1, progress: str = "") -> EvalResult:
     """Decode ``utterances`` (longest first, to waste little padding) and score them.
-    ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding."""
+    ``metrics["decode_seconds"]`` is the wall time of feature extraction, encoding and decoding.
+    ``progress``: the name to show a progress bar under (none when empty)."""
     model.eval()
     order = sorted(range(len(utterances)), key=lambda i: -(utterances[i].duration or 0.0))
     hypotheses: dict[int, str] = {}
     started = time.perf_counter()
     ordered = [utterances[i] for i in order]
-    for start in range(0, len(ordered), batch_size):
-        texts = model.generate(ordered[start: start + batch_size], max_new_tokens=max_new_tokens, num_beams=num_beams)
-        for offset, text in enumerate(texts):
-            hypotheses[order[start + offset]] = text
+    starts = range(0, len(ordered), batch_size)
+    with Progress(progress, len(starts), "batches", enabled=bool(progress)) as shown:
+        for start in starts:
+            texts = model.generate(ordered[start: start + batch_size], max_new_tokens=max_new_tokens,
+                                   num_beams=num_beams)
+            for offset, text in enumerate(texts):
+                hypotheses[order[start + offset]] = text
+            shown.advance()
     seconds = time.perf_counter() - started
     rows = [{"id": u.id, "task": u.task, "src_lang": u.src_lang, "tgt_lang": u.tgt_lang,
              "reference": u.target, "hypothesis": hypotheses[i]} for i, u in enumerate(utterances)]
@@ -138,7 +150,8 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
         utterances = load_manifests([path], skip_bad=config.skip_bad)
         test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
     model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
-    results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams)
+    results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams,
+                            progress=f"eval {name}")
                for name, utterances in test_sets.items()}
     metrics = {"model": str(Path(config.model).resolve()),
                "wer_normaliser": "lower-case, remove punctuation (Unicode P), collapse whitespace",
@@ -149,20 +162,18 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
                        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
         write_json(staging / "metrics.json", metrics)
         save_config(config, staging / "config.yaml")
-    for name, result in results.items():
-        _print_summary(name, result.metrics)
+    show(summary(metrics, config.out))
     return results
 
 
-def _print_summary(name: str, metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"speechprune eval: {name}")
-    for column in ("condition", "utterances", "WER", "BLEU", "chrF"):
-        table.add_column(column)
-    for name, entry in metrics.items():
-        if isinstance(entry, dict) and "utterances" in entry:
-            fmt = lambda key: f"{entry[key]:.4f}" if key in entry else "-"  # noqa: E731
-            table.add_row(name, str(entry["utterances"]), fmt("wer"), fmt("bleu"), fmt("chrf"))
-    Console(stderr=True).print(table)
+def summary(metrics: dict, out: str) -> object:
+    """One row per test set and condition."""
+    rows = []
+    for set_name, entries in metrics["sets"].items():
+        for condition, entry in entries.items():
+            if isinstance(entry, dict) and "utterances" in entry:
+                label = condition if ":" in condition else f"{condition} ({', '.join(entry['conditions'])})"
+                rows.append((set_name, label, entry["utterances"], entry.get("wer"), entry.get("bleu"),
+                             entry.get("chrf")))
+    return table(f"eval: {metrics['model']} -> {out}", ("test set", "condition", "utterances", "WER", "BLEU", "chrF"),
+                 rows)

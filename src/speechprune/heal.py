@@ -26,6 +26,7 @@ from accelerate import Accelerator, PartialState
 from torch import nn
 
 from speechprune.config import option, require, save_config
+from speechprune.console import Progress, show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
@@ -34,7 +35,8 @@ from speechprune.model.interface import LoadedModel, load_model
 from speechprune.model.layout import IGNORE_INDEX
 from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.surgery import receiving_layers
-from speechprune.train import LoopConfig, StageConfig, make_accelerator, run_stages
+from speechprune.train import LoopConfig, StageConfig, StageResult, make_accelerator, run_stages
+from speechprune.train import summary as train_summary
 
 TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
 
@@ -46,12 +48,12 @@ class HealConfig:
     out: str = option(help="output directory, of the same kind as --model")
     target: str = option("receiving-mlp", help="receiving-mlp | all-mlp | all-linear")
     projector: bool = option(False, help="also train the projector (fully; SpeechLLM directories only)")
-    steps: int = option(200)
-    lr: float = option(1e-3)
-    rank: int = option(8)
-    alpha: int = option(16)
-    batch_size: int = option(16)
-    seed: int = option(0)
+    steps: int = option(200, help="optimiser steps of LoRA training")
+    lr: float = option(1e-3, help="peak learning rate (warm-up, then cosine decay)")
+    rank: int = option(8, help="LoRA rank r")
+    alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
+    batch_size: int = option(16, help="utterances per optimiser step")
+    seed: int = option(0, help="seed of LoRA initialisation and data order")
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
@@ -141,22 +143,25 @@ def heal_decoder(model: LoadedModel, utterances: list, targets: list[str], steps
     order: list[int] = []
     history, started = [], time.perf_counter()
     wrapped.train()
-    for step in range(steps):
-        if len(order) < batch_size * accelerator.num_processes:
-            order += torch.randperm(len(utterances), generator=generator).tolist()
-        chosen, order = order[: batch_size * accelerator.num_processes], order[batch_size * accelerator.num_processes:]
-        mine = chosen[accelerator.process_index::accelerator.num_processes]
-        with torch.no_grad():
-            inputs = model.decoder_inputs([utterances[i] for i in mine], source=source).to(accelerator.device)
-        logits = wrapped(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                         position_ids=inputs.position_ids, use_cache=False).logits
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(),
-                                           ignore_index=IGNORE_INDEX)
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad()
-        history.append({"step": step + 1, "loss": float(loss.detach())})
+    with Progress("heal", steps, "steps", enabled=accelerator.is_main_process) as progress:
+        for step in range(steps):
+            global_batch = batch_size * accelerator.num_processes
+            if len(order) < global_batch:
+                order += torch.randperm(len(utterances), generator=generator).tolist()
+            chosen, order = order[:global_batch], order[global_batch:]
+            mine = chosen[accelerator.process_index::accelerator.num_processes]
+            with torch.no_grad():
+                inputs = model.decoder_inputs([utterances[i] for i in mine], source=source).to(accelerator.device)
+            logits = wrapped(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                             position_ids=inputs.position_ids, use_cache=False).logits
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(),
+                                               ignore_index=IGNORE_INDEX)
+            accelerator.backward(loss)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            history.append({"step": step + 1, "loss": float(loss.detach())})
+            progress.advance(status=f"loss {history[-1]['loss']:.3f}")
     model.causal_lm = accelerator.unwrap_model(wrapped).eval()
     model.module.requires_grad_(False)
     return {"name": "heal", "steps": steps, "seconds": time.perf_counter() - started,
@@ -215,4 +220,7 @@ def heal(config: HealConfig) -> Path:
                                            "receiving_layers": receiving, "projector_trained": config.projector,
                                            "stages": results})
         save_config(config, staging / "config.yaml")
+    show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
+                       f"{' and the projector' if config.projector else ''} -> {out}",
+                       [StageResult(**stage) for stage in results]))
     return out

@@ -79,34 +79,34 @@ class NamedConfig:
 @dataclass
 class CorpusSettings:
     path: str = option("", help="an existing corpus folder (speechprune data synth) instead of synthesising one")
-    train_sentences: int = option(3000)
-    dev_sentences: int = option(200)
-    test_sentences: int = option(200)
-    seed: int = option(0)
+    train_sentences: int = option(3000, help="meanings per language in the synthesised training split")
+    dev_sentences: int = option(200, help="meanings per language in the dev split")
+    test_sentences: int = option(200, help="meanings per language in the test split")
+    seed: int = option(0, help="seed of the synthesised corpus (sentences, voices, noise)")
 
 
 @dataclass
 class BaseSettings:
     sentences: int = option(20000, help="meanings rendered in every language for text pretraining")
-    dev_sentences: int = option(200)
-    steps: int = option(1200)
-    lr: float = option(2e-3)
-    batch_size: int = option(32)
-    eval_every: int = option(100)
+    dev_sentences: int = option(200, help="held-out meanings per language for the base LLM's dev perplexity")
+    steps: int = option(1200, help="optimiser steps of text pretraining")
+    lr: float = option(2e-3, help="peak learning rate of text pretraining")
+    batch_size: int = option(32, help="sentences per optimiser step of text pretraining")
+    eval_every: int = option(100, help="steps between dev-perplexity measurements")
 
 
 @dataclass
 class SpeechLLMSettings:
     warmup_steps: int = option(800, help="CTC steps of each shared encoder warm-up")
-    warmup_lr: float = option(2e-3)
-    warmup_batch_size: int = option(16)
-    joint_steps: int = option(1100)
+    warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
+    warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
+    joint_steps: int = option(1100, help="steps of joint SpeechLLM training per condition")
     lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
-    ctc_weight: float = option(0.3)
-    lora_rank: int = option(16)
-    lora_alpha: int = option(32)
-    batch_size: int = option(8)
+    ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
+    lora_rank: int = option(16, help="LoRA rank r of the decoder in joint training (lora mode)")
+    lora_alpha: int = option(32, help="LoRA alpha (the update is scaled by alpha / rank)")
+    batch_size: int = option(8, help="utterances per optimiser step of joint training")
     projector: ProjectorConfig = option(ProjectorConfig())
 
 
@@ -115,11 +115,11 @@ class EvalSettings:
     test_utterances: int = option(100, help="utterances per test set (evaluation and sweeps)")
     scan_utterances: int = option(200, help="dev utterances each scan reads (the same for base and SpeechLLM)")
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="removed fractions of every sweep")
-    heal_steps: int = option(150)
+    heal_steps: int = option(150, help="LoRA healing steps per healed sweep cell")
     max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
-    wer_rise: float = option(0.25)
-    wer_floor: float = option(0.02)
-    bleu_drop: float = option(0.25)
+    wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
+    wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
+    bleu_drop: float = option(0.25, help="acceptable relative BLEU loss (sweep rule)")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The pruning sweep: for every (strategy, fraction removed, healing) prune -> heal -> evaluate,
-with decode speed and model size against the unpruned model, and the largest acceptable
-fraction per strategy and healing.
+with model size against the unpruned model, and the largest acceptable fraction per strategy
+and healing (decode speed is left to bench/: see ``SPEED_NOTE``).
 
 Acceptability (per test set):
 - ASR: WER <= max(baseline WER x (1 + ``wer_rise``), baseline WER + ``wer_floor``). The relative
@@ -14,6 +14,7 @@ Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished c
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import shutil
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from speechprune.config import option, require, save_config
+from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifests
 from speechprune.evaluate import decode
@@ -46,19 +48,20 @@ class SweepConfig:
     scan: str = option(help="scan directory (scan.json) of that model")
     train: list[str] = option(help="healing manifest(s)")
     test: list[str] = option(help="test manifest(s); each is scored separately (e.g. in-domain and out-of-domain)")
-    out: str = option(help="sweep directory")
+    out: str = option(help="sweep directory: cells/<cell>.json, results.csv, results.json, summary.json, "
+                                "curve_<test set>.png, config.yaml")
     fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
-    strategies: list[str] = option(["angular", "bi", "last"])
+    strategies: list[str] = option(["angular", "bi", "last"], help="pruning strategies, chosen from the scan: angular | bi | last")
     heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")
     prefill_only: bool = option(False, help="also evaluate skipping the chosen layers only while the speech and "
                                             "prompt prefix is encoded (full decoder for generated tokens)")
-    heal_steps: int = option(200)
-    heal_lr: float = option(1e-3)
+    heal_steps: int = option(200, help="LoRA healing steps per cell")
+    heal_lr: float = option(1e-3, help="peak learning rate of healing")
     heal_projector: bool = option(False, help="unfreeze the projector while healing")
     input: str = option("auto", help="scan input the strategies choose by")
     region: str = option("all", help="scan region the strategies choose by")
-    max_test_utterances: int | None = option(None)
-    batch_size: int = option(16)
+    max_test_utterances: int | None = option(None, help="score only the first N utterances of each test manifest (empty: all)")
+    batch_size: int = option(16, help="utterances per batch, in healing and decoding")
     wer_rise: float = option(0.25, help="acceptable relative WER rise")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
@@ -66,7 +69,8 @@ class SweepConfig:
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
-        require(all(0 <= f < 1 for f in self.fractions), "--fractions must lie in [0, 1)")
+        bad = [f for f in self.fractions if not 0 <= f < 1]
+        require(not bad, f"--fractions: {bad[0] if bad else ''} is not in [0, 1) (a fraction of decoder layers removed)")
         unknown = [s for s in self.strategies if s not in SCAN_STRATEGIES]
         require(not unknown, f"--strategies: unknown {unknown}; the sweep takes {', '.join(SCAN_STRATEGIES)}")
         bad = [h for h in self.heal if h != "none" and h not in HEAL_TARGETS]
@@ -115,6 +119,8 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
         heal_model(model, train_utterances, targets, checkpoints, config.heal_steps, config.heal_lr,
                    projector=config.heal_projector, batch_size=config.batch_size, resume=False)
         shutil.rmtree(checkpoints, ignore_errors=True)  # a healed cell is re-run whole, never resumed
+        with contextlib.suppress(OSError):
+            checkpoints.parent.rmdir()  # healing/ holds only the running cell's checkpoints
         merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
     with prefill_skip(model.causal_lm, removed if prefill_only else []):
@@ -128,7 +134,7 @@ def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -
     if "asr" in base:
         if pruned["asr"]["wer"] > wer_limit(base["asr"]["wer"], config):
             return False
-    if "st" in base and pruned["st"]["bleu"] < base["st"]["bleu"] * (1 - config.bleu_drop):
+    if "st" in base and pruned["st"]["bleu"] < bleu_limit(base["st"]["bleu"], config):
         return False
     return True
 
@@ -153,17 +159,16 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
     return summary
 
 
-def _table(cells: list[dict], baseline: dict) -> list[dict]:
+def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]:
     rows = []
     for cell in cells:
         for set_name, metrics in cell["sets"].items():
-            base = baseline["sets"][set_name]
             rows.append({
                 "strategy": cell["strategy"], "heal": cell["heal"], "removed": cell["removed_count"],
                 "fraction": round(cell["removed_count"] / cell["original_layers"], 4), "set": set_name,
                 "wer": metrics.get("asr", {}).get("wer"), "bleu": metrics.get("st", {}).get("bleu"),
                 "chrf": metrics.get("st", {}).get("chrf"),
-                "decode_speedup": base["decode_seconds"] / metrics["decode_seconds"],
+                "acceptable": acceptable(cell, baseline, set_name, config),
                 "decoder_size_ratio": cell["decoder_bytes"] / baseline["decoder_bytes"],
                 "removed_layers": " ".join(map(str, cell["removed"])),
             })
@@ -175,31 +180,98 @@ def wer_limit(baseline_wer: float, config: SweepConfig) -> float:
     return max(baseline_wer * (1 + config.wer_rise), baseline_wer + config.wer_floor)
 
 
-def _plot(rows: list[dict], out: Path, config: SweepConfig) -> None:
+def bleu_limit(baseline_bleu: float, config: SweepConfig) -> float:
+    """The smallest acceptable BLEU for a baseline BLEU (rule in the module doc)."""
+    return baseline_bleu * (1 - config.bleu_drop)
+
+
+WER_AXIS_TOP = 1.2  # WER can exceed 1 (insertions); beyond this a curve says nothing more
+
+
+def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
+    """One figure per test set, one panel per acceptability metric (WER, BLEU), each with its rule."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = []
+    model = Path(config.model).name or config.model
     for set_name in sorted({r["set"] for r in rows}):
-        metric = "wer" if any(r["wer"] is not None for r in rows if r["set"] == set_name) else "bleu"
-        figure, axis = plt.subplots(figsize=(6, 4))
-        baseline = [r for r in rows if r["set"] == set_name and r["removed"] == 0]
-        for key in sorted({(r["strategy"], r["heal"]) for r in rows if r["removed"] > 0}):
-            line = sorted(baseline + [r for r in rows if r["set"] == set_name and (r["strategy"], r["heal"]) == key],
-                          key=lambda r: r["fraction"])
-            axis.plot([r["fraction"] for r in line], [r[metric] for r in line], marker="o", label="/".join(key))
-        if metric == "wer" and baseline:
-            axis.axhline(wer_limit(baseline[0]["wer"], config), color="grey", linestyle="--", linewidth=1,
-                         label="acceptable WER")
-        axis.set_xlabel("fraction of decoder layers removed")
-        axis.set_ylabel(metric.upper())
-        axis.set_title(set_name)
-        axis.legend(fontsize=7)
+        rows_of_set = [r for r in rows if r["set"] == set_name]
+        metrics = [m for m in ("wer", "bleu") if any(r[m] is not None for r in rows_of_set)]
+        baseline = next(r for r in rows_of_set if r["removed"] == 0)
+        figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
+        for axis, metric in zip(axes[0], metrics):
+            values = [r[metric] for r in rows_of_set if r[metric] is not None]
+            if metric == "wer":
+                limit = wer_limit(baseline["wer"], config)
+                top = min(WER_AXIS_TOP, 1.1 * max(values + [limit]))
+                rule = f"acceptable: WER <= {limit:.3f} (+{config.wer_rise:.0%} relative, at least +{config.wer_floor})"
+            else:
+                limit = bleu_limit(baseline["bleu"], config)
+                top = 1.1 * max(values + [limit, 1.0])
+                rule = f"acceptable: BLEU >= {limit:.1f} (-{config.bleu_drop:.0%} relative)"
+            keys = sorted({(r["strategy"], r["heal"]) for r in rows_of_set if r["removed"] > 0})
+            for k, key in enumerate(keys):
+                line = sorted([baseline] + [r for r in rows_of_set if (r["strategy"], r["heal"]) == key],
+                              key=lambda r: r["fraction"])
+                xs, ys = [r["fraction"] for r in line], [r[metric] for r in line]
+                drawn = axis.plot(xs, [min(y, top) for y in ys], marker="osD^v<>"[k % 7], markersize=4,
+                                  linewidth=1.2, alpha=0.85, label="/".join(key))
+                off = [x for x, y in zip(xs, ys) if y > top]
+                if off:  # a value beyond the axis sits on its edge as an arrow head
+                    axis.plot(off, [top] * len(off), "^", markersize=8, color=drawn[0].get_color(), clip_on=False)
+            notes = []
+            if limit <= top:
+                axis.axhline(limit, color="grey", linestyle="--", linewidth=1, label=rule)
+            else:
+                notes.append(rule + ": above the axis")
+            if max(values) > top:
+                notes.append(f"values above {top:.2f} drawn at the top edge (^)")
+            for row, text in enumerate(notes):
+                axis.text(0.02, 0.97 - 0.07 * row, text, transform=axis.transAxes, fontsize=7, va="top", color="dimgrey",
+                          bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
+            axis.set_ylim(0, top)
+            axis.set_xlabel("fraction of decoder layers removed")
+            axis.set_ylabel(metric.upper() + (" (lower is better)" if metric == "wer" else " (higher is better)"))
+            axis.set_title(f"{model} on {set_name}: {metric.upper()} against layers removed", fontsize=9)
+            axis.legend(fontsize=7)
         figure.tight_layout()
-        with atomic_path(out / f"curve_{set_name}.png") as tmp:
+        name = f"curve_{set_name}.png"
+        with atomic_path(out / name) as tmp:
             figure.savefig(tmp, dpi=120, format="png")
         plt.close(figure)
+        names.append(name)
+    return names
+
+
+SPEED_NOTE = ("decode speed is not compared per cell: a sweep decodes too little for a stable ratio; "
+              "bench/bench_prune.py measures the speed and memory of pruned models side by side")
+
+
+def report(rows: list[dict], summary: dict, out: Path) -> list:
+    """What the terminal shows: per test set the main metric of every cell (x: not acceptable)
+    and the largest acceptable fraction per strategy and healing."""
+    lines = []
+    for set_name in sorted({r["set"] for r in rows}):
+        of_set = [r for r in rows if r["set"] == set_name]
+        metric = "wer" if any(r["wer"] is not None for r in of_set) else "bleu"
+        levels = sorted({(r["removed"], r["fraction"]) for r in of_set if r["removed"] > 0})
+        baseline = next(r for r in of_set if r["removed"] == 0)
+        table_rows = []
+        for key in sorted({(r["strategy"], r["heal"]) for r in of_set if r["removed"] > 0}):
+            by_level = {r["removed"]: r for r in of_set if (r["strategy"], r["heal"]) == key}
+            best = summary["largest_acceptable"].get(f"{key[0]}/{key[1]}/{set_name}", {})
+            table_rows.append(("/".join(key), *(
+                f"{by_level[n][metric]:.3f}{'' if by_level[n]['acceptable'] else ' x'}" if n in by_level else "-"
+                for n, _ in levels), f"{best.get('fraction', 0):.3f} ({best.get('removed_count', 0)} layers)"))
+        lines.append(table(
+            f"sweep {set_name}: {metric.upper()} (baseline {baseline[metric]:.3f}); x = not acceptable",
+            ("strategy/healing", *(f"-{n} ({fraction:.0%})" for n, fraction in levels), "largest acceptable"),
+            table_rows))
+    lines.append(f"{SPEED_NOTE}\nwrote {out}/results.csv, summary.json, curve_*.png")
+    return lines
 
 
 @claims_output("sweep", resumable=True)
@@ -235,7 +307,7 @@ def sweep(config: SweepConfig) -> dict:
         write_json(path, cell)
         cells.append(cell)
     baseline = next(c for c in cells if c["removed_count"] == 0)
-    rows = _table(cells, baseline)
+    rows = _table(cells, baseline, config)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
     writer.writeheader()
@@ -244,5 +316,7 @@ def sweep(config: SweepConfig) -> dict:
     write_json(out / "results.json", rows)
     _plot(rows, out, config)
     summary = summarise(cells, config)
+    summary["speed"] = SPEED_NOTE
     write_json(out / "summary.json", summary)
+    show(*report(rows, summary, out))
     return summary

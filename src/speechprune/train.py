@@ -37,6 +37,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import get_cosine_schedule_with_warmup
 
 from speechprune.config import option, require, save_config
+from speechprune.console import note, show, stderr, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
@@ -66,7 +67,7 @@ class StageConfig:
     decoder: str = option("full", help="frozen | lora | full")
     lr: float = option(2e-3, help="peak learning rate")
     warmup: float = option(0.1, help="fraction of the stage's steps spent warming up")
-    weight_decay: float = option(0.01)
+    weight_decay: float = option(0.01, help="AdamW weight decay")
     batch_size: int | None = option(None, help="override the loop's batch size in this stage")
     projector_lr: float | None = option(None, help="the projector's own peak learning rate (default: lr); a frozen "
                                                    "or LoRA decoder needs a projector that moves much faster")
@@ -87,12 +88,13 @@ class StageConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = option(8)
-    alpha: int = option(16)
-    dropout: float = option(0.0)
+    rank: int = option(8, help="LoRA rank r")
+    alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
+    dropout: float = option(0.0, help="dropout on the LoRA input")
     decoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
                                         help="module names (or full-name regex) that get LoRA in the decoder")
-    encoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    encoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+                                        help="module names (or full-name regex) that get LoRA in the encoder")
 
 
 @dataclass
@@ -102,11 +104,11 @@ class LoopConfig:
     grad_accum: int = option(1, help="gradient accumulation steps")
     mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
     cpu: bool = option(False, help="force the CPU even when a GPU is present")
-    seed: int = option(0)
+    seed: int = option(0, help="seed of initialisation, data order and dropout")
     checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
-    log_every: int = option(25)
+    log_every: int = option(25, help="optimiser steps between loss records (train_log.json; a line each when not on a terminal)")
     log_with: str | None = option(None, help="tensorboard | wandb (through Accelerate's trackers)")
-    max_grad_norm: float = option(1.0)
+    max_grad_norm: float = option(1.0, help="clip the gradient norm to this (0 = no clipping)")
     max_seconds: float | None = option(20.0, help="cut audio longer than this")
     lora: LoraConfig = option(LoraConfig())
 
@@ -275,6 +277,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
     speech_data = model.dataset(utterances, loop.max_seconds)
     results: list[StageResult] = list(_restored_results(state))
     active = [(name, stage) for name, stage in stages.items() if stage.steps > 0]
+    if state and accelerator.is_main_process:
+        note(resume_line(state, [name for name, _ in active], checkpoint_dir))
     if loop.log_with:
         accelerator.init_trackers("speechprune")
     for stage_index, (name, stage) in enumerate(active):
@@ -294,7 +298,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         started = time.perf_counter()
         progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-                            disable=not accelerator.is_main_process)
+                            console=stderr(), disable=not accelerator.is_main_process or not stderr().is_terminal)
         task = progress.add_task(name, total=stage.steps, completed=step, loss=float("nan"))
         running, loss_value = [], float("nan")
         if on_log is not None and step == 0:
@@ -344,6 +348,21 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         accelerator.end_training()
     model.requires_grad_(False)
     return results
+
+
+def resume_line(state: dict, stage_names: list[str], checkpoint_dir: Path) -> str:
+    """What a resumed run tells the user: where it picks up."""
+    index = state["stage_index"]
+    if index >= len(stage_names):
+        return f"resumed from {checkpoint_dir}: every stage ({', '.join(stage_names)}) was already done"
+    done = f" (done before: {', '.join(stage_names[:index])})" if index else ""
+    return f"resumed from step {state['step']} of stage {stage_names[index]}{done}, from {checkpoint_dir}"
+
+
+def summary(title: str, results: list[StageResult]) -> object:
+    """Steps, time and final loss per stage."""
+    return table(title, ("stage", "steps", "seconds", "final loss"),
+                 [(r.name, r.steps, f"{r.seconds:.1f}", f"{r.final_loss:.4f}") for r in results])
 
 
 def _logged(on_log: Callable[[str, int], dict], model: SpeechLLM, stage: str, step: int) -> dict:
@@ -524,5 +543,7 @@ def train(config: TrainConfig) -> Path:
                 "replica_fingerprints": fingerprints,
                 "utterances": len(utterances),
             })
+        show(summary(f"train: {len(utterances)} utterances, {sum(r.seconds for r in results):.0f}s -> {out}",
+                     results))
     accelerator.wait_for_everyone()
     return out

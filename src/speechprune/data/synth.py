@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from speechprune.config import option, require, save_config
+from speechprune.console import note, show, table
 from speechprune.data import grammar
 from speechprune.data.audio import NOISE_KINDS, SAMPLE_RATE, add_noise, resample, save_audio
 from speechprune.data.manifest import Utterance, write_manifest
@@ -39,6 +40,7 @@ from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, run_signature, staged_dir, write_json
 
 SPLITS = ("train", "dev", "test", "test-ood")
+DEFAULT_ST_PAIRS = ("en-fr", "en-de", "fr-en", "de-en")
 ESPEAK = "espeak-ng"
 DONE_DIR = ".done"  # inside the staging folder: one small JSON per utterance already spoken
 
@@ -49,8 +51,9 @@ class SynthConfig:
     seed: int = option(0, help="seed of sentences, voices and noise: same seed, identical corpus")
     languages: list[str] = option(["en", "fr", "de", "es"],
                                   help="languages to speak, each with ASR manifests (from: en, fr, de, es)")
-    st_pairs: list[str] = option(["en-fr", "en-de", "fr-en", "de-en"],
-                                 help="speech-translation pairs SRC-TGT (both in --languages)")
+    st_pairs: list[str] = option(list(DEFAULT_ST_PAIRS),
+                                 help="speech-translation pairs SRC-TGT (both in --languages); by default those "
+                                      "of en-fr,en-de,fr-en,de-en whose languages are in --languages")
     train_sentences: int = option(3000, help="distinct meanings in train (each spoken in every language)")
     dev_sentences: int = option(200, help="distinct meanings in dev (0: no dev split)")
     test_sentences: int = option(200, help="distinct meanings in test (0: no test split)")
@@ -79,6 +82,12 @@ class SynthConfig:
         for lang in self.languages:
             require(lang in supported, f"--languages: unsupported language {lang!r} (the grammar has {', '.join(supported)})")
         require(len(set(self.languages)) == len(self.languages), "--languages lists a language twice")
+        # the default pairs follow --languages; pairs the user chose are checked as given
+        self.dropped_st_pairs = []
+        if list(self.st_pairs) == list(DEFAULT_ST_PAIRS):
+            chosen = set(self.languages)
+            self.dropped_st_pairs = [p for p in self.st_pairs if not set(p.split("-")) <= chosen]
+            self.st_pairs = [p for p in self.st_pairs if p not in self.dropped_st_pairs]
         for pair in self.st_pairs:
             parts = pair.split("-")
             require(len(parts) == 2 and all(parts), f"--st-pairs: {pair!r} is not SRC-TGT (e.g. en-fr)")
@@ -269,22 +278,15 @@ def _jobs(config: SynthConfig, splits: dict[str, list[grammar.Meaning]]) -> list
 
 
 def _run_jobs(jobs: list[_Job], out: Path, config: SynthConfig) -> list[tuple[float, int]]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from speechprune.console import track
 
     workers = config.workers or os.cpu_count() or 1
-    results: list[tuple[float, int]] = []
-    columns = (TextColumn("speaking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress, \
-            ThreadPoolExecutor(max_workers=workers) as pool:
-        task = progress.add_task("speak", total=len(jobs))
-        done = sum(_done(job, out) is not None for job in jobs)
-        if done:
-            progress.console.print(f"data synth: resumed: {done} of {len(jobs)} utterances already spoken")
-        for result in pool.map(lambda job: _done(job, out) or _render_job(job, out, config), jobs, chunksize=1):
-            results.append(result)
-            progress.advance(task)
-    return results
+    done = sum(_done(job, out) is not None for job in jobs)
+    if done:
+        note(f"data synth: resumed: {done} of {len(jobs)} utterances already spoken")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        spoken = pool.map(lambda job: _done(job, out) or _render_job(job, out, config), jobs, chunksize=1)
+        return list(track(spoken, "data synth: speaking", total=len(jobs), unit="utterances"))
 
 
 def _manifests(config: SynthConfig, splits: dict[str, list[grammar.Meaning]], jobs: list[_Job],
@@ -378,6 +380,9 @@ def synthesize(config: SynthConfig) -> Path:
     """
     out = Path(config.out)
     _check_voices(config, config.languages)
+    if config.dropped_st_pairs:
+        note(f"--st-pairs: left out {', '.join(config.dropped_st_pairs)} (a language not in --languages); "
+             f"speech translation: {', '.join(config.st_pairs) or 'none'}")
     splits = _split_meanings(config)
     jobs = _jobs(config, splits)
     started = time.perf_counter()
@@ -393,4 +398,9 @@ def synthesize(config: SynthConfig) -> Path:
             "utterances_per_second": round(len(jobs) / max(elapsed, 1e-9), 1),
             "workers": config.workers or os.cpu_count(),
         })
+    bases = dict.fromkeys(name.split(".")[0] for name in counts)  # asr-en.train.jsonl -> asr-en
+    used = [split for split in SPLITS if any(f"{base}.{split}.jsonl" in counts for base in bases)]
+    show(table(f"data synth: {len(jobs)} utterances spoken in {elapsed:.0f}s -> {out}",
+               ("utterances in", *(f"{split}.jsonl" for split in used)),
+               [(base, *(counts.get(f"{base}.{split}.jsonl") for split in used)) for base in bases]))
     return out

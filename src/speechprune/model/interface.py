@@ -34,7 +34,7 @@ from speechprune.model.layout import DecoderInputs, plain_layout, resolve_layout
 # Files that save_pretrained writes itself, or that describe the old weights: never copied over.
 NOT_COPIED = re.compile(
     r"(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.gguf|\.index\.json)$|^(config\.json|generation_config\.json"
-    r"|pruning\.json|mergekit\.yaml|heal\.json)$"
+    r"|pruning\.json|mergekit\.yaml|heal\.json|config\.yaml)$"
 )
 
 

@@ -73,7 +73,8 @@ class SpeechLLMModel(LoadedModel):
         root = Path(self.path)
         # The decoder is written anew; the LoRA adapters of the unpruned decoder (already merged into
         # it) name layers that no longer exist, so they are left out.
-        stale = {root / DECODER_DIR, root / "adapters" / DECODER_DIR, root / "pruning.json", root / "mergekit.yaml"}
+        stale = {root / DECODER_DIR, root / "adapters" / DECODER_DIR, root / "pruning.json", root / "mergekit.yaml",
+                 root / "config.yaml"}  # the recipe of the unpruned model; prune writes this one's
         self.not_copied = [p for p in copy_files(root, out, lambda p: p in stale) if p != DECODER_DIR]
         target = out / DECODER_DIR
         target.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the spe
 # ----------------------------------------------------------------------------- configuration
 @dataclass
 class EncoderConfig:
-    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); None builds `config`")
+    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); empty: build one from --model.encoder.config")
     config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 192, "encoder_layers": 4,
                            "encoder_attention_heads": 4, "encoder_ffn_dim": 768, "max_source_positions": 750,
                            "dropout": 0.0},
@@ -73,7 +73,7 @@ class ProjectorConfig:
 
 @dataclass
 class DecoderConfig:
-    pretrained: str | None = option(None, help="causal LM checkpoint (local path or hub id); None builds `config`")
+    pretrained: str | None = option(None, help="causal LM checkpoint (local path or hub id); empty: build one from --model.decoder.config")
     config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
                            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
                            "max_position_embeddings": 512, "tie_word_embeddings": True},

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from speechprune.config import option, require
+from speechprune.config import option, require, save_config
+from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS
@@ -163,7 +164,8 @@ def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable |
         from speechprune.model.decoder import text_config
 
         strategies.check_scan_fits(scan, text_config(model.causal_lm), config.scan)
-        record.update(scan=str(scan_path.resolve()), input=config.input, region=config.region)
+        record.update(scan=str(scan_path.resolve()), input=strategies.resolve_input(scan, config.input),
+                      region=config.region)
         removed = strategies.choose_from_scan(config.strategy, scan, n, config.input, config.region)
         if config.strategy == "angular" and n:
             distance = strategies.scan_matrix(scan, "angular", config.input, config.region)
@@ -194,13 +196,39 @@ def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable |
             score = loss_score(batches)
             record["score"] = "next-token cross-entropy" if layout == "plain" else "target cross-entropy"
     trace: list[dict] = []
-    if config.strategy == "iterative":
-        removed = strategies.iterative(model.causal_lm, n, rescan, config.input, config.region, trace=trace)
-    else:
-        removed = strategies.greedy_score(model.causal_lm, n, score, trace=trace)
+    measure = rescan if config.strategy == "iterative" else score
+    # iterative: one re-scan per removed layer; greedy-score: every remaining layer scored per round
+    total = n if config.strategy == "iterative" else sum(num_layers - k for k in range(n))
+    with Progress(f"prune {config.strategy}", total, "scans" if config.strategy == "iterative" else "candidates") \
+            as shown:
+        measured = _Counted(measure, shown)
+        if config.strategy == "iterative":
+            removed = strategies.iterative(model.causal_lm, n, measured, config.input, config.region, trace=trace)
+        else:
+            removed = strategies.greedy_score(model.causal_lm, n, measured, trace=trace)
     model.module.to("cpu")  # the export and its check run on CPU
     record["steps"] = trace
     return removed, record
+
+
+class _Counted:
+    """``measure`` (a re-scan or a score) that advances ``progress`` by one per model measured; a
+    score's prefix-reusing ``removal_scores`` stays available and advances by its candidates."""
+
+    def __init__(self, measure: Callable[[Any], Any], progress: Progress):
+        self.measure, self.progress = measure, progress
+        if hasattr(measure, "removal_scores"):
+            self.removal_scores = self._removal_scores
+
+    def __call__(self, causal_lm: Any) -> Any:
+        result = self.measure(causal_lm)
+        self.progress.advance()
+        return result
+
+    def _removal_scores(self, causal_lm: Any, removed: list[int], candidates: list[int]) -> dict[int, float]:
+        result = self.measure.removal_scores(causal_lm, removed, candidates)
+        self.progress.advance(len(candidates))
+        return result
 
 
 def mergekit_yaml(model_path: str | Path, ranges: list[list[int]], dtype: str, note: str = "") -> str:
@@ -314,6 +342,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     removed, record = _select(config, model, num_layers, rescan, score)
     probe = _probe_ids(model)
     reference = reference_logits(model.causal_lm, removed, probe) if config.verify else None
+    parameters_before = sum(p.numel() for p in model.decoder_parameters())
     kept = remove_layers(model.causal_lm, removed)
     dtype = str(next(model.causal_lm.parameters()).dtype).removeprefix("torch.")
     ranges = kept_ranges(kept)
@@ -331,6 +360,8 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         "removed_blocks": kept_ranges(removed),
         # indices in the PRUNED model: the layer now fed by each removed block (heal's receiving-mlp)
         "receiving_layers": receiving_layers(kept, num_layers),
+        "decoder_parameters": {"before": parameters_before,
+                               "after": sum(p.numel() for p in model.decoder_parameters())},
         **record,
         "dtype": dtype,
         "config": asdict(config),
@@ -351,4 +382,25 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         else:
             pruning["mergekit"] = f"no mergekit.yaml: mergekit {note}"
         write_json(stage / "pruning.json", pruning)
+        save_config(config, stage / "config.yaml")
+    show(summary(pruning, out))
     return pruning
+
+
+def summary(pruning: dict[str, Any], out: Path) -> Any:
+    """The terminal's account of a prune: what went, what is left, and whether the export checks out."""
+    blocks = ", ".join(f"[{start}, {end})" for start, end in pruning["removed_blocks"]) or "none"
+    params = pruning["decoder_parameters"]
+    check = pruning.get("verification")
+    verified = (f"passed: max |logit difference| to the original with those layers skipped "
+                f"{check['logits_max_abs_error']:.2g} (tolerance {check['tolerance']:.2g})" if check
+                else "not run (--verify false)")
+    how = pruning["strategy"] + "".join(f", {key} {pruning[key]}" for key in ("input", "region") if key in pruning)
+    return table(f"prune: {pruning['original_num_layers']} -> {pruning['num_layers']} decoder layers -> {out}",
+                 ("", ""), [
+                     ("removed layers (0-based)", f"{' '.join(map(str, pruning['removed'])) or 'none'}  blocks {blocks}"),
+                     ("chosen by", how),
+                     ("decoder parameters", f"{params['before']:,} -> {params['after']:,} "
+                                            f"({params['after'] / params['before']:.1%})"),
+                     ("reload check", verified),
+                 ], header=False)

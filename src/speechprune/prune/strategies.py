@@ -48,8 +48,7 @@ def _check_n(n: int, num_layers: int, most: int | None = None) -> int:
 def scan_matrix(scan: Scan, metric: str, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[list[float]]:
     """The (L+1)x(L+1) ``metric`` ("angular" or "cosine") matrix of one input and region."""
     inputs = scan.get("inputs") or {}
-    if input == "auto":
-        input = "speech" if "speech" in inputs else "text"
+    input = resolve_input(scan, input)
     if input not in inputs:
         raise UserError(f"the scan has no {input!r} input (it has: {', '.join(sorted(inputs)) or 'none'})")
     regions = inputs[input].get("regions") or {}
@@ -63,6 +62,13 @@ def scan_matrix(scan: Scan, metric: str, input: str = DEFAULT_INPUT, region: str
     if not isinstance(matrix, list) or len(matrix) != size or any(len(row) != size for row in matrix):
         raise UserError(f"the scan's {input}/{region} {metric!r} matrix is missing or not {size}x{size}")
     return matrix
+
+
+def resolve_input(scan: Scan, input: str) -> str:
+    """The scan input that ``input`` names: ``auto`` is speech when the scan has it, else text."""
+    if input == "auto":
+        return "speech" if "speech" in (scan.get("inputs") or {}) else "text"
+    return input
 
 
 def scan_num_layers(scan: Scan) -> int:

@@ -15,18 +15,20 @@ from pathlib import Path
 
 import numpy as np
 
-from speechprune.config import option, require
+from speechprune.config import option, require, save_config
+from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
 from speechprune.model.layout import REGIONS
 from speechprune.scan.blocks import best_blocks, block_distances, layers_for_fraction, removed_layers
+from speechprune.scan.plots import subject
 
 
 @dataclass
 class CompareConfig:
     positional = "scans"
 
-    out: str = option(help="output directory for compare.json and the side-by-side figures")
+    out: str = option(help="output directory: compare.json, config.yaml, compare_<region>.png (heatmaps side by side)")
     scans: list[str] = option([], help="scan directories (or their scan.json), given as bare arguments")
     input: str = option("", help="speech | text: compare only this input of each scan (default: every input)")
     regions: list[str] = option(["all", "last"], help="regions to compare")
@@ -104,7 +106,7 @@ def compare(config: CompareConfig) -> dict:
             if name not in payload["inputs"]:
                 raise UserError(f"{path}: the scan has no {name!r} input (it has {', '.join(payload['inputs'])})")
             folder = Path(path).parent.name if Path(path).is_file() else Path(path).name
-            profiles.append({"scan": str(path), "input": name, "label": f"{folder}/{name}",
+            profiles.append({"scan": str(path), "input": name, "label": f"{folder}/{name}", "subject": subject(payload),
                              "num_layers": payload["num_layers"], "regions": payload["inputs"][name]["regions"]})
     if len(profiles) < 2:
         raise UserError("compare needs at least two profiles: two scans, or one scan with both inputs")
@@ -115,8 +117,9 @@ def compare(config: CompareConfig) -> dict:
             profile["label"] = label
     layers = {p["num_layers"] for p in profiles}
     if len(layers) > 1:
-        raise UserError("compare: the scans have different numbers of layers "
-                        + ", ".join(f"{p['scan']}={p['num_layers']}" for p in profiles))
+        depths = {p["scan"]: p["num_layers"] for p in profiles}  # one entry per scan, not per input
+        raise UserError("compare: the scans have different numbers of layers: "
+                        + ", ".join(f"{scan} has {layers}" for scan, layers in depths.items()))
     for profile in profiles:
         for region in config.regions:
             entry = profile["regions"].get(region)
@@ -145,13 +148,22 @@ def compare(config: CompareConfig) -> dict:
                 name = f"compare_{region}.png"
                 rho = [p["spearman"] for p in pairs if p["region"] == region]
                 compare_figure([{"label": p["label"], "angular": p["regions"][region]["angular"]} for p in profiles],
-                               staging / name, title=f"{region} positions; Spearman "
-                               + ", ".join(f"{r:.3f}" for r in rho))
+                               staging / name, title="; ".join(dict.fromkeys(p["subject"] for p in profiles))
+                               + f"\n{region} positions; Spearman " + ", ".join(f"{r:.3f}" for r in rho))
                 figures.append(name)
             payload["figures"] = figures
         write_json(staging / "compare.json", payload)
-    for pair in pairs:
-        jac = ", ".join(f"J@{k}={v['jaccard']:.2f}" for k, v in pair["jaccard"].items())
-        print(f"{pair['region']:>6}  {pair['a']} vs {pair['b']}: spearman={pair['spearman']:.3f} "
-              f"same l*={pair['same_best_start']:.2f} mean|dl*|={pair['mean_abs_delta_start']:.2f} {jac}")
+        save_config(config, staging / "config.yaml")
+    show(summary(payload, config.out))
     return payload
+
+
+def summary(payload: dict, out: str) -> object:
+    """One row per pair of profiles and region."""
+    fractions = payload["fractions"]
+    return table(f"compare: {len(payload['profiles'])} profiles -> {out}",
+                 ("region", "a", "b", "Spearman", "same l*(n)", "mean |dl*|", *(f"Jaccard @{f}" for f in fractions)),
+                 [(p["region"], p["a"], p["b"], p["spearman"], p["same_best_start"], p["mean_abs_delta_start"],
+                   *(p["jaccard"][str(f)]["jaccard"] for f in fractions)) for p in payload["pairs"]],
+                 caption="same l*(n): share of block sizes n with the same best start; Jaccard: of the layers each "
+                         "would remove at that fraction")

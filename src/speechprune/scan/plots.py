@@ -1,6 +1,6 @@
 """Figures of a scan: Gromov-style heatmaps (block size n against start l, colour = distance) per
 input and region, the best start l*(n) against n, and the bootstrap stability of l*(n); and the
-side-by-side figure of ``compare``. Matplotlib's Agg canvas (no pyplot), nothing else.
+side-by-side figure of ``compare``. Matplotlib with the Agg backend, nothing else.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ import numpy as np
 from speechprune.scan.blocks import block_distances
 
 
-def _figure(figsize: tuple[float, float], margins: dict | None = None):
-    """A figure drawn by the Agg canvas, without pyplot (whose import and figure manager cost more
-    than drawing a scan's figures); fixed margins instead of tight_layout's extra draw pass."""
-    from matplotlib.figure import Figure
+def _pyplot():
+    import matplotlib
 
-    fig = Figure(figsize=figsize)
-    fig.subplots_adjust(**(margins or {"left": 0.13, "right": 0.97, "bottom": 0.12, "top": 0.92}))
-    return fig
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+DISTANCE_LABEL = r"angular distance $d(x_l,\ x_{l+n})$ = arccos(cos) / $\pi$"
+MARKERS = "osD^v<>p*h"
 
 
 def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax: float | None = None):
@@ -30,62 +33,89 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
                       vmin=vmin, vmax=vmax, extent=(-0.5, num_layers - 0.5, 0.5, num_layers + 0.5),
                       interpolation="nearest")
     starts = [int(np.nanargmin(table[n - 1, : num_layers - n + 1])) for n in range(1, num_layers + 1)]
-    ax.plot(starts, range(1, num_layers + 1), "o", color="red", markersize=3, label="l*(n)")
+    ax.plot(starts, range(1, num_layers + 1), "o", color="red", markersize=3, label=r"best start $l^*(n)$")
+    ax.legend(fontsize=7, loc="upper right")
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("start layer l (block [l, l+n), 0-based)")
-    ax.set_ylabel("block size n")
+    ax.set_xlabel("start layer l, 0-based\n(block [l, l+n) removed)")
+    ax.set_ylabel("block size n (layers)")
     ax.set_title(title, fontsize=9)
     return image
 
 
+def subject(payload: dict) -> str:
+    """``model on data``, for figure titles."""
+    model = Path(str((payload.get("model") or {}).get("path") or "model")).name
+    data = Path(str((payload.get("data") or {}).get("manifest") or "data")).name
+    return f"{model} on {data}"
+
+
 def scan_figures(payload: dict, out: Path) -> list[str]:
     """Write every figure of one scan into ``out``; returns the file names."""
+    plt = _pyplot()
     out = Path(out)
     names: list[str] = []
     num_layers = payload["num_layers"]
+    about = subject(payload)
     for input_name, data in payload["inputs"].items():
         for region, entry in data["regions"].items():
             if entry["angular"] is None:
                 continue
-            fig = _figure((5.5, 4.5), {"left": 0.12, "right": 0.98, "bottom": 0.11, "top": 0.93})
-            ax = fig.subplots()
-            image = heatmap(ax, entry["angular"], f"{input_name} input, {region} positions "
+            fig, ax = plt.subplots(figsize=(6, 4.8))
+            image = heatmap(ax, entry["angular"], f"{about}\n{input_name} input, {region} positions "
                                                   f"({entry['count']} counted)")
-            fig.colorbar(image, ax=ax, label="angular distance d(x_l, x_{l+n})")
+            fig.colorbar(image, ax=ax, label=DISTANCE_LABEL)
+            fig.tight_layout()
             name = f"heatmap_{input_name}_{region}.png"
             fig.savefig(out / name, dpi=110)
+            plt.close(fig)
             names.append(name)
             if entry.get("stability"):
                 name = f"stability_{input_name}_{region}.png"
-                stability_figure(entry["stability"], f"{input_name} input, {region} positions", out / name)
+                stability_figure(entry["stability"], f"{about}\n{input_name} input, {region} positions", out / name)
                 names.append(name)
-    fig = _figure((5.5, 4.5))
-    ax = fig.subplots()
-    for input_name, data in payload["inputs"].items():
-        for region, entry in data["regions"].items():
-            if entry["best_blocks"]:
-                ns = [b["n"] for b in entry["best_blocks"]]
-                ax.plot(ns, [b["start"] for b in entry["best_blocks"]], marker="o", markersize=3,
-                        label=f"{input_name}/{region}")
-    ax.set_xlabel("block size n")
-    ax.set_ylabel("best start l*(n) (0-based)")
-    ax.set_xlim(0.5, num_layers + 0.5)
-    ax.set_ylim(-0.5, num_layers - 0.5)
-    ax.set_title("best block [l*(n), l*(n)+n) for every n", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.savefig(out / "best_blocks.png", dpi=110)
-    names.append("best_blocks.png")
+    names.append(best_blocks_figure(payload, out / "best_blocks.png"))
     return names
 
 
+def best_blocks_figure(payload: dict, path: Path) -> str:
+    """l*(n) against n: one panel per input, one marker per region, lines nudged apart vertically so
+    that regions that agree stay visible instead of hiding each other."""
+    plt = _pyplot()
+    num_layers = payload["num_layers"]
+    inputs = [(name, data) for name, data in payload["inputs"].items()
+              if any(entry["best_blocks"] for entry in data["regions"].values())]
+    fig, axes = plt.subplots(1, max(1, len(inputs)), figsize=(5.2 * max(1, len(inputs)), 4.6), squeeze=False,
+                             sharey=True)
+    for ax, (input_name, data) in zip(axes[0], inputs):
+        regions = [(region, entry) for region, entry in data["regions"].items() if entry["best_blocks"]]
+        step = 0.3 / max(1, len(regions) - 1)
+        for k, (region, entry) in enumerate(regions):
+            offset = (k - (len(regions) - 1) / 2) * step if len(regions) > 1 else 0.0
+            ns = [b["n"] for b in entry["best_blocks"]]
+            ax.plot(ns, [b["start"] + offset for b in entry["best_blocks"]], marker=MARKERS[k % len(MARKERS)],
+                    markersize=5, linewidth=1, alpha=0.85, fillstyle="none", label=region)
+        ax.set_xlabel("block size n (layers)")
+        ax.set_xlim(0.5, num_layers + 0.5)
+        ax.set_ylim(-0.5, num_layers - 0.5)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{input_name} input", fontsize=9)
+        ax.legend(fontsize=7, title="region", title_fontsize=7)
+    axes[0][0].set_ylabel("best start l*(n), 0-based\n(regions nudged apart by < 0.2 to stay visible)")
+    fig.suptitle(f"{subject(payload)}: most redundant block [l*(n), l*(n)+n) for every n", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def stability_figure(stability: list[dict], title: str, path: Path) -> None:
+    plt = _pyplot()
     ns = np.array([s["n"] for s in stability])
     dist = np.array([s["distance"] for s in stability])
-    fig = _figure((6, 7), {"left": 0.17, "right": 0.97, "bottom": 0.07, "top": 0.95, "hspace": 0.12})
-    axes = fig.subplots(3, 1, sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(6, 7.4), sharex=True)
     lo = np.array([s["distance_ci95"][0] if s["distance_ci95"] else np.nan for s in stability])
     hi = np.array([s["distance_ci95"][1] if s["distance_ci95"] else np.nan for s in stability])
     axes[0].errorbar(ns, dist, yerr=[dist - lo, hi - dist], fmt="o", markersize=3, capsize=2)
@@ -96,29 +126,37 @@ def stability_figure(stability: list[dict], title: str, path: Path) -> None:
     axes[1].errorbar(ns, margin, yerr=[margin - mlo, mhi - margin], fmt="o", markersize=3, capsize=2)
     axes[1].axhline(0, color="grey", linewidth=0.8)
     axes[1].set_ylabel("margin to runner-up\n(95% CI)")
-    axes[2].bar(ns, [s["change_rate"] or 0.0 for s in stability])
+    rates = [s["change_rate"] or 0.0 for s in stability]
+    axes[2].bar(ns, rates)
     axes[2].set_ylim(0, 1)
+    if not any(rates):
+        axes[2].text(0.5, 0.5, "l*(n) never changed under resampling (every rate is 0)", ha="center",
+                     va="center", transform=axes[2].transAxes, fontsize=9, color="dimgrey")
     axes[2].set_ylabel("P(l*(n) changes)\nunder resampling")
-    axes[2].set_xlabel("block size n")
-    axes[0].set_title(f"stability of the best block, {title}", fontsize=9)
+    axes[2].set_xlabel("block size n (layers); l*(n) is the 0-based start of block [l, l+n)")
+    from matplotlib.ticker import MaxNLocator
+
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_title(f"stability of the best block (bootstrap over utterances)\n{title}", fontsize=9)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def compare_figure(profiles: list[dict], path: Path, title: str = "") -> None:
     """Heatmaps side by side, on one colour scale. profiles: dicts with ``label`` and ``angular``."""
-    from matplotlib.figure import Figure
-
+    plt = _pyplot()
     tables = [block_distances(np.asarray(p["angular"])) for p in profiles]
     vmin = float(min(np.nanmin(t) for t in tables))
     vmax = float(max(np.nanmax(t) for t in tables))
-    fig = Figure(figsize=(4.2 * len(profiles) + 1, 4.2))
-    axes = fig.subplots(1, len(profiles), squeeze=False)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(4.2 * len(profiles) + 1, 4.2), squeeze=False)
     image = None
     for k, (ax, profile) in enumerate(zip(axes[0], profiles)):
         image = heatmap(ax, profile["angular"], profile["label"], vmin=vmin, vmax=vmax)
         if k:
             ax.set_ylabel("")
-    fig.colorbar(image, ax=list(axes[0]), label="angular distance")
+    fig.colorbar(image, ax=list(axes[0]), label=DISTANCE_LABEL)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1.06)  # above the panels' own titles
     fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

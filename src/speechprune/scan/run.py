@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 import torch
 
 from speechprune.config import option, require
+from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS, REGIONS
@@ -31,7 +32,8 @@ class ScanConfig:
     model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
     data: str = option(help="what is scanned: a manifest (.jsonl), a text file (.txt, one text per line), "
                             "or a Hugging Face text dataset (save_to_disk folder, dataset folder or hub id)")
-    out: str = option(help="output directory: scan.json, heatmaps, l*(n) and stability figures")
+    out: str = option(help="output directory: scan.json, config.yaml, heatmap_<input>_<region>.png, "
+                           "stability_<input>_<region>.png, best_blocks.png")
     input: str = option("auto", help="speech | text | both | auto (every input the model takes: both for a "
                                            "speech model, text for a plain LLM)")
     layout: str = option("auto", help="layout of text input: plain (the text alone, as its tokenizer frames it) | "
@@ -249,9 +251,11 @@ def scan(config: ScanConfig) -> dict:
             _say(state, f"resuming from {checkpoint}: {done} of {len(chunks)} batches done")
 
     started = time.perf_counter()
-    with torch.no_grad(), scanner:
+    with torch.no_grad(), scanner, Progress("scan", len(chunks), "batches", enabled=state.is_main_process) as shown:
+        shown.advance(done)
         for k, batch in enumerate(_batches(model, utterances, chunks[done:], inputs, layout), start=done):
             scanner.step(batch)
+            shown.advance()
             if config.checkpoint_every and (k + 1) % config.checkpoint_every == 0 and k + 1 < len(chunks):
                 _save_checkpoint(checkpoint, fingerprint, k + 1, scanner)
                 _say(state, f"{k + 1}/{len(chunks)} batches", main_only=False)
@@ -274,9 +278,40 @@ def scan(config: ScanConfig) -> dict:
     payload = build_payload(scanner, model=model_info, data=data_info, settings=settings,
                             bootstrap=config.bootstrap, seed=config.seed)
     payload["seconds"] = round(seconds, 3)
-    write_outputs(payload, out, plots=config.plots)
-    _say(state, f"wrote {out / 'scan.json'}")
+    write_outputs(payload, out, plots=config.plots, config=config)
+    show(*summary(payload, out))
     return payload
+
+
+def summary(payload: dict, out: Path, sizes: int = 6) -> list:
+    """What the terminal shows at the end: l*(n) for the first block sizes per input and region,
+    and how far speech and text input agree."""
+    from speechprune.scan.compare import agreement
+
+    num_layers = payload["num_layers"]
+    ns = list(range(1, min(sizes, num_layers - 1) + 1))
+    rows = []
+    for input_name, data in payload["inputs"].items():
+        for region, entry in data["regions"].items():
+            best = {b["n"]: b for b in entry["best_blocks"]}
+            rows.append((f"{input_name}/{region}", entry["count"],
+                         *(f"{best[n]['start']} ({best[n]['distance']:.3f})" if n in best else "-" for n in ns)))
+    lines = [table(f"scan: {payload['model']['path']} on {payload['data']['manifest']} "
+                   f"({payload['data']['utterances']} utterances, {num_layers} layers) -> {out}",
+                   ("input/region", "positions", *(f"l*({n}) (d)" for n in ns)), rows,
+                   caption="l*(n): 0-based start of the most redundant block [l, l+n); d: its angular distance")]
+    inputs = payload["inputs"]
+    if "speech" in inputs and "text" in inputs:
+        both = [r for r in inputs["speech"]["regions"]
+                if inputs["speech"]["regions"][r]["angular"] is not None
+                and (inputs["text"]["regions"].get(r) or {}).get("angular") is not None]
+        pairs = [(r, agreement(inputs["speech"]["regions"][r]["angular"], inputs["text"]["regions"][r]["angular"],
+                               [])) for r in both]
+        lines.append(table("speech vs text input", ("region", "Spearman of block distances", "same l*(n)",
+                                                    "mean |l*_speech - l*_text|"),
+                           [(r, f"{a['spearman']:.3f}", f"{a['same_best_start']:.2f}", f"{a['mean_abs_delta_start']:.2f}")
+                            for r, a in pairs]))
+    return lines
 
 
 def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, bootstrap: int = 1000,
@@ -312,11 +347,14 @@ def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, boo
     }
 
 
-def write_outputs(payload: dict, out: Path, plots: bool = True) -> None:
-    """scan.json and figures, staged and moved into place (the checkpoint goes with the old OUT)."""
+def write_outputs(payload: dict, out: Path, plots: bool = True, config: ScanConfig | None = None) -> None:
+    """scan.json, config.yaml and figures, staged and moved into place (the checkpoint goes with the old OUT)."""
+    from speechprune.config import save_config
     from speechprune.files import staged_dir, write_json
 
     with staged_dir(out) as staging:
+        if config is not None:
+            save_config(config, staging / "config.yaml")
         if plots:
             from speechprune.scan.plots import scan_figures
 

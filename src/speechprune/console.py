@@ -1,0 +1,143 @@
+"""What a command shows in the terminal: the summary it ends with (stdout) and the progress of its
+long steps (stderr). Every stage prints through these few functions, nothing else.
+
+Progress is a rich progress bar on a terminal; elsewhere (CI logs, ``| tee``) it becomes plain
+lines: one when the step starts, one at most every ``PLAIN_EVERY_SECONDS``, and one when it ends.
+A Console is made at each call, so output follows ``sys.stdout``/``sys.stderr`` as they are then
+(pytest's capture, a redirect).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+T = TypeVar("T")
+PLAIN_EVERY_SECONDS = 10.0
+PIPED_WIDTH = 160
+
+
+def stdout() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH  # a log or a file: tables as wide as their content, not cut at 80
+    return console
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None,
+          header: bool = True) -> Group:
+    """A summary table; numbers are formatted by :func:`cell`. Title and caption are lines of their
+    own, so that a long one is not folded to the table's width."""
+    result = Table(show_header=header)
+    for column in columns:
+        result.add_column(column)
+    for row in rows:
+        result.add_row(*(cell(value) for value in row))
+    lines = [Text(title, style="bold"), result] + ([Text(caption, style="dim")] if caption else [])
+    return Group(*lines)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value == 0 or 0.001 <= abs(value) < 1000 else f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10000 else str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(cell(v) for v in value) or "-"
+    return str(value)
+
+
+def show(*lines: Any) -> None:
+    """Print a command's summary (strings and rich tables) on stdout."""
+    out = stdout()
+    for line in lines:
+        out.print(line, markup=False, soft_wrap=True) if isinstance(line, str) else out.print(line)
+
+
+def note(message: str) -> None:
+    """One line on stdout that tells the user about a choice made for them (a resume, a default)."""
+    stdout().print(message, markup=False, soft_wrap=True)
+
+
+class Progress:
+    """Progress of one step of ``total`` units: ``with Progress("scan", 40, "batches") as p: p.advance()``."""
+
+    def __init__(self, description: str, total: int, unit: str = "", enabled: bool = True):
+        self.description, self.total, self.unit, self.enabled = description, int(total), unit, enabled
+        self.completed = 0
+        self.status = ""
+        self._console = stderr()
+        self._bar = None
+        self._started = self._last_line = 0.0
+
+    def __enter__(self) -> Progress:
+        self._started = self._last_line = time.perf_counter()
+        if not self.enabled:
+            return self
+        if self._console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+            from rich.progress import TimeRemainingColumn
+
+            self._bar = RichProgress(TextColumn(f"[bold]{self.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn(self.unit), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), console=self._console, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total, status="")
+        else:
+            self._line()
+        return self
+
+    def advance(self, units: int = 1, status: str | None = None) -> None:
+        self.completed += units
+        if status is not None:
+            self.status = status
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.completed, status=self.status)
+        elif time.perf_counter() - self._last_line >= PLAIN_EVERY_SECONDS and self.completed < self.total:
+            self._line()
+
+    def _line(self, done: bool = False) -> None:
+        self._last_line = time.perf_counter()
+        seconds = self._last_line - self._started
+        unit = f" {self.unit}" if self.unit else ""
+        status = f" {self.status}" if self.status else ""
+        if done:
+            text = f"{self.description}: {self.completed}/{self.total}{unit} done in {seconds:.1f}s{status}"
+        else:
+            text = f"{self.description}: {self.completed}/{self.total}{unit} ({seconds:.0f}s){status}"
+        self._console.print(text, markup=False, highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        elif exc[0] is None:
+            self._line(done=True)
+
+
+def track(items: Sequence[T] | Iterable[T], description: str, total: int | None = None, unit: str = "",
+          enabled: bool = True) -> Iterator[T]:
+    """Iterate over ``items`` while showing a :class:`Progress` (``total`` defaults to ``len(items)``)."""
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    with Progress(description, total, unit, enabled) as progress:
+        for item in items:
+            yield item
+            progress.advance()
