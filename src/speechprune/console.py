@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -66,6 +67,17 @@ def show(*lines: Any) -> None:
     out = stdout()
     for line in lines:
         out.print(line, markup=False, soft_wrap=True) if isinstance(line, str) else out.print(line)
+
+
+def step_needed(name: str, done_marker: Path | str) -> bool:
+    """For pipelines of steps that are reused on a rerun (demo, study): True when ``name`` must run,
+    announcing it; False when its ``done_marker`` file exists, saying it is reused."""
+    marker = Path(done_marker)
+    if marker.exists():
+        stderr().print(f"[green]✓[/] {name} (reused: {marker.parent})")
+        return False
+    stderr().rule(f"[bold]{name}")
+    return True
 
 
 def note(message: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from speechprune.console import step_needed
 from speechprune.config import option
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
@@ -50,12 +51,6 @@ class DemoConfig:
     overwrite: bool = option(False, help="replace an existing --out (else only this demo's unfinished work is resumed)")
 
 
-def _step(name: str, done_marker: Path) -> bool:
-    if done_marker.exists():
-        console.print(f"[green]✓[/] {name} (already done: {done_marker.parent})")
-        return False
-    console.rule(f"[bold]{name}")
-    return True
 
 
 def _optional(module: str, config: str, function: str):
@@ -72,7 +67,7 @@ class _Timer:
         self.seconds: dict[str, float] = read_json(path).get("seconds", {}) if path.exists() else {}
 
     def run(self, name: str, marker: Path, work) -> None:
-        if not _step(name, marker):
+        if not step_needed(name, marker):
             return
         started = time.perf_counter()
         work()

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
+from speechprune.console import step_needed
 from speechprune.config import option, require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
@@ -209,13 +210,6 @@ def conditions(config: StudyConfig) -> list[Condition]:
 
 
 # ----------------------------------------------------------------------------- steps
-def _step(name: str, marker: Path) -> bool:
-    """True when the step must run; a finished step (its marker file exists) is reused."""
-    if marker.exists():
-        console.print(f"[green]✓[/] {name} (reused: {marker.parent})")
-        return False
-    console.rule(f"[bold]{name}")
-    return True
 
 
 def _manifest(corpus: Path, task: str, split: str) -> Path:
@@ -245,7 +239,7 @@ def _corpus(config: StudyConfig, out: Path) -> Path:
         return corpus
     corpus = out / "corpus"
     pairs = sorted({"-".join(t.split("-")[1:]) for t in config.tasks if t.startswith("st-")})
-    if _step("corpus", corpus / "corpus.json"):
+    if step_needed("corpus", corpus / "corpus.json"):
         synthesize(SynthConfig(out=str(corpus), seed=config.corpus.seed, languages=list(config.languages),
                                st_pairs=pairs, train_sentences=config.corpus.train_sentences,
                                dev_sentences=config.corpus.dev_sentences, test_sentences=config.corpus.test_sentences,
@@ -255,7 +249,7 @@ def _corpus(config: StudyConfig, out: Path) -> Path:
 
 def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig) -> Path:
     path = out / "base" / decoder.name / "model"
-    if _step(f"base LLM {decoder.name}", path / "curve.json"):
+    if step_needed(f"base LLM {decoder.name}", path / "curve.json"):
         held_out = [str(_manifest(corpus, t, s)) for t in config.tasks for s in ("dev", "test")]
         b = config.base
         pretrain_base_llm(BaseLLMConfig(out=str(path), languages=list(config.languages), sentences=b.sentences,
@@ -271,7 +265,7 @@ def _loop(config: StudyConfig) -> LoopConfig:
 
 def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...]) -> Path:
     path = out / "encoders" / f"{encoder.name}-{'+'.join(languages)}"
-    if _step(f"encoder warm-up {path.name}", path / "speechllm.json"):
+    if step_needed(f"encoder warm-up {path.name}", path / "speechllm.json"):
         s = config.speechllm
         stages = {"ctc": StageConfig(steps=s.warmup_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
                                      decoder="frozen", lr=s.warmup_lr, batch_size=s.warmup_batch_size)}
@@ -291,7 +285,7 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
 
 def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: Path, warm: Path) -> Path:
     path = out / "conditions" / condition.name / "model"
-    if _step(f"SpeechLLM {condition.name}", path / "speechllm.json"):
+    if step_needed(f"SpeechLLM {condition.name}", path / "speechllm.json"):
         s = config.speechllm
         loop = _loop(config)
         loop.lora = LoraConfig(rank=s.lora_rank, alpha=s.lora_alpha)
@@ -305,7 +299,7 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
 
 def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Path) -> Path:
     path = model.parent / "eval"
-    if _step(f"eval {condition.name}", path / "metrics.json"):
+    if step_needed(f"eval {condition.name}", path / "metrics.json"):
         evaluate(EvalConfig(model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks],
                             out=str(path), max_utterances=config.evaluation.test_utterances,
                             max_new_tokens=config.evaluation.max_new_tokens))
@@ -313,7 +307,7 @@ def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Pa
 
 
 def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
-    if _step(f"scan {label}", path / "scan.json"):
+    if step_needed(f"scan {label}", path / "scan.json"):
         settings = dict(model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances,
                         bootstrap=0, regions=["all", "last"], plots=plots)
         if "layout" in {f.name for f in dataclasses.fields(ScanConfig)}:
@@ -323,7 +317,7 @@ def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, labe
 
 
 def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, input: str = "") -> dict:
-    if _step(f"compare {path.name}", path / "compare.json"):
+    if step_needed(f"compare {path.name}", path / "compare.json"):
         compare(CompareConfig(scans=[str(s) for s in scans], out=str(path), labels=labels, input=input,
                               regions=[REGION, "last"], plots=plots))
     return read_json(path / "compare.json")
@@ -331,7 +325,7 @@ def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, inpu
 
 def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path: Path, tasks: tuple[str, ...],
            heal: list[str], train_manifest: list[str]) -> dict:
-    if _step(f"sweep {path.parent.name}/{path.name}", path / "summary.json"):
+    if step_needed(f"sweep {path.parent.name}/{path.name}", path / "summary.json"):
         e = config.evaluation
         sweep(SweepConfig(model=str(model), scan=str(scan_dir), train=train_manifest,
                           test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path),
