@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,13 @@ from speechprune.data.manifest import load_manifests
 from speechprune.model.speechllm import DecoderConfig
 from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
 from tests.conftest import tiny_model_config, write_tiny_manifest
+
+
+def tiny_base_llm_config(out: Path, checkpoint_every: int = 100) -> BaseLLMConfig:
+    """Two languages, 40 meanings, a 2-layer decoder, 4 steps with the dev perplexity every 2."""
+    decoder = DecoderConfig(config={**tiny_model_config().decoder.config, "num_hidden_layers": 2})
+    return BaseLLMConfig(out=str(out), languages=["en", "es"], sentences=40, dev_sentences=4, steps=4, eval_every=2,
+                         batch_size=8, decoder=decoder, loop=LoopConfig(log_every=1, checkpoint_every=checkpoint_every))
 
 
 def test_grammar_texts_render_every_language_and_skip_excluded():
@@ -30,15 +38,12 @@ def test_levelled_off_at_finds_the_first_flat_stretch():
 
 
 def test_base_llm_is_a_hugging_face_causal_lm_with_its_curve(tmp_path):
-    decoder = DecoderConfig(config={**tiny_model_config().decoder.config, "num_hidden_layers": 2})
     out = tmp_path / "base"
-    pretrain_base_llm(BaseLLMConfig(out=str(out), languages=["en", "es"], sentences=40, dev_sentences=4, steps=4,
-                                    eval_every=2, batch_size=8, decoder=decoder,
-                                    loop=LoopConfig(log_every=1, checkpoint_every=100)))
+    pretrain_base_llm(tiny_base_llm_config(out))
     curve = json.loads((out / "curve.json").read_text())
     assert [c["step"] for c in curve["curve"]] == [0, 2, 4]
     assert curve["train_sentences"] == 80 and curve["dev_sentences"] == 8
-    assert (out / "curve.png").is_file() and not (tmp_path / "base.work").exists()
+    assert (out / "curve.png").is_file() and not (out / "checkpoints").exists()
 
     # the last dev perplexity, recomputed from the saved checkpoint alone: <bos> text <eos>
     model = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -18,6 +18,7 @@ from typing import Callable
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from speechprune import files
 from speechprune.cli import main
@@ -25,7 +26,9 @@ from speechprune.config import to_yaml
 from speechprune.data.manifest import load_manifest
 from speechprune.model.speechllm import SpeechLLM
 from tests.conftest import build_tiny_speechllm
+from tests.test_base_llm import tiny_base_llm_config
 from tests.test_heal_sweep import fake_scan
+from tests.test_study import _tiny_study
 from tests.test_train import tiny_train_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -68,10 +71,10 @@ def completes(argv: list[str]) -> str:
     return done.stdout + done.stderr
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
+def assert_same_weights(a: Path, b: Path, load: Callable[[Path], torch.nn.Module] = SpeechLLM.load) -> None:
     # same machine, same threads, same batches: a resumed run repeats the uninterrupted one's
     # arithmetic; 1e-6 leaves room only for summation order inside a fused kernel
-    first, second = SpeechLLM.load(a).state_dict(), SpeechLLM.load(b).state_dict()
+    first, second = load(a).state_dict(), load(b).state_dict()
     assert first.keys() == second.keys()
     for name, tensor in first.items():
         torch.testing.assert_close(second[name], tensor, rtol=0, atol=1e-6, msg=name)
@@ -189,3 +192,78 @@ def test_data_synth_killed_mid_corpus_resumes_to_identical_bytes(tmp_path):
                            if p.suffix in (".wav", ".jsonl")}
     assert spoken(run) == spoken(tmp_path / "straight")
     assert not list(tmp_path.glob(".run*")) and not (run / ".done").exists()
+
+
+CLOCK = {"seconds", "decode_seconds", "utterances_per_second", "real_time_factor"}  # wall-clock: differ run to run
+
+
+def without_clock(payload):
+    if isinstance(payload, dict):
+        return {key: without_clock(value) for key, value in payload.items() if key not in CLOCK}
+    return [without_clock(value) for value in payload] if isinstance(payload, list) else payload
+
+
+def a_users_folder(path: Path) -> Path:
+    path.mkdir()
+    (path / "precious.txt").write_text("mine")
+    return path
+
+
+def test_base_llm_killed_mid_checkpoint_and_mid_export_resumes_to_the_same_model_and_curve(tmp_path, capsys):
+    config_file = tmp_path / "base-llm.yaml"
+    config_file.write_text(to_yaml(tiny_base_llm_config(tmp_path / "unused", checkpoint_every=2)))  # 4 steps
+    argv = lambda out: ["base-llm", "--config", str(config_file), "--out", str(out)]  # noqa: E731
+    assert main(argv(tmp_path / "straight")) == 0
+    run = a_users_folder(tmp_path / "run")
+    # with --overwrite (the user's folder is cleared first), killed while the end-of-stage checkpoint
+    # is written: the mid-stage one (step 2) must be used
+    killed_while_writing(argv(run) + ["--overwrite"], r"checkpoints/stage1-step0$", tmp_path)
+    assert not (run / "precious.txt").exists()
+    log = killed_while_writing(argv(run), rf"/{run.name}$", tmp_path)  # while the base LLM itself is written
+    assert "resuming the unfinished run" in log and "resumed from step 2 of stage text-lm" in log
+    assert not (run / "curve.json").exists(), "a kill mid-export must not leave a result"
+    log = completes(argv(run))
+    assert "resumed from" in log and "every stage (text-lm) was already done" in log
+    assert_same_weights(tmp_path / "straight", run, AutoModelForCausalLM.from_pretrained)
+    straight, resumed = (json.loads((d / "curve.json").read_text()) for d in (tmp_path / "straight", run))
+    assert [c["step"] for c in resumed["curve"]] == [c["step"] for c in straight["curve"]] == [0, 2, 4]
+    assert [c["step"] for c in resumed["train_loss"]] == [c["step"] for c in straight["train_loss"]]
+    # float32 perplexities and losses of the same weights on the same batches: as close as the weights
+    for key, field in (("curve", "dev_ppl"), ("train_loss", "loss")):
+        assert [c[field] for c in resumed[key]] == pytest.approx([c[field] for c in straight[key]], rel=1e-5)
+    assert not (run / "checkpoints").exists() and not (run / files.RUN_MARKER).exists()
+    assert not list(tmp_path.glob(".run.*"))
+    capsys.readouterr()
+    assert main(argv(run)) == 2 and "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_study_killed_mid_checkpoint_and_mid_summary_ends_with_the_same_numbers(tmp_path, capsys):
+    config = _tiny_study(tmp_path)
+    config.loop.checkpoint_every = 2  # the base LLMs (3 steps) and SpeechLLMs (3 joint steps) checkpoint at step 2
+    config_file = tmp_path / "miniature-study.yaml"
+    config_file.write_text(to_yaml(config))
+    argv = lambda out: ["study", "--config", str(config_file), "--out", str(out)]  # noqa: E731
+    assert main(argv(tmp_path / "straight")) == 0
+    run = a_users_folder(tmp_path / "run")
+    base = "base/llama-2/model"
+    # with --overwrite, killed while the first base LLM writes its end-of-training checkpoint
+    killed_while_writing(argv(run) + ["--overwrite"], rf"{base}/checkpoints/stage1-step0$", tmp_path)
+    assert not (run / "precious.txt").exists()
+    log = killed_while_writing(argv(run), rf"/{run.name}/study\.json$", tmp_path)  # while the summary is written
+    assert f"resuming the unfinished run in {run}\n" in log and f"resuming the unfinished run in {run / base}" in log
+    assert "resumed from step 2 of stage text-lm" in log
+    assert not (run / "study.json").exists() and not (run / "claims.md").exists()
+    log = completes(argv(run))
+    assert "resuming the unfinished run" in log and "base LLM qwen2-3 (reused" in log and "resumed from" not in log
+    straight, resumed = (without_clock(json.loads((d / "study.json").read_text())) for d in (tmp_path / "straight", run))
+    # every number but the wall-clock ones, exactly: same machine, threads and batches, and the
+    # resumed training restored its weights, optimiser and RNG state bit for bit
+    for key in ("claims", "agreement", "consensus", "axes", "conditions", "sweeps"):
+        assert resumed[key] == straight[key], key
+    assert (run / "claims.md").read_text() == (tmp_path / "straight" / "claims.md").read_text()
+    assert not list(tmp_path.glob(".run.*")) and not list(run.rglob("*.lock"))
+    # finished, the study is reused by a rerun of the same settings; other settings are refused
+    assert json.loads((run / files.RUN_MARKER).read_text())["finished"] is True
+    capsys.readouterr()
+    assert main(argv(run) + ["--plots", "true"]) == 2
+    assert "holds a finished run with other settings; pass --overwrite" in capsys.readouterr().err

@@ -11,6 +11,7 @@ measured at every logged step: ``OUT/curve.json`` and ``OUT/curve.png`` show it 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from rich.console import Console
 from speechprune.config import option, require, save_config
 from speechprune.data import grammar
 from speechprune.data.manifest import Utterance, load_manifests
-from speechprune.files import staged_dir, write_json
+from speechprune.files import claims_output, staged_dir, write_json
 from speechprune.model.speechllm import DEFAULT_PROMPTS, LANGUAGE_NAMES, DecoderConfig, ModelConfig, SpeechLLM
 from speechprune.model.text import text_batch
 from speechprune.train import LoopConfig, StageConfig, make_accelerator, run_stages, seed_everything
@@ -48,6 +49,7 @@ class BaseLLMConfig:
     batch_size: int = option(32, help="sentences per optimiser step")
     eval_every: int = option(100, help="steps between dev-perplexity measurements")
     loop: LoopConfig = option(LoopConfig(checkpoint_every=500))
+    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
 
     def __post_init__(self):
         require(len(self.languages) > 0, "--languages is empty")
@@ -114,10 +116,12 @@ def _plot(curve: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+@claims_output("base-llm", resumable=True)
 def pretrain_base_llm(config: BaseLLMConfig) -> Path:
     """Generate grammar text in every language, train a BPE and a decoder on it as a language
     model (the ``text-lm`` stage), and save decoder + tokenizer as one Hugging Face checkpoint,
-    with the dev-perplexity curve (``curve.json``, ``curve.png``)."""
+    with the dev-perplexity curve (``curve.json``, ``curve.png``). Training checkpoints go to
+    ``OUT/checkpoints`` (a killed run resumes from them); the finished checkpoint replaces OUT whole."""
     out = Path(config.out)
     exclude = {u.target for u in load_manifests(config.exclude)} | {u.text for u in load_manifests(config.exclude)} \
         if config.exclude else set()
@@ -134,9 +138,7 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
     model = SpeechLLM.build(ModelConfig(decoder=config.decoder, prompts=config.prompts, ctc=False), bpe_texts)
     console.print(f"base LLM: {len(train_texts):,} training sentences, {len(dev_texts):,} dev sentences in "
                   f"{', '.join(config.languages)}; {sum(p.numel() for p in model.decoder.parameters()):,} parameters")
-    work = out.with_name(out.name + ".work")
-    work.mkdir(parents=True, exist_ok=True)
-    save_config(config, work / "config.yaml")
+    save_config(config, out / "config.yaml")
     dev = _as_utterances(dev_texts, "dev")
     curve: list[dict] = []
 
@@ -149,16 +151,15 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
 
     stage = StageConfig(steps=config.steps, input="lm", encoder="frozen", projector="frozen", lr=config.lr,
                         batch_size=config.batch_size)
-    loop = config.loop
-    loop.log_every = math.gcd(loop.log_every, config.eval_every)
+    loop = dataclasses.replace(config.loop, log_every=math.gcd(config.loop.log_every, config.eval_every))
     started = time.perf_counter()
     model.train()
-    results = run_stages(model, _as_utterances(train_texts, "text"), {"text-lm": stage}, loop, work,
-                         make_accelerator(loop, work), on_log=measure)
+    results = run_stages(model, _as_utterances(train_texts, "text"), {"text-lm": stage}, loop, out,
+                         make_accelerator(loop, out), on_log=measure)
     model.eval()
     # a resumed run measured only its own part of the curve: the stage history has all of it
     curve = [{"step": r["step"], "dev_ppl": r["dev_ppl"]} for r in results[0].history if "dev_ppl" in r]
-    with staged_dir(out) as staging:
+    with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
         model.decoder.save_pretrained(staging)
         model.tokenizer.save_pretrained(staging)
         save_config(config, staging / "config.yaml")
@@ -169,9 +170,6 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
             "steps": config.steps, "train_seconds": results[0].seconds,
             "wall_seconds": time.perf_counter() - started})
         _plot(curve, staging / "curve.png")
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
     console.print(f"[bold green]base LLM[/] saved to {out}: dev perplexity {curve[0]['dev_ppl']:.2f} -> "
                   f"{curve[-1]['dev_ppl']:.2f} in {config.steps} steps ({results[0].seconds:.0f} s); "
                   f"levelled off at step {levelled_off_at(curve)}")

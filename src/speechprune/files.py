@@ -7,7 +7,8 @@ claiming an output so that no run replaces what a user made or races another run
 - Every command claims its output first (:func:`claim_output`, or the :func:`claims_output`
   decorator): a lock beside it (``.OUT.lock``, an ``flock`` the kernel drops when the process
   dies, so a killed run never blocks the next) and a refusal, in one line, of an existing output
-  unless ``--overwrite`` or it is this same run's own unfinished work, which is resumed.
+  unless ``--overwrite`` or it is this same run's own unfinished work, which is resumed (or, for a
+  pipeline that keeps every step, ``reusable``, its finished work too, which is reused).
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def _os_error(option: str, out: Path, error: OSError) -> UserError:
 
 @contextlib.contextmanager
 def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bool = False,
-                 directory: bool = True, clear: bool = False, option: str = "--out") -> Iterator[Claim]:
+                 directory: bool = True, clear: bool = False, option: str = "--out",
+                 reusable: bool = False) -> Iterator[Claim]:
     """Claim ``out`` for one run, for the length of the block.
 
     Refused with one line: ``out`` is a file where a directory is wanted (or the reverse), its
@@ -181,6 +183,8 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
     they finish) and ``overwrite`` is false. With ``overwrite`` and ``clear`` the old output is
     removed now (commands that work inside ``out``); without ``clear`` it stays until the
     command's staged result replaces it. Disk errors inside the block become one line too.
+    A ``reusable`` command (a pipeline whose every finished step is kept and reused, the study)
+    keeps its marker when it finishes, marked finished: a rerun with the same settings reuses it.
     """
     out = Path(out)
     if directory and out.exists() and not out.is_dir():
@@ -201,18 +205,21 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
             marker = _read_marker(out) if out.is_dir() else {}
             if resumable and marker.get("signature") == signature:
                 resumed = True
-                print(f"speechprune: resuming the unfinished run in {out}", file=sys.stderr, flush=True)
+                what = "reusing the finished steps of the same run" if marker.get("finished") else \
+                    "resuming the unfinished run"
+                print(f"speechprune: {what} in {out}", file=sys.stderr, flush=True)
             elif overwrite:
                 print(f"speechprune: {out} will be replaced (--overwrite)", file=sys.stderr, flush=True)
                 if clear:
                     shutil.rmtree(out) if out.is_dir() else out.unlink()
             else:
-                what = "holds an unfinished run with other settings" if marker else "already exists"
+                what = ("holds a finished run with other settings" if marker.get("finished") else
+                        "holds an unfinished run with other settings") if marker else "already exists"
                 raise UserError(f"{option} {out} {what}; pass --overwrite to replace it")
         try:
             if resumable:
                 out.mkdir(parents=True, exist_ok=True)
-                if not resumed:
+                if not resumed or reusable:  # (a reused finished run is unfinished again while it runs)
                     write_json(out / RUN_MARKER, {"signature": signature, "pid": os.getpid()})
             yield Claim(out, resumed)
         except Exception as error:
@@ -221,7 +228,9 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
             if isinstance(error, OSError) and error.errno in DISK_ERRORS:
                 raise _os_error(option, out, error) from None
             raise
-        if resumable:
+        if reusable:
+            write_json(out / RUN_MARKER, {"signature": signature, "finished": True})
+        elif resumable:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out / RUN_MARKER)
     finally:
@@ -273,8 +282,8 @@ def _remove_leftovers(out: Path, inside: bool) -> None:
     name, random = re.escape(out.name), "[a-z0-9_]{8}"  # tempfile.mkdtemp's random part
     beside = re.compile(rf"^(\.{name}\.{random}\.(partial|old)|\.\.{name}\.{random}\.partial\.{random}\.partial)$")
     doomed = [p for p in out.parent.iterdir() if beside.match(p.name)]
-    if inside and out.is_dir():
-        doomed += [p for p in out.rglob(".*") if LEFTOVER.match(p.name)]
+    if inside and out.is_dir():  # a nested step's resumable staging (it holds a marker) is its own to judge
+        doomed += [p for p in out.rglob(".*") if LEFTOVER.match(p.name) and not (p / RUN_MARKER).is_file()]
     _remove(doomed)
 
 
@@ -290,7 +299,7 @@ def _has_content(out: Path) -> bool:
 
 
 def claims_output(command: str, resumable: bool = False, directory: bool = True,
-                  clear: bool | None = None) -> Callable:
+                  clear: bool | None = None, reusable: bool = False) -> Callable:
     """Decorate a command ``f(config)`` whose config has ``out`` and ``overwrite``: the run holds
     :func:`claim_output` on ``config.out`` while it runs. ``clear`` defaults to ``resumable``
     (a command that works inside OUT starts an overwrite from an empty OUT)."""
@@ -298,7 +307,7 @@ def claims_output(command: str, resumable: bool = False, directory: bool = True,
         @functools.wraps(function)
         def run(config: Any, *args: Any, **kwargs: Any) -> Any:
             with claim_output(config.out, config.overwrite, run_signature(command, config), resumable,
-                              directory, resumable if clear is None else clear):
+                              directory, resumable if clear is None else clear, reusable=reusable):
                 return function(config, *args, **kwargs)
         return run
     return decorate

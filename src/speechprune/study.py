@@ -18,7 +18,8 @@ same sequences); then it compares, sweeps and builds a consensus backbone:
     OUT/study.json  OUT/claims.md       every number, the commands' outputs it came from
 
 Each step writes its own directory and is skipped when that directory is complete, so a rerun
-reuses every finished part and an interrupted study continues where it stopped.
+reuses every finished part and an interrupted study continues where it stopped. OUT holds one
+study: a rerun with other settings is refused unless ``--overwrite`` (which starts it afresh).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from speechprune.config import option, require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
-from speechprune.files import read_json, write_json, write_text
+from speechprune.files import claims_output, read_json, write_json, write_text
 from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig, SpeechLLM
 from speechprune.scan.blocks import best_blocks, block_distances
 from speechprune.scan.compare import CompareConfig, agreement, compare
@@ -151,6 +152,8 @@ class StudyConfig:
     speechllm: SpeechLLMSettings = option(SpeechLLMSettings())
     evaluation: EvalSettings = option(EvalSettings())
     loop: LoopConfig = option(LoopConfig())
+    overwrite: bool = option(False, help="replace an existing --out (else only this study's own work is resumed "
+                                         "or reused)")
 
     def __post_init__(self):
         require(len(self.decoders) >= 1 and len(self.encoders) >= 1, "a study needs a decoder and an encoder")
@@ -381,6 +384,7 @@ def _fmt(values: list[float]) -> str:
 
 
 # ----------------------------------------------------------------------------- the command
+@claims_output("study", resumable=True, reusable=True)
 def study(config: StudyConfig) -> dict:
     """Train base LLMs and SpeechLLMs over every axis, scan them with text and speech, compare,
     sweep and build the consensus backbone; print the claims table and write study.json."""
