@@ -20,10 +20,12 @@ import torch
 
 from speechprune import files
 from speechprune.cli import main
+from speechprune.config import to_yaml
 from speechprune.data.audio import MAX_AUDIO_SECONDS, load_audio
 from speechprune.data.manifest import load_manifest
 from speechprune.model.speechllm import SpeechLLM
 from tests.conftest import SENTENCES, build_tiny_speechllm, write_tiny_manifest
+from tests.test_base_llm import tiny_base_llm_config
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,7 @@ def command_lines(world: dict, out: Path) -> dict[str, list[str]]:
         "data synth": ["data", "synth", "--out", str(out)],
         "data hf": ["data", "hf", "--dataset", str(world["root"]), "--out", str(out)],
         "train": ["train", "--train", d, "--out", str(out)],
+        "base-llm": ["base-llm", "--out", str(out)],
         "eval": ["eval", "--model", m, "--data", d, "--out", str(out)],
         "scan": ["scan", "--model", m, "--data", d, "--out", str(out)],
         "compare": ["compare", str(world["root"] / "scan"), "--out", str(out)],
@@ -68,10 +71,12 @@ def command_lines(world: dict, out: Path) -> dict[str, list[str]]:
         "sweep": ["sweep", "--model", m, "--scan", str(world["root"] / "scan"), "--train", d, "--test", d,
                   "--out", str(out)],
         "demo": ["demo", "--out", str(out)],
+        "study": ["study", "--out", str(out)],
     }
 
 
-COMMANDS = ["data synth", "data hf", "train", "eval", "scan", "compare", "prune", "heal", "sweep", "demo"]
+COMMANDS = ["data synth", "data hf", "train", "base-llm", "eval", "scan", "compare", "prune", "heal", "sweep", "demo",
+            "study"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -95,13 +100,25 @@ def test_an_output_directory_that_is_a_file_is_refused(command, world, tmp_path,
     assert out.read_text() == "not a directory"
 
 
-def test_overwrite_replaces_and_an_unfinished_run_of_other_settings_is_refused(world, tmp_path, capsys):
-    out = tmp_path / "pruned"
+@pytest.mark.parametrize("command", ["prune", "base-llm"])  # one that stages its result aside, one that works in OUT
+def test_overwrite_replaces_the_output(command, world, tmp_path):
+    out = tmp_path / "made-by-user"
     out.mkdir()
     (out / "precious.txt").write_text("mine")
-    assert main(command_lines(world, out)["prune"] + ["--overwrite"]) == 0
-    assert not (out / "precious.txt").exists() and (out / "pruning.json").is_file()
-    assert json.loads((out / "pruning.json").read_text())["removed"] == [1]
+    if command == "base-llm":  # a tiny one, so that it runs to the end
+        (tmp_path / "base-llm.yaml").write_text(to_yaml(tiny_base_llm_config(out)))
+        argv = ["base-llm", "--config", str(tmp_path / "base-llm.yaml"), "--out", str(out)]
+    else:
+        argv = command_lines(world, out)[command]
+    assert main(argv + ["--overwrite"]) == 0
+    assert not (out / "precious.txt").exists() and leftovers(tmp_path) == []
+    if command == "base-llm":
+        assert json.loads((out / "curve.json").read_text())["steps"] == 4 and not (out / files.RUN_MARKER).exists()
+    else:
+        assert json.loads((out / "pruning.json").read_text())["removed"] == [1]
+
+
+def test_an_unfinished_run_of_other_settings_is_refused(world, tmp_path, capsys):
     # an unfinished scan of other settings (its marker names another signature) is not resumed
     scan_out = tmp_path / "scan"
     scan_out.mkdir()
@@ -109,11 +126,32 @@ def test_overwrite_replaces_and_an_unfinished_run_of_other_settings_is_refused(w
     fails_with(capsys, command_lines(world, scan_out)["scan"], "holds an unfinished run with other settings")
 
 
-def test_a_second_run_on_a_locked_output_is_refused(world, tmp_path, capsys):
-    out = tmp_path / "eval"
-    with files.claim_output(out, overwrite=False, signature="first", resumable=True):
-        fails_with(capsys, command_lines(world, out)["eval"], str(out), "being written by another speechprune run",
+def test_a_resumed_pipeline_keeps_the_resumable_staging_of_a_nested_step(tmp_path):
+    """A pipeline (study, demo) resumes inside its OUT and removes what killed writes left there,
+    but not a nested step's own resumable staging (the corpus ``data synth`` speaks into
+    ``.corpus.partial``): that step resumes it, or wipes it if its settings changed."""
+    out = tmp_path / "study"
+    files.write_json(out / files.RUN_MARKER, {"signature": "the study"})
+    corpus = out / ".corpus.partial"
+    files.write_json(corpus / files.RUN_MARKER, {"signature": "its corpus"})
+    (corpus / "spoken.wav").write_bytes(b"RIFF")
+    killed_writes = [out / "base" / ".curve.json.x1y2z3.tmp.json", corpus / ".next.wav.a1b2c3.tmp.wav",
+                     out / "base" / ".model.a1b2c3d4.partial"]
+    for path in killed_writes:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    with files.claim_output(out, overwrite=False, signature="the study", resumable=True) as claim:
+        assert claim.resumed
+        assert (corpus / "spoken.wav").read_bytes() == b"RIFF" and not any(p.exists() for p in killed_writes)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_second_run_on_a_locked_output_is_refused(command, world, tmp_path, capsys):
+    out = tmp_path / ("out.jsonl" if command == "data hf" else "out")
+    with files.claim_output(out, overwrite=False, signature="first", directory=command != "data hf"):
+        fails_with(capsys, command_lines(world, out)[command], str(out), "being written by another speechprune run",
                    f"pid {os.getpid()}")
+    assert not out.exists()
     assert leftovers(tmp_path) == []  # the lock goes with the run that held it
 
 

@@ -158,6 +158,7 @@ def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     stamp = model_file.stat().st_mtime_ns
     again = study(config)
     assert model_file.stat().st_mtime_ns == stamp
+    assert f"reusing the finished steps of the same run in {out}" in capsys.readouterr().err
     assert again["claims"] == result["claims"]
 
 
