@@ -35,8 +35,9 @@ setup: system-deps $(STAMP)
 test: setup browser-deps
 	$(PY) -m pytest tests
 
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/speechprune demo --out runs/demo
+	$(VENV)/bin/speechprune demo --out runs/demo $(DEMO_ARGS)
 
 bench: setup
 	$(PY) bench/bench_scan.py

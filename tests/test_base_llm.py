@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from speechprune.base_llm import BaseLLMConfig, grammar_texts, levelled_off_at, pretrain_base_llm
+from speechprune.base_llm import BaseLLMConfig, documents, grammar_texts, levelled_off_at, pretrain_base_llm
 from speechprune.data.manifest import load_manifests
 from speechprune.model.speechllm import DecoderConfig
 from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
@@ -31,6 +31,25 @@ def test_grammar_texts_render_every_language_and_skip_excluded():
     assert fewer == texts[2:]
 
 
+def test_documents_group_consecutive_sentences_and_repeat_only_earlier_ones_of_the_same_document():
+    sentences = [f"sentence {i}." for i in range(10)]
+    assert documents(sentences, 4, 0.0, seed=1) == ["sentence 0. sentence 1. sentence 2. sentence 3.",
+                                                    "sentence 4. sentence 5. sentence 6. sentence 7.",
+                                                    "sentence 8. sentence 9."]
+    repeated = documents(sentences * 20, 5, 0.5, seed=2)
+    assert documents(sentences * 20, 5, 0.5, seed=2) == repeated  # seeded
+    copies = 0
+    for index, document in enumerate(repeated):
+        parts = [p + "." for p in document.split(". ") if p]
+        parts[-1] = parts[-1].rstrip(".") + "."
+        originals = (sentences * 20)[5 * index: 5 * index + 5]
+        assert parts[0] == originals[0]
+        for position, part in enumerate(parts[1:], start=1):
+            assert part == originals[position] or part in parts[:position]
+            copies += part != originals[position]
+    assert 0.3 * 160 < copies < 0.7 * 160  # about half of the 160 non-first sentences are copies
+
+
 def test_levelled_off_at_finds_the_first_flat_stretch():
     curve = [{"step": s, "dev_ppl": p} for s, p in enumerate([100, 50, 20, 10.0, 9.95, 9.93, 9.92, 9.9])]
     assert levelled_off_at(curve) == 3
@@ -43,15 +62,16 @@ def test_base_llm_is_a_hugging_face_causal_lm_with_its_curve(tmp_path):
     curve = json.loads((out / "curve.json").read_text())
     assert [c["step"] for c in curve["curve"]] == [0, 2, 4]
     assert curve["train_sentences"] == 80 and curve["dev_sentences"] == 8
+    assert curve["train_documents"] == 20 and curve["dev_documents"] == 2
     assert (out / "curve.png").is_file() and not (out / "checkpoints").exists()
 
-    # the last dev perplexity, recomputed from the saved checkpoint alone: <bos> text <eos>
+    # the last dev perplexity, recomputed from the saved checkpoint alone: <bos> document <eos>
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.config.num_hidden_layers == 2
     dev = grammar_texts(40 + 4, 1 + 7919, ["en", "es"])
     seen = set(grammar_texts(40, 1, ["en", "es"]))
-    dev = [t for t in dev if t not in seen][:8]
+    dev = documents([t for t in dev if t not in seen][:8], 4, 0.4, seed=2)  # the config's defaults, seed 1 + 1
     total, count = 0.0, 0
     with torch.no_grad():
         for text in dev:

@@ -1,18 +1,14 @@
-"""The whole chain on the offline default, sized to run in about ten minutes on a 2-core CPU:
+"""The whole chain on the offline corpus, in the paper's setting, sized for a 2-core CPU:
 
-    data synth -> train -> eval -> scan (speech and text) -> compare -> sweep (prune, heal, eval) -> report
+    data synth -> base-llm (text only) -> train (SpeechLLM on the base LLM, decoder under LoRA) -> eval
+    -> scan (SpeechLLM: speech and text; base LLM: text) -> compare -> sweep (prune, heal, eval) -> report
 
 Every step writes its own directory under OUT and is skipped when that directory is complete,
 so an interrupted demo continues where it stopped. Each step is the same Python function the
-CLI calls; nothing here is demo-only logic. The demo is a reduced study (English ASR only, angular
-distance, 1-3 of 8 layers removed, a short heal); ``speechprune sweep`` and ``speechprune study``
-run the full grids.
-
-TODO(base LLM): the paper's setting pretrains the decoder on text first and trains the SpeechLLM
-on top of it (decoder frozen or under LoRA), then scans the base LLM on text beside the SpeechLLM.
-That recipe does not yet reach a usable WER on this corpus (see DESIGN.md); until it does, the
-demo trains today's default (decoder trained in full from scratch) and the report says that the
-base-LLM scan is missing.
+CLI calls; nothing here is demo-only logic. The demo is a reduced study (English ASR only, one
+decoder, angular distance, 1-3 of 8 layers removed, a short heal); ``speechprune sweep`` and
+``speechprune study`` run the full grids. ``--base-steps 0`` trains the decoder from scratch
+with the speech task instead (the fast default of ``speechprune train``; nothing to inherit).
 """
 
 from __future__ import annotations
@@ -24,12 +20,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
 from speechprune.console import step_needed
-from speechprune.config import option
+from speechprune.config import option, require
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json
-from speechprune.train import TrainConfig, default_stages, train
+from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
+from speechprune.train import MODES, LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
 
 console = Console(stderr=True)
 
@@ -40,15 +38,24 @@ class DemoConfig:
     languages: list[str] = option(["en"], help="languages of the synthetic corpus")
     st_pairs: list[str] = option([], help="speech-translation pairs")
     train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
-    joint_steps: int = option(950, help="joint training steps: the default recipe's 1100 reach WER 0.022 in-domain, "
-                                        "950 reached 0.045 (README) and save about 30 s")
+    base_steps: int = option(300, help="text-only pretraining steps of the base LLM (0: no base LLM, the decoder is "
+                                       "trained from scratch with the speech task)")
+    base_sentences: int = option(10000, help="meanings the base LLM reads (the corpus's dev and test texts excluded)")
+    decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
+    ctc_steps: int = option(300, help="encoder warm-up steps (CTC)")
+    copy_steps: int = option(200, help="steps of the copy stage (source text in the speech slot; base LLM only)")
+    joint_steps: int = option(600, help="joint training steps")
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375], help="sweep: fractions of decoder layers removed")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
     heal_steps: int = option(80, help="LoRA healing steps per sweep cell")
     prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
     test_utterances: int = option(80, help="in-domain test utterances per sweep cell")
-    overwrite: bool = option(False, help="replace an existing --out (else only this demo's unfinished work is resumed)")
+    overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
+
+    def __post_init__(self):
+        require(self.decoder in MODES, f"--decoder must be one of {', '.join(MODES)}, not {self.decoder!r}")
+        require(self.base_steps >= 0, "--base-steps must be >= 0")
 
 
 
@@ -75,10 +82,11 @@ class _Timer:
         write_json(self.path, {"seconds": self.seconds})
 
 
-@claims_output("demo", resumable=True)
+@claims_output("demo", resumable=True, reusable=True)
 def demo(config: DemoConfig) -> Path:
-    """Synthesise the corpus, train the tiny SpeechLLM, evaluate it, scan its decoder with speech
-    and text input, compare the two scans, sweep prune -> heal -> evaluate, and write the report."""
+    """Synthesise the corpus, pretrain the base LLM on text, train the SpeechLLM on it, evaluate
+    it, scan its decoder with speech and text input and the base LLM with text, compare the
+    scans, sweep prune -> heal -> evaluate, and write the report."""
     out = Path(config.out)
     corpus, model_dir = out / "corpus", out / "model"
     timer = _Timer(out / "demo.json")
@@ -88,18 +96,35 @@ def demo(config: DemoConfig) -> Path:
     timer.run("data synth", corpus / "corpus.json", lambda: synthesize(SynthConfig(
         out=str(corpus), languages=config.languages, st_pairs=config.st_pairs,
         train_sentences=config.train_sentences)))
-    stages = default_stages()
-    stages["joint"].steps = config.joint_steps
-    timer.run("train", model_dir / "speechllm.json",
-              lambda: train(TrainConfig(train=[train_manifest], out=str(model_dir), stages=stages)))
+    base = out / "base"
+    if config.base_steps:
+        held_out = [str(corpus / f"asr-en.{split}.jsonl") for split in ("dev", "test", "test-ood")]
+        timer.run("base LLM", base / "curve.json", lambda: pretrain_base_llm(BaseLLMConfig(
+            out=str(base), languages=config.languages, sentences=config.base_sentences, exclude=held_out,
+            steps=config.base_steps, eval_every=max(1, config.base_steps // 8))))
+        stages = base_llm_stages(config.decoder, config.ctc_steps, config.copy_steps, config.joint_steps)
+        model = ModelConfig(decoder=DecoderConfig(pretrained=str(base)), projector=ProjectorConfig(stack=2))
+    else:
+        stages = default_stages()
+        stages["ctc"].steps, stages["joint"].steps = config.ctc_steps, config.joint_steps
+        model = ModelConfig()
+    timer.run("train", model_dir / "speechllm.json", lambda: train(TrainConfig(
+        train=[train_manifest], out=str(model_dir), stages=stages, model=model,
+        loop=LoopConfig(lora=LoraConfig(rank=16, alpha=32)))))
     timer.run("eval", out / "eval" / "metrics.json",
               lambda: evaluate(EvalConfig(model=str(model_dir), data=tests, out=str(out / "eval"))))
     ScanConfig, scan = _optional("speechprune.scan.run", "ScanConfig", "scan")
+    dev = str(corpus / "asr-en.dev.jsonl")
     timer.run("scan", out / "scan" / "scan.json", lambda: scan(ScanConfig(
-        model=str(model_dir), data=str(corpus / "asr-en.dev.jsonl"), input="both", out=str(out / "scan"))))
+        model=str(model_dir), data=dev, input="both", layout="task", out=str(out / "scan"))))
+    scans, labels = [str(out / "scan")], ["speechllm/speech", "speechllm/text"]
+    if config.base_steps:  # the base LLM reads the same sequences (task layout), for what it passes on
+        timer.run("scan base LLM", out / "scan-base" / "scan.json", lambda: scan(ScanConfig(
+            model=str(base), data=dev, input="text", layout="task", out=str(out / "scan-base"))))
+        scans, labels = [str(out / "scan-base"), *scans], ["base/text", *labels]
     CompareConfig, compare = _optional("speechprune.scan.compare", "CompareConfig", "compare")
-    timer.run("compare speech vs text", out / "compare" / "compare.json",
-              lambda: compare(CompareConfig(scans=[str(out / "scan")], out=str(out / "compare"))))
+    timer.run("compare", out / "compare" / "compare.json",
+              lambda: compare(CompareConfig(scans=scans, labels=labels, out=str(out / "compare"))))
     SweepConfig, sweep = _optional("speechprune.sweep", "SweepConfig", "sweep")
     timer.run("sweep", out / "sweep" / "summary.json", lambda: sweep(SweepConfig(
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],

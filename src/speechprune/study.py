@@ -45,7 +45,7 @@ from speechprune.scan.blocks import best_blocks, block_distances
 from speechprune.scan.compare import CompareConfig, agreement, compare
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
-from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, ctc_greedy_cer, train
+from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, base_llm_stages, ctc_greedy_cer, train
 
 console = Console(stderr=True)
 MODES = ("lora", "frozen")
@@ -93,7 +93,7 @@ class BaseSettings:
     dev_sentences: int = option(200, help="held-out meanings per language for the base LLM's dev perplexity")
     steps: int = option(1200, help="optimiser steps of text pretraining")
     lr: float = option(2e-3, help="peak learning rate of text pretraining")
-    batch_size: int = option(32, help="sentences per optimiser step of text pretraining")
+    batch_size: int = option(8, help="documents (of 4 sentences) per optimiser step of text pretraining")
     eval_every: int = option(100, help="steps between dev-perplexity measurements")
 
 
@@ -102,6 +102,7 @@ class SpeechLLMSettings:
     warmup_steps: int = option(800, help="CTC steps of each shared encoder warm-up")
     warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
     warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
+    copy_steps: int = option(200, help="steps of the copy stage (source text in the speech slot) per condition")
     joint_steps: int = option(1100, help="steps of joint SpeechLLM training per condition")
     lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
@@ -109,7 +110,8 @@ class SpeechLLMSettings:
     lora_rank: int = option(16, help="LoRA rank r of the decoder in joint training (lora mode)")
     lora_alpha: int = option(32, help="LoRA alpha (the update is scaled by alpha / rank)")
     batch_size: int = option(8, help="utterances per optimiser step of joint training")
-    projector: ProjectorConfig = option(ProjectorConfig())
+    projector: ProjectorConfig = option(ProjectorConfig(stack=2), help="stack 2: the joint stage's token CTC "
+                                                                       "needs as many speech positions as tokens")
 
 
 @dataclass
@@ -292,10 +294,11 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
         s = config.speechllm
         loop = _loop(config)
         loop.lora = LoraConfig(rank=s.lora_rank, alpha=s.lora_alpha)
-        joint = StageConfig(steps=s.joint_steps, ctc_weight=s.ctc_weight, lr=s.lr, projector_lr=s.projector_lr,
-                            decoder="lora" if condition.mode == "lora" else "frozen", batch_size=s.batch_size)
+        loop.batch_size = s.batch_size
+        stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=s.joint_steps,
+                                 lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight)
         train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
-                          encoder_from=str(warm), stages={"joint": joint}, loop=loop,
+                          encoder_from=str(warm), stages=stages, loop=loop,
                           model=ModelConfig(decoder=DecoderConfig(pretrained=str(base)), projector=s.projector)))
     return path
 

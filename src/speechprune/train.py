@@ -128,6 +128,35 @@ def default_stages() -> dict:
     }
 
 
+def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int = 200, joint_steps: int = 800,
+                    lr: float = 1e-3, projector_lr: float = 3e-3, ctc_weight: float = 0.3) -> dict:
+    """The recipe for a SpeechLLM on a text-pretrained base LLM (``model.decoder.pretrained``),
+    with the decoder adapted as ``decoder`` (lora: frozen with LoRA adapters, as in the paper;
+    frozen: projector only; full). Three stages:
+
+    - ``ctc``: the encoder warmed up alone (skip it with 0 when ``--encoder-from`` gives a warm one);
+    - ``copy``: the source transcript in the speech slot, no audio: the decoder learns to read its
+      source segment and write it out, cheaply, before any speech arrives;
+    - ``joint``: speech, with the encoder's CTC and a token CTC that pulls each projected speech
+      position towards the embedding of the token spoken there, so speech enters the decoder
+      looking like the text the copy stage taught it to read. The token CTC needs at least as many
+      speech positions as tokens: use a projector stack of 2 with the near-character BPE.
+
+    Measured on the English offline corpus (README, recipes): the joint stage alone left a LoRA
+    decoder at its text-only loss for 800 steps (WER 0.68)."""
+    stages = {
+        "ctc": StageConfig(steps=ctc_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen",
+                           lr=2e-3, batch_size=16),
+        "copy": StageConfig(steps=copy_steps, input="text", encoder="frozen", projector="frozen", decoder=decoder,
+                            lr=2e-3, batch_size=16),
+        "joint": StageConfig(steps=joint_steps, ctc_weight=ctc_weight, token_ctc_weight=1.0, lr=lr,
+                             projector_lr=projector_lr, decoder=decoder),
+    }
+    if decoder == "frozen":  # nothing in the decoder to teach: the copy stage would train nothing
+        del stages["copy"]
+    return {name: stage for name, stage in stages.items() if stage.steps > 0}
+
+
 @dataclass
 class TrainConfig:
     train: list[str] = option(help="training manifest(s), comma-separated; ASR and ST sets are mixed")

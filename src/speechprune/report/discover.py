@@ -1,4 +1,4 @@
-"""What a run directory holds: every scan, compare, sweep, evaluation, study and demo record the
+"""What a run directory holds: every scan, compare, sweep, evaluation, study, demo and base LLM the
 toolkit writes, found by their marker files anywhere below the directory. Reading only; nothing
 here knows how the outputs were made.
 """
@@ -37,6 +37,7 @@ class Run:
     evals: list[Found] = field(default_factory=list)
     studies: list[Found] = field(default_factory=list)
     demos: list[Found] = field(default_factory=list)
+    bases: list[Found] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
 
     def relative(self, path: Path) -> str:
@@ -46,7 +47,7 @@ class Run:
             return str(path)
 
     def is_empty(self) -> bool:
-        return not any((self.scans, self.compares, self.sweeps, self.evals, self.studies, self.demos))
+        return not any((self.scans, self.compares, self.sweeps, self.evals, self.studies, self.demos, self.bases))
 
 
 def _config(folder: Path) -> dict:
@@ -99,9 +100,15 @@ def _read_demo(folder: Path) -> Found | None:
     return Found("demo", folder, read_json(folder / "demo.json"), _config(folder))
 
 
+def _read_base(folder: Path) -> Found | None:
+    data = read_json(folder / "curve.json")
+    return Found("base", folder, data, _config(folder)) if data.get("curve") else None
+
+
 MARKERS = {"scan.json": ("scans", _read_scan), "compare.json": ("compares", _read_compare),
            "summary.json": ("sweeps", _read_sweep), "metrics.json": ("evals", _read_eval),
-           "study.json": ("studies", _read_study), "demo.json": ("demos", _read_demo)}
+           "study.json": ("studies", _read_study), "demo.json": ("demos", _read_demo),
+           "curve.json": ("bases", _read_base)}
 
 
 def discover(root: str | Path) -> Run:

@@ -247,6 +247,23 @@ def study_sections(study: Found, run: Run) -> list[Section]:
     return sections
 
 
+def base_section(base: Found, run: Run) -> Section:
+    data = base.data
+    section = Section(f"Base LLM: {run.relative(base.path)}")
+    section.add(f"A decoder pretrained as a language model on text alone ({data.get('train_sentences', '?')} "
+                f"sentences in {data.get('train_documents', '?')} documents, {', '.join(data.get('languages', []))}), "
+                f"saved as a Hugging Face checkpoint that SpeechLLMs start from.")
+    level = data.get("levelled_off_at")
+    section.add(Figure(f'<img alt="base LLM perplexity" src="{figures.perplexity_png(data["curve"], level)}">',
+                       f"Dev perplexity during text pretraining: {_num(data['curve'][0]['dev_ppl'], 2)} at step "
+                       f"{data['curve'][0]['step']}, {_num(data['curve'][-1]['dev_ppl'], 2)} at step "
+                       f"{data['curve'][-1]['step']}; "
+                       + (f"levelled off (three measurements each under 1% better) at step {level}." if level is not None
+                          else "still falling faster than 1% per measurement at the end."),
+                       _command("speechprune", "base-llm", "--out", str(base.path), "--steps", str(data.get("steps", "?")))))
+    return section
+
+
 def demo_section(demo: Found, run: Run) -> Section:
     section = Section(f"Demo: {run.relative(demo.path)}")
     seconds = demo.data.get("seconds", {})
@@ -255,30 +272,32 @@ def demo_section(demo: Found, run: Run) -> Section:
                     "their first time). Made by: speechprune demo --out " + shlex.quote(str(demo.path)))
         section.add(Table(["step", "seconds"], [[name, _num(value, 1)] for name, value in seconds.items()]
                           + [["total", _num(sum(seconds.values()), 1)]]))
-    section.add(Missing("base LLM: the demo's decoder is trained from scratch with the speech task (today's "
-                        "default). The paper's setting, a text-pretrained base LLM adapted with LoRA and scanned on "
-                        "text beside the SpeechLLM, is not part of the demo yet (TODO in speechprune/demo.py)."))
+    if not (demo.path / "base").is_dir():
+        section.add(Missing("base LLM: this demo trained its decoder from scratch with the speech task (--base-steps "
+                            "0), so nothing can be inherited and the base-LLM scan is absent."))
     return section
 
 
+SINGULAR = {"studies": "study", "bases": "base LLM"}
 WHAT_MAKES = {"scans": "speechprune scan", "compares": "speechprune compare", "sweeps": "speechprune sweep",
-              "evals": "speechprune eval", "studies": "speechprune study"}
+              "evals": "speechprune eval", "studies": "speechprune study", "bases": "speechprune base-llm"}
 
 
 def build(run: Run) -> list[Section]:
     overview = Section("What this run directory holds")
     counts = [[kind, str(len(getattr(run, kind))), ", ".join(run.relative(f.path) for f in getattr(run, kind)) or "-"]
-              for kind in ("demos", "studies", "evals", "scans", "compares", "sweeps")]
+              for kind in ("demos", "studies", "bases", "evals", "scans", "compares", "sweeps")]
     overview.add(f"Looked for every toolkit output below {run.root}.", Table(["kind", "found", "where"], counts))
     for kind, command in WHAT_MAKES.items():
         if not getattr(run, kind):
-            overview.add(Missing(f"no {kind[:-1] if kind != 'studies' else 'study'} here (made by `{command}`)."))
+            overview.add(Missing(f"no {SINGULAR.get(kind, kind[:-1])} here (made by `{command}`)."))
     for problem in run.unreadable:
         overview.add(Missing(f"unreadable: {problem}"))
     sections = [overview]
     sections += [demo_section(d, run) for d in run.demos]
     for study in run.studies:
         sections += study_sections(study, run)
+    sections += [base_section(b, run) for b in run.bases]
     sections += [eval_section(e, run) for e in run.evals]
     sections += [scan_section(s, run) for s in run.scans]
     sections += [compare_section(c, run) for c in run.compares]

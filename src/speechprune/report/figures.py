@@ -146,6 +146,20 @@ def best_blocks_png(profiles: list[dict]) -> str:
         return _png_uri(figure)
 
 
+def perplexity_png(curve: list[dict], levelled_off_at: int | None) -> str:
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.5, 3.2))
+    axis.plot([c["step"] for c in curve], [c["dev_ppl"] for c in curve], marker="o", markersize=3)
+    if levelled_off_at is not None:
+        axis.axvline(levelled_off_at, color="grey", linestyle=":", label=f"levelled off (step {levelled_off_at})")
+        axis.legend(loc="upper right")
+    axis.set_xlabel("optimiser step")
+    axis.set_ylabel("dev perplexity (log scale)")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    return _png_uri(figure)
+
+
 def sweep_png(rows: list[dict], summary: dict, set_name: str) -> str:
     """WER (or BLEU) against the removed fraction, one line per strategy and healing, the
     acceptability limit dashed and each line's largest acceptable fraction starred."""
