@@ -83,12 +83,14 @@ def _numbers(text: str) -> list[float]:
 def test_conditions_vary_one_axis_from_the_reference(tmp_path):
     config = _tiny_study(tmp_path)
     plan = {c.name: c for c in conditions(config)}
-    reference = "llama-2.whisper.asr-en.lora"
+    reference = "qwen2-3.whisper.asr-en.lora"  # the deepest decoder is the reference by default
     assert set(plan[reference].axes) == {"decoder", "encoder", "task", "language", "mode"}
-    assert set(plan) == {reference, "qwen2-3.whisper.asr-en.lora", "llama-2.wav2vec2.asr-en.lora",
-                         "llama-2.whisper.st-en-fr.lora", "llama-2.whisper.asr-fr.lora",
-                         "llama-2.whisper.asr-en.frozen", "llama-2.whisper.multi.lora"}
-    assert plan["llama-2.whisper.multi.lora"].source_languages() == ("en", "fr")
+    assert set(plan) == {reference, "llama-2.whisper.asr-en.lora", "qwen2-3.wav2vec2.asr-en.lora",
+                         "qwen2-3.whisper.st-en-fr.lora", "qwen2-3.whisper.asr-fr.lora",
+                         "qwen2-3.whisper.asr-en.frozen", "qwen2-3.whisper.multi.lora"}
+    assert plan["qwen2-3.whisper.multi.lora"].source_languages() == ("en", "fr")
+    config.reference_decoder = "llama-2"
+    assert "llama-2.wav2vec2.asr-en.lora" in {c.name for c in conditions(config)}
 
 
 def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
@@ -127,7 +129,7 @@ def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     # agreement matrices: same-depth conditions, symmetric, equal to a direct recomputation
     matrix = saved["agreement"]
     conds = matrix["conditions"]
-    assert "qwen2-3.whisper.asr-en.lora" not in conds and len(conds) == 6
+    assert "llama-2.whisper.asr-en.lora" not in conds and len(conds) == 6
     rho = np.asarray(matrix["metrics"]["spearman"])
     assert np.allclose(rho, rho.T) and np.allclose(np.diag(rho), 1)
     a, b = (_angular(out / saved["conditions"][c]["scan"], "speech") for c in conds[:2])

@@ -140,3 +140,15 @@ def test_token_ctc_pulls_speech_towards_the_spoken_tokens(tiny_manifest):
         losses.append(float(loss))
     assert losses[-1] < 0.8 * losses[0]
     assert all(p.grad is None for p in model.decoder.parameters()), "the decoder's embeddings stay untouched"
+
+
+def test_the_shipped_base_llm_recipe_config_equals_base_llm_stages():
+    from importlib.resources import files
+
+    from speechprune.config import build_config
+    from speechprune.train import base_llm_stages
+
+    path = str(files("speechprune") / "configs" / "train-on-base-llm.yaml")
+    config = build_config(TrainConfig, ["train=[x.jsonl]", "out=o"], path)
+    assert config.ordered_stages() == base_llm_stages("lora")
+    assert config.model.projector.stack == 2 and (config.loop.lora.rank, config.loop.lora.alpha) == (16, 32)

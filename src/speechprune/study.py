@@ -81,29 +81,29 @@ class NamedConfig:
 @dataclass
 class CorpusSettings:
     path: str = option("", help="an existing corpus folder (speechprune data synth) instead of synthesising one")
-    train_sentences: int = option(3000, help="meanings per language in the synthesised training split")
-    dev_sentences: int = option(200, help="meanings per language in the dev split")
-    test_sentences: int = option(200, help="meanings per language in the test split")
+    train_sentences: int = option(1500, help="meanings per language in the synthesised training split")
+    dev_sentences: int = option(100, help="meanings per language in the dev split")
+    test_sentences: int = option(100, help="meanings per language in the test split")
     seed: int = option(0, help="seed of the synthesised corpus (sentences, voices, noise)")
 
 
 @dataclass
 class BaseSettings:
-    sentences: int = option(20000, help="meanings rendered in every language for text pretraining")
-    dev_sentences: int = option(200, help="held-out meanings per language for the base LLM's dev perplexity")
-    steps: int = option(1200, help="optimiser steps of text pretraining")
+    sentences: int = option(10000, help="meanings rendered in every language for text pretraining")
+    dev_sentences: int = option(100, help="held-out meanings per language for the base LLM's dev perplexity")
+    steps: int = option(300, help="optimiser steps of text pretraining")
     lr: float = option(2e-3, help="peak learning rate of text pretraining")
     batch_size: int = option(8, help="documents (of 4 sentences) per optimiser step of text pretraining")
-    eval_every: int = option(100, help="steps between dev-perplexity measurements")
+    eval_every: int = option(50, help="steps between dev-perplexity measurements")
 
 
 @dataclass
 class SpeechLLMSettings:
-    warmup_steps: int = option(800, help="CTC steps of each shared encoder warm-up")
+    warmup_steps: int = option(250, help="CTC steps of each shared encoder warm-up")
     warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
     warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
-    copy_steps: int = option(200, help="steps of the copy stage (source text in the speech slot) per condition")
-    joint_steps: int = option(1100, help="steps of joint SpeechLLM training per condition")
+    copy_steps: int = option(60, help="steps of the copy stage (source text in the speech slot) per condition")
+    joint_steps: int = option(300, help="steps of joint SpeechLLM training per condition")
     lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
     ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
@@ -116,10 +116,10 @@ class SpeechLLMSettings:
 
 @dataclass
 class EvalSettings:
-    test_utterances: int = option(100, help="utterances per test set (evaluation and sweeps)")
-    scan_utterances: int = option(200, help="dev utterances each scan reads (the same for base and SpeechLLM)")
-    fractions: list[float] = option([0.0, 0.125, 0.25, 0.375, 0.5], help="removed fractions of every sweep")
-    heal_steps: int = option(150, help="LoRA healing steps per healed sweep cell")
+    test_utterances: int = option(50, help="utterances per test set (evaluation and sweeps)")
+    scan_utterances: int = option(100, help="dev utterances each scan reads (the same for base and SpeechLLM)")
+    fractions: list[float] = option([0.0, 0.25, 0.5], help="removed fractions of every sweep")
+    heal_steps: int = option(60, help="LoRA healing steps per healed sweep cell")
     max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
     wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
@@ -134,8 +134,8 @@ class StudyConfig:
                               help="task axis (asr-LANG or st-SRC-TGT); its ASR tasks are the language axis")
     decoders: list[NamedConfig] = option(
         [NamedConfig(f"{family}-{layers}", make(layers)) for family, make in (("llama", _llama), ("qwen2", _qwen2))
-         for layers in (6, 10, 16)],
-        help="decoder axis (family x size, growing in depth as Llama-3.2-1B/3B/3.1-8B do: 16/28/32 layers)")
+         for layers in (4, 7, 8)],
+        help="decoder axis (family x size: 4/7/8 layers, the depths of Llama-3.2-1B/3B/3.1-8B (16/28/32) divided by 4)")
     encoders: list[NamedConfig] = option(
         [NamedConfig("whisper", dict(EncoderConfig().config)),
          NamedConfig("wav2vec2", {"model_type": "wav2vec2", "hidden_size": 192, "num_hidden_layers": 4,
@@ -147,7 +147,8 @@ class StudyConfig:
         help="encoder axis; the first is the reference")
     modes: list[str] = option(["lora", "frozen"], help="training-mode axis: lora | frozen (projector only)")
     multitask: bool = option(True, help="train one SpeechLLM on every task and language (claim 5)")
-    reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the first)")
+    reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the deepest, the first "
+                                             "listed among equals: block structure needs depth)")
     plots: bool = option(True, help="write the scans' and comparisons' figures")
     corpus: CorpusSettings = option(CorpusSettings())
     base: BaseSettings = option(BaseSettings())
@@ -193,9 +194,16 @@ class Condition:
         return tuple(sorted({task.split("-")[1] for task in self.tasks}))
 
 
+def reference_decoder(config: StudyConfig) -> str:
+    if config.reference_decoder:
+        return config.reference_decoder
+    depth = lambda d: int(d.config.get("num_hidden_layers", 0))  # noqa: E731
+    return max(config.decoders, key=depth).name  # max keeps the first of equals
+
+
 def conditions(config: StudyConfig) -> list[Condition]:
     """The reference and every one-axis variation of it (each condition once, with all its axes)."""
-    ref_decoder = config.reference_decoder or config.decoders[0].name
+    ref_decoder = reference_decoder(config)
     ref = dict(decoder=ref_decoder, encoder=config.encoders[0].name, tasks=(f"asr-{config.languages[0]}",),
                mode=config.modes[0])
     variations = [("decoder", {"decoder": d.name}) for d in config.decoders]
@@ -435,7 +443,7 @@ def study(config: StudyConfig) -> dict:
 
     # agreement over the conditions a one-axis change separates (same depth: the reference decoder's)
     reference = next(r for r in records.values() if r["condition"].axes and "decoder" in r["condition"].axes
-                     and r["condition"].decoder == (config.reference_decoder or config.decoders[0].name))
+                     and r["condition"].decoder == reference_decoder(config))
     comparable = {name: r for name, r in records.items() if r["num_layers"] == reference["num_layers"]
                   and r["condition"].decoder == reference["condition"].decoder}
     angulars = {name: _angular(r["scan"], "speech") for name, r in comparable.items()}
