@@ -91,9 +91,9 @@ class _Timer:
 
 @claims_output("demo", resumable=True, reusable=True)
 def demo(config: DemoConfig) -> Path:
-    """Synthesise the corpus, pretrain the base LLM on text, train the SpeechLLM on it, evaluate
-    it, scan its decoder with speech and text input and the base LLM with text, compare the
-    scans, sweep prune -> heal -> evaluate, and write the report."""
+    """Synthesise the corpus, train the SpeechLLM (with ``base_steps``: on a base LLM pretrained
+    on text first), evaluate it, scan its decoder with speech and text input (and the base LLM
+    with text), compare the scans, sweep prune -> heal -> evaluate, and write the report."""
     out = Path(config.out)
     corpus, model_dir = out / "corpus", out / "model"
     timer = _Timer(out / "demo.json")
