@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from speechprune.base_llm import BaseLLMConfig, documents, grammar_texts, levelled_off_at, pretrain_base_llm
 from speechprune.data.manifest import load_manifests
 from speechprune.model.speechllm import DecoderConfig
+from speechprune.report import ReportConfig, report
 from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
 from tests.conftest import tiny_model_config, write_tiny_manifest
 
@@ -81,6 +82,18 @@ def test_base_llm_is_a_hugging_face_causal_lm_with_its_curve(tmp_path):
             count += len(ids) - 1
     # float32 logits summed over a few hundred tokens: agreement to ~1e-5 relative is what float32 promises
     assert curve["final_dev_ppl"] == pytest.approx(math.exp(total / count), rel=1e-4)
+
+    # the report finds the base LLM and shows its own curve: the numbers of curve.json, one figure
+    page = report(ReportConfig(run=[str(out)]))
+    html, md = page.read_text(encoding="utf-8"), (page.parent / "report.md").read_text(encoding="utf-8")
+    first, last = curve["curve"][0], curve["curve"][-1]
+    assert "## Base LLM: ." in md or "Base LLM: " in md
+    assert "## Base LLM: base\n" in md and "| bases | 1 | base |" in md
+    assert f"({curve['train_sentences']} sentences in {curve['train_documents']} documents, en, es)" in md
+    assert (f"Dev perplexity during text pretraining: {first['dev_ppl']:.2f} at step 0, "
+            f"{last['dev_ppl']:.2f} at step 4; still falling") in md  # 3 measurements cannot level off
+    assert 'alt="base LLM perplexity" src="data:image/png;base64,' in html
+    assert "no base LLM here" not in md and "no scan here" in md
 
 
 def test_speechllm_on_a_base_llm_with_a_warm_encoder_and_its_own_projector_lr(tmp_path):

@@ -200,7 +200,9 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
             "steps": config.steps, "train_seconds": results[0].seconds,
             "wall_seconds": time.perf_counter() - started})
         _plot(curve, staging / "curve.png")
+    level = levelled_off_at(curve)
     console.print(f"[bold green]base LLM[/] saved to {out}: dev perplexity {curve[0]['dev_ppl']:.2f} -> "
                   f"{curve[-1]['dev_ppl']:.2f} in {config.steps} steps ({results[0].seconds:.0f} s); "
-                  f"levelled off at step {levelled_off_at(curve)}")
+                  + (f"levelled off at step {level}" if level is not None
+                     else "not levelled off (still over 1% better per measurement)"))
     return out

@@ -41,8 +41,10 @@ class Run:
     unreadable: list[str] = field(default_factory=list)
 
     def relative(self, path: Path) -> str:
+        if path.resolve() == self.root.resolve():
+            return path.resolve().name  # a report on one output names it, not "."
         try:
-            return str(path.relative_to(self.root)) or "."
+            return str(path.relative_to(self.root))
         except ValueError:
             return str(path)
 
