@@ -60,6 +60,27 @@ def _before_commit(path: Path) -> None:
         time.sleep(600)
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it; read once, before any threads write
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, directory: bool = False) -> None:
+    """tempfile (and some writers' own temporary files) make 0600 files and 0700 folders; a result
+    gets the mode any other file the user makes would get (0644 and 0755 under the usual umask
+    022), so colleagues can read it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _usual_modes(tree: Path) -> None:
+    _usual_mode(tree, directory=True)
+    for path in tree.rglob("*"):
+        if not path.is_symlink():
+            _usual_mode(path, directory=path.is_dir())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` (same suffix, so writers that infer a format from it
@@ -70,6 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _usual_mode(Path(tmp))
         _before_commit(path)
         os.replace(tmp, path)
     except BaseException:
@@ -113,6 +135,7 @@ def staged_dir(out: str | Path, overwrite: bool = True, resume_signature: str | 
         yield staging
         with contextlib.suppress(FileNotFoundError):
             os.unlink(staging / RUN_MARKER)
+        _usual_modes(staging)
         _before_commit(out)
         _swap_in(staging, out, overwrite)
     except BaseException:
