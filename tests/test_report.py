@@ -218,4 +218,4 @@ def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tm
     path = demo(config)
     assert path == out / "report.html" and (out / "sweep" / "summary.json").stat().st_mtime_ns == stamp
     md = (out / "report.md").read_text()
-    assert "## Demo: ." in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
+    assert "## Demo: demo\n" in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
