@@ -101,13 +101,10 @@ def test_an_output_directory_that_is_a_file_is_refused(command, world, tmp_path,
 
 
 @pytest.mark.parametrize("command", ["prune", "base-llm"])  # one that stages its result aside, one that works in OUT
-def test_overwrite_replaces_the_output(command, world, tmp_path):
+def test_overwrite_replaces_the_output(command, world, tmp_path, monkeypatch):
     # temporary files and folders are created 0600 and 0700: results must get the user's usual modes
-    previous_umask = os.umask(0o022)
-    try:
-        _overwrite_and_check(command, world, tmp_path)
-    finally:
-        os.umask(previous_umask)
+    monkeypatch.setattr(files, "_UMASK", 0o022)  # as read at import on a machine with the usual umask
+    _overwrite_and_check(command, world, tmp_path)
     modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o777 for p in (tmp_path / "made-by-user").rglob("*")}
     assert modes and all(mode == (0o755 if (tmp_path / path).is_dir() else 0o644) for path, mode in modes.items()), modes
 

@@ -60,18 +60,20 @@ def _before_commit(path: Path) -> None:
         time.sleep(600)
 
 
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it; read once, before any threads write
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: done once, at import, before any thread writes
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def _usual_mode(path: Path, directory: bool = False) -> None:
     """tempfile (and some writers' own temporary files) make 0600 files and 0700 folders; a result
     gets the mode any other file the user makes would get (0644 and 0755 under the usual umask
     022), so colleagues can read it."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    os.chmod(path, (0o777 if directory else 0o666) & ~_UMASK)
 
 
 def _usual_modes(tree: Path) -> None:
