@@ -13,6 +13,7 @@ import yaml
 from scipy.stats import spearmanr
 
 from speechprune.config import build_config
+from speechprune.report import ReportConfig, report
 from speechprune.study import StudyConfig, conditions, study
 from tests.conftest import SENTENCES, tiny_model_config, write_tiny_manifest
 
@@ -162,6 +163,16 @@ def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     assert model_file.stat().st_mtime_ns == stamp
     assert f"reusing the finished steps of the same run in {out}" in capsys.readouterr().err
     assert again["claims"] == result["claims"]
+
+    # the report reads the whole study: its claims, every scan (the consensus too) and sweep
+    md = (report(ReportConfig(run=[str(out)])).parent / "report.md").read_text(encoding="utf-8")
+    assert f"| {saved['claims'][0]['claim']} |" in md
+    consensus_section = md.split("## Scan: consensus/scan")[1].split("\n## ")[0]
+    assert "the mean of their angular matrices" in consensus_section and "Not in this run" not in consensus_section
+    for row in saved["consensus"]["rows"]:  # the consensus scan's l*(n) are the study's consensus starts
+        start = row["consensus_start"]
+        assert f"| {row['n']} | {start} | [{start},{start + row['n']}) | - |" in consensus_section
+    assert md.count("## Sweep: ") == len(saved["sweeps"])
 
 
 def test_the_shipped_example_config_plans_every_axis():

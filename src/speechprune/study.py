@@ -470,7 +470,9 @@ def study(config: StudyConfig) -> dict:
             write_json(consensus_scan / "scan.json", {
                 "num_layers": reference["num_layers"], "kind": "consensus",
                 "conditions": list(single_task or angulars),
-                "inputs": {"speech": {"regions": {REGION: {"angular": backbone["mean_angular"]}}}}})
+                "inputs": {"speech": {"regions": {REGION: {
+                    "angular": backbone["mean_angular"],
+                    "best_blocks": best_blocks(np.asarray(backbone["mean_angular"])), "stability": None}}}}})
         tasks = multitask["condition"].tasks
         train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
         with_consensus = _sweep(config, corpus, multitask["model"], consensus_scan, out / "consensus" / "sweep",

@@ -54,6 +54,8 @@ def _command(*words) -> str:
 
 def _scan_command(scan: Found, run: Run) -> str:
     data = scan.data
+    if data.get("kind") == "consensus":
+        return "speechprune study (the consensus backbone)"
     return _command("speechprune", "scan", "--model", data.get("model", {}).get("path", "MODEL"),
                     "--data", data.get("data", {}).get("manifest", "DATA"),
                     "--input", "both" if len(data["inputs"]) > 1 else next(iter(data["inputs"]), "auto"),
@@ -70,23 +72,31 @@ def scan_section(scan: Found, run: Run) -> Section:
     where = run.relative(scan.path)
     section = Section(f"Scan: {where}")
     model = data.get("model", {})
-    section.add(f"{model.get('kind', 'model')} {model.get('path', '')} ({model.get('family', '?')}, "
-                f"{data['num_layers']} decoder layers), {data.get('data', {}).get('utterances', '?')} utterances of "
-                f"{data.get('data', {}).get('manifest', '?')}. Layers are 0-based; a block [l, l+n) is end-exclusive.")
+    consensus = data.get("kind") == "consensus"  # written by the study: a mean matrix, not a measurement
+    if consensus:
+        section.add(f"The consensus of {len(data.get('conditions', []))} conditions ({data['num_layers']} decoder "
+                    "layers): the mean of their angular matrices, which a sweep reads like any scan. Layers are "
+                    "0-based; a block [l, l+n) is end-exclusive.")
+    else:
+        section.add(f"{model.get('kind', 'model')} {model.get('path', '')} ({model.get('family', '?')}, "
+                    f"{data['num_layers']} decoder layers), {data.get('data', {}).get('utterances', '?')} utterances "
+                    f"of {data.get('data', {}).get('manifest', '?')}. Layers are 0-based; a block [l, l+n) is "
+                    "end-exclusive.")
     command = _scan_command(scan, run)
     inputs = list(data["inputs"])
     regions = [r for r in ("all", "last") if any(_profile(scan, i, r) for i in inputs)]
     for region in regions:
         present = [(i, _profile(scan, i, region)) for i in inputs if _profile(scan, i, region)]
         vmin, vmax = figures.distance_range([p["angular"] for _, p in present])
-        maps = "".join(figures.heatmap_svg(p["angular"], f"{i} input, {region} positions ({p['count']} counted)",
-                                           vmin, vmax) for i, p in present)
+        maps = "".join(figures.heatmap_svg(p["angular"], f"{i} input, {region} positions"
+                                           + (f" ({p['count']} counted)" if "count" in p else ""), vmin, vmax)
+                       for i, p in present)
         section.add(Figure(f'<div class="pair">{maps}</div>{figures.colour_bar_svg(vmin, vmax)}'
                            '<div class="readout" aria-live="polite">hover a cell: l, n, distance</div>',
                            f"Angular distance d(x_l, x_l+n) of every block [l, l+n) with "
                            f"{' and '.join(i for i, _ in present)} input at {region} positions, on one colour scale "
                            f"(low = redundant); the red dot is the best start l*(n).", command))
-    if "text" not in inputs or "speech" not in inputs:
+    if not consensus and ("text" not in inputs or "speech" not in inputs):
         section.add(Missing(f"only {', '.join(inputs)} input was scanned: speech and text side by side need "
                             "`speechprune scan --input both`."))
     profiles = []
@@ -112,7 +122,7 @@ def scan_section(scan: Found, run: Run) -> Section:
                         _num(stability.get("change_rate"), 2) if stability else "-"]
             rows.append(row)
         section.add(Table(headers, rows))
-        if not any(p["stability"] for p in profiles):
+        if not consensus and not any(p["stability"] for p in profiles):
             section.add(Missing("no bootstrap intervals: the scan ran with --bootstrap 0."))
     return section
 
