@@ -5,7 +5,7 @@ can also train its projector); any other kind (a plain causal LM, a Hugging Face
 with :func:`heal_decoder`, a LoRA loop on the decoder inputs its adapter builds.
 
 Targets (where the LoRA goes in the decoder):
-- ``receiving-mlp`` (default, as in the seed paper): the MLP of each layer that now receives a
+- ``receiving-mlp`` (default, as in Moumen et al., 2026): the MLP of each layer that now receives a
   removed block's input, i.e. the first kept layer after each removed block. A block that ended
   the decoder has no receiving layer; its healing goes to the last kept layer's MLP.
 - ``all-mlp``: the MLP of every layer.

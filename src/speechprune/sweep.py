@@ -4,7 +4,7 @@ and healing (decode speed is left to bench/: see ``SPEED_NOTE``).
 
 Acceptability (per test set):
 - ASR: WER <= max(baseline WER x (1 + ``wer_rise``), baseline WER + ``wer_floor``). The relative
-  rule is the seed paper's (+25%); the absolute floor keeps a near-zero baseline (0.5% WER) from
+  rule is Moumen et al.'s (2026, +25%); the absolute floor keeps a near-zero baseline (0.5% WER) from
   failing every pruning level over one extra word.
 - ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
   budget as for WER).

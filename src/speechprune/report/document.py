@@ -220,7 +220,7 @@ def study_sections(study: Found, run: Run) -> list[Section]:
     claims = data.get("claims")
     section = Section(f"Study: {where}")
     if claims:
-        section.add("What the seed paper claims, what this study measured, and the evidence.")
+        section.add("What the paper (Moumen et al., 2026) claims, what this study measured, and the evidence.")
         section.add(Table(["claim", "paper", "measured", "evidence"],
                           [[str(c.get("claim", "")), str(c.get("paper", "")), str(c.get("measured", "")),
                             str(c.get("evidence", ""))] for c in claims]))
