@@ -141,7 +141,7 @@ class StudyConfig:
         [NamedConfig("whisper", dict(EncoderConfig().config)),
          NamedConfig("wav2vec2", {"model_type": "wav2vec2", "hidden_size": 192, "num_hidden_layers": 4,
                                   "num_attention_heads": 4, "intermediate_size": 768,
-                                  "conv_dim": [32, 32, 64, 64, 128, 128, 192],  # narrow early: 5.6x faster
+                                  "conv_dim": [32, 32, 64, 64, 128, 128, 192],  # narrow early: see BENCHMARKS.md
                                   "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
                                   "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
                                   "do_stable_layer_norm": True, "feat_extract_norm": "layer"})],
@@ -377,14 +377,14 @@ def consensus(angulars: dict[str, np.ndarray]) -> dict:
     mean = np.mean(list(angulars.values()), axis=0)
     table = block_distances(mean)
     own = {name: best_blocks(matrix) for name, matrix in angulars.items()}
-    rows = []
-    for entry in best_blocks(mean):
+    rows, consensus_blocks = [], best_blocks(mean)
+    for entry in consensus_blocks:
         n = entry["n"]
         starts = {name: blocks[n - 1]["start"] for name, blocks in own.items()}
         rows.append({"n": n, "consensus_start": entry["start"], "mean_distance": float(table[n - 1, entry["start"]]),
                      "per_condition": starts,
                      "mean_abs_shift": float(np.mean([abs(s - entry["start"]) for s in starts.values()]))})
-    return {"rows": rows, "mean_angular": mean.tolist()}
+    return {"rows": rows, "mean_angular": mean.tolist(), "best_blocks": consensus_blocks}
 
 
 def _pair(payload: dict, a: str, b: str) -> dict:
@@ -472,7 +472,7 @@ def study(config: StudyConfig) -> dict:
                 "conditions": list(single_task or angulars),
                 "inputs": {"speech": {"regions": {REGION: {
                     "angular": backbone["mean_angular"],
-                    "best_blocks": best_blocks(np.asarray(backbone["mean_angular"])), "stability": None}}}}})
+                    "best_blocks": backbone["best_blocks"], "stability": None}}}}})
         tasks = multitask["condition"].tasks
         train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
         with_consensus = _sweep(config, corpus, multitask["model"], consensus_scan, out / "consensus" / "sweep",
