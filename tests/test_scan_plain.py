@@ -16,7 +16,8 @@ from tokenizers import processors
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from speechprune.cli import main
-from speechprune.data.manifest import load_data, load_manifest
+from speechprune.data.manifest import load_manifest
+from speechprune.data.sources import load_data
 from speechprune.errors import UserError
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.scan.run import ScanConfig, scan

@@ -197,7 +197,7 @@ TEXT_COLUMNS = ["text", "sentence", "content", "transcription"]
 
 
 def load_text_dataset(dataset: str, text_column: str | None = None, split: str | None = None) -> list[Utterance]:
-    """A Hugging Face text dataset as text-only utterances (see :func:`speechprune.data.manifest.load_data`):
+    """A Hugging Face text dataset as text-only utterances (see :func:`speechprune.data.sources.load_data`):
     the texts of ``text_column`` (default: the first of text, sentence, content, transcription
     the dataset has), empty ones skipped; ids from an ``id`` column (made unique), else ``row-N``. Audio columns
     are never read."""

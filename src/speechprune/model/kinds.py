@@ -1,5 +1,5 @@
 """The two kinds of model this toolkit had before Hugging Face speech-LLMs: its own SpeechLLM
-directory and a plain Hugging Face causal LM, behind :class:`~speechprune.model.interface.LoadedModel`."""
+directory and a plain Hugging Face causal LM, behind :class:`~speechprune.model.loaded.LoadedModel`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from speechprune.data.manifest import Utterance
-from speechprune.model.interface import (LoadedModel, copy_files, copy_non_weight_files, from_pretrained,
-                                         local_dir, place)
+from speechprune.model.loaded import (LoadedModel, copy_files, copy_non_weight_files, from_pretrained, local_dir,
+                                      place)
 from speechprune.model.layout import DecoderInputs
 from speechprune.model.speechllm import SPEECHLLM_FILE, SpeechLLM, generate_text
 from speechprune.model.text import text_batch, text_decoder_inputs

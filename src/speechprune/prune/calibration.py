@@ -179,7 +179,7 @@ def calibration_batches(model: Any, data: str, input_name: str, batch_size: int 
     ``model`` (a :class:`~speechprune.model.interface.LoadedModel`), computed once: a speech encoder
     runs here and never again. Text input is laid out as ``layout`` (auto: the model's default,
     plain for a plain causal LM, task for a speech model)."""
-    from speechprune.data.manifest import load_data, require_audio
+    from speechprune.data.sources import load_data, require_audio
     from speechprune.errors import UserError
 
     utterances = load_data(data, text_column, split)

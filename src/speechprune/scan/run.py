@@ -101,7 +101,7 @@ def _resolve_device(config: ScanConfig):
 def _inputs_for(config: ScanConfig, model, utterances: list) -> list[str]:
     """Every input the model takes for auto / both (auto leaves speech out on text-only data or
     the plain layout), else the one asked for; speech input on text-only data is refused."""
-    from speechprune.data.manifest import require_audio
+    from speechprune.data.sources import require_audio
 
     if config.input in ("auto", "both"):
         inputs = [name for name in INPUTS if name in model.sources]
@@ -214,7 +214,7 @@ def scan(config: ScanConfig) -> dict:
     """Angular distance and cosine between every pair of decoder layers, per input and region,
     from one streaming pass over the data; every block [l, l+n) and l*(n) follow from it.
     Writes OUT/scan.json and figures; resumes from OUT/.checkpoint after an interruption."""
-    from speechprune.data.manifest import load_data
+    from speechprune.data.sources import load_data
 
     out = Path(config.out)
     state, device = _resolve_device(config)

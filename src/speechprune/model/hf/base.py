@@ -29,8 +29,7 @@ from speechprune.data.audio import load_audio
 from speechprune.data.manifest import Utterance
 from speechprune.errors import UserError
 from speechprune.model.decoder import base_model
-from speechprune.model.interface import (LoadedModel, copy_non_weight_files, from_pretrained, local_dir, place,
-                                         register)
+from speechprune.model.loaded import LoadedModel, copy_non_weight_files, from_pretrained, local_dir, place
 from speechprune.model.layout import DecoderInputs, Segment, assemble
 from speechprune.model.speechllm import DEFAULT_PROMPTS, generate_text, prompt_text
 
@@ -103,10 +102,6 @@ class HFSpeechLLM(LoadedModel):
             raise UserError(f"--input speech: the {self.family} processor of {self.path} cannot be loaded here "
                             f"({self.processor_error}); text input works without it")
         super().check_source(source)
-
-    @classmethod
-    def register(cls, config_class: type) -> None:
-        register(config_class, cls.open)
 
     # ---- the chat
     def user_content(self, utt: Utterance, source: str) -> list[dict] | str:

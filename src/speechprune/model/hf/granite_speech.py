@@ -3,8 +3,6 @@ Granite decoder (which scales its input embeddings itself, so they are captured 
 Its chat template takes the user turn as one string with the ``<|audio|>`` placeholder in it; its
 feature extractor needs torchaudio."""
 
-from transformers import GraniteSpeechConfig
-
 from speechprune.data.manifest import Utterance
 from speechprune.model.hf.base import HFSpeechLLM
 from speechprune.model.speechllm import prompt_text
@@ -17,6 +15,3 @@ class GraniteSpeech(HFSpeechLLM):
     def user_content(self, utt: Utterance, source: str) -> str:
         audio = getattr(self.processor, "audio_token", None) or "<|audio|>"
         return f"{audio if source == 'speech' else utt.text} {prompt_text(self.prompts, utt)}"
-
-
-GraniteSpeech.register(GraniteSpeechConfig)

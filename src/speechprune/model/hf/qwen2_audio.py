@@ -3,14 +3,9 @@ template writes each audio item as ``<|audio_bos|><|AUDIO|><|audio_eos|>``, the 
 ``<|AUDIO|>`` to one token per encoder frame (the model would also expand a single one itself, so
 speech positions are read only from the processor's expanded ids)."""
 
-from transformers import Qwen2AudioConfig
-
 from speechprune.model.hf.base import HFSpeechLLM
 
 
 class Qwen2Audio(HFSpeechLLM):
     family = "Qwen2-Audio"
     model_class = "Qwen2AudioForConditionalGeneration"
-
-
-Qwen2Audio.register(Qwen2AudioConfig)

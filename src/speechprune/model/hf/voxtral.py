@@ -4,8 +4,6 @@ chats with audio only through mistral-common (``apply_chat_template(tokenize=Tru
 30 s), which gives no character offsets for the regions: speech input is refused with that reason,
 text input and pruning work as for the other families."""
 
-from transformers import VoxtralConfig
-
 from speechprune.errors import UserError
 from speechprune.model.hf.base import HFSpeechLLM
 
@@ -23,6 +21,3 @@ class Voxtral(HFSpeechLLM):
             raise UserError(f"--input speech: {self.path}: Voxtral's processor renders audio chats only through "
                             "mistral-common, which this toolkit does not drive yet; use --input text")
         super().check_source(source)
-
-
-Voxtral.register(VoxtralConfig)
