@@ -43,15 +43,14 @@ class DemoConfig:
     st_pairs: list[str] = option([], help="speech-translation pairs")
     train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
     base_steps: int = option(0, help="text-only pretraining steps of the base LLM, the paper's setting (0: none, the "
-                                     "decoder is trained from scratch with the speech task; a base LLM that can read "
-                                     "its context needs about 800, which with the SpeechLLM on it exceeds 12 minutes: "
-                                     "README, recipes)")
+                                     "decoder is trained from scratch with the speech task; what each costs: "
+                                     "BENCHMARKS.md, measured defaults)")
     base_sentences: int = option(10000, help="meanings the base LLM reads (the corpus's dev and test texts excluded)")
     decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
     ctc_steps: int = option(150, help="encoder warm-up steps (CTC)")
     copy_steps: int = option(200, help="steps of the copy stage (source text in the speech slot; base LLM only)")
-    joint_steps: int = option(950, help="joint training steps: from scratch, the default recipe's 1100 reach WER "
-                                        "0.022 in-domain, 950 reached 0.045 and save about 30 s")
+    joint_steps: int = option(950, help="joint training steps (from scratch; the WER each reaches: BENCHMARKS.md, "
+                                        "measured defaults)")
     fractions: list[float] = option([0.0, 0.125, 0.25, 0.375], help="sweep: fractions of decoder layers removed")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")

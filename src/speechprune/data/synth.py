@@ -69,8 +69,8 @@ class SynthConfig:
     ood_variants: list[str] = option(["m6", "m7", "f4", "f5"], help="voice variants held out for test-ood")
     ood_speeds: list[int] = option([125, 195], help="speaking rates held out for test-ood")
     ood_pitches: list[int] = option([20, 80], help="pitches for test-ood")
-    ood_snr_db: float = option(30.0, help="signal-to-noise ratio (dB) of the noise added to test-ood; on the offline "
-                                          "default WER 0.31 at 30 dB, 0.71 at 20 dB, 0.99 at 10 dB (in domain: 0.02)")
+    ood_snr_db: float = option(30.0, help="signal-to-noise ratio (dB) of the noise added to test-ood (the WER it "
+                                          "gives: BENCHMARKS.md, measured defaults)")
     ood_noise: list[str] = option(["white", "babble"], help="noise kinds for test-ood (white, pink, babble)")
     max_seconds: float = option(6.0, help="an utterance longer than this is spoken again, faster, to fit")
     workers: int = option(0, help="parallel espeak-ng processes (0: one per CPU core)")
