@@ -137,7 +137,10 @@ def test_eval_prints_each_condition_once_and_help_names_the_files(workspace, cap
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["sets"]["tiny"]
     assert {k for k in metrics if isinstance(metrics[k], dict)} == {"asr", "st"}
     assert metrics["asr"]["conditions"] == ["en-en"] and metrics["st"]["conditions"] == ["en-fr"]
-    assert re.search(r"tiny\s+.\s+asr \(en-en\)\s+.\s+6\s+.\s+" + f"{metrics['asr']['wer']:.3f}", out)
+    asr = metrics["asr"]
+    assert re.search(r"tiny\s+.\s+asr \(en-en\)\s+.\s+6\s+.\s+" + f"{asr['words']}" + r"\s+.\s+"
+                     + re.escape(f"{asr['wer']:.3f} [{asr['wer_interval'][0]:.3f}, {asr['wer_interval'][1]:.3f}]"), out)
+    assert "WER [95% CI]" in out and "words" in out
     assert out.count("asr") == 1 and out.count("st (en-fr)") == 1
     assert_help_names_the_files(capsys, "eval", tmp_path / "eval")
 

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import torch
 from sacrebleu.metrics import BLEU, CHRF
 
+from speechprune.bootstrap import Interval, interval, utterance_statistics
 from speechprune.config import option, require, save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance, load_manifests
@@ -60,27 +62,68 @@ class EvalResult:
     rows: list[dict] = field(default_factory=list)
 
 
+def _normalised(text: str) -> str:
+    return " ".join(WER_NORMALISER(text)[0]) if text.strip() else ""
+
+
+def word_errors(references: list[str], hypotheses: list[str]) -> list[dict]:
+    """Per utterance, after the normaliser: reference words and substitutions, deletions and
+    insertions (an empty normalised reference counts its hypothesis words as insertions, since
+    jiwer refuses empty references)."""
+    refs, hyps = [_normalised(r) for r in references], [_normalised(h) for h in hypotheses]
+    counts = [{"words": 0, "substitutions": 0, "deletions": 0, "insertions": len(h.split()) if not r else 0}
+              for r, h in zip(refs, hyps)]
+    scored = [i for i, r in enumerate(refs) if r]
+    if scored:
+        output = jiwer.process_words([refs[i] for i in scored], [hyps[i] for i in scored])
+        for index, chunks in zip(scored, output.alignments):
+            entry = counts[index]
+            entry["words"] = len(refs[index].split())
+            for chunk in chunks:
+                if chunk.type == "substitute":
+                    entry["substitutions"] += chunk.ref_end_idx - chunk.ref_start_idx
+                elif chunk.type == "delete":
+                    entry["deletions"] += chunk.ref_end_idx - chunk.ref_start_idx
+                elif chunk.type == "insert":
+                    entry["insertions"] += chunk.hyp_end_idx - chunk.hyp_start_idx
+    return counts
+
+
+def _wer_pairs(counts: list[dict]) -> list[tuple[int, int]]:
+    return [(c["substitutions"] + c["deletions"] + c["insertions"], c["words"]) for c in counts]
+
+
 def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
-    """Corpus WER after the normaliser; empty normalised references count their hypothesis words
-    as insertions (jiwer refuses empty references)."""
-    refs = [" ".join(WER_NORMALISER(r)[0]) if r.strip() else "" for r in references]
-    hyps = [" ".join(WER_NORMALISER(h)[0]) if h.strip() else "" for h in hypotheses]
-    kept = [(r, h) for r, h in zip(refs, hyps) if r]
-    insertions_only = sum(len(h.split()) for r, h in zip(refs, hyps) if not r)
-    if not kept:
-        return {"wer": float(insertions_only > 0), "words": 0}
-    output = jiwer.process_words([r for r, _ in kept], [h for _, h in kept])
-    words = sum(len(r.split()) for r, _ in kept)
-    errors = output.substitutions + output.deletions + output.insertions + insertions_only
-    return {"wer": errors / words, "words": words, "substitutions": output.substitutions,
-            "deletions": output.deletions, "insertions": output.insertions + insertions_only}
+    """Corpus WER after the normaliser, with its bootstrap interval over utterances
+    (:mod:`speechprune.bootstrap`) and the counts it rests on."""
+    counts = word_errors(references, hypotheses)
+    totals = {key: sum(c[key] for c in counts) for key in ("words", "substitutions", "deletions", "insertions")}
+    wer = interval("wer", utterance_statistics("wer", references, hypotheses, _wer_pairs(counts)))
+    return {"wer": wer.value, **totals, "wer_interval": [wer.low, wer.high], **_interval_settings(wer)}
 
 
 def translation_scores(references: list[str], hypotheses: list[str]) -> dict:
-    bleu, chrf = BLEU(), CHRF()
-    return {"bleu": bleu.corpus_score(hypotheses, [references]).score,
-            "chrf": chrf.corpus_score(hypotheses, [references]).score,
-            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature())}
+    """Corpus BLEU and chrF (sacrebleu, signatures recorded), each with its bootstrap interval."""
+    scores = {}
+    for name, scorer in (("bleu", BLEU()), ("chrf", CHRF())):
+        value = scorer.corpus_score(hypotheses, [references]).score
+        estimate = interval(name, utterance_statistics(name, references, hypotheses))
+        scores.update({name: value, f"{name}_interval": [estimate.low, estimate.high],
+                       f"{name}_signature": str(scorer.get_signature()), **_interval_settings(estimate)})
+    return {**scores, "words": sum(len(r.split()) for r in references)}
+
+
+def _interval_settings(estimate: Interval) -> dict:
+    return {"interval_level": estimate.level, "bootstrap_samples": estimate.samples}
+
+
+def metric_statistics(task: str, rows: list[dict]) -> dict[str, np.ndarray]:
+    """The per-utterance statistics of each metric of ``task`` for ``rows`` (hypothesis rows as
+    ``decode`` writes them): what a paired bootstrap against another model's rows needs."""
+    refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
+    if task == "asr":
+        return {"wer": utterance_statistics("wer", refs, hyps, _wer_pairs(word_errors(refs, hyps)))}
+    return {name: utterance_statistics(name, refs, hyps) for name in ("bleu", "chrf")}
 
 
 def score(rows: list[dict]) -> dict:
@@ -166,14 +209,24 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
     return results
 
 
+def with_interval(entry: dict, metric: str, digits: int = 3) -> str | None:
+    """``0.046 [0.031, 0.062]``: a metric of an eval entry with its bootstrap interval."""
+    if entry.get(metric) is None:
+        return None
+    low_high = entry.get(f"{metric}_interval")
+    value = f"{entry[metric]:.{digits}f}"
+    return f"{value} [{low_high[0]:.{digits}f}, {low_high[1]:.{digits}f}]" if low_high else value
+
+
 def summary(metrics: dict, out: str) -> object:
-    """One row per test set and condition."""
+    """One row per test set and condition, each metric with its 95% bootstrap interval."""
     rows = []
     for set_name, entries in metrics["sets"].items():
         for condition, entry in entries.items():
             if isinstance(entry, dict) and "utterances" in entry:
                 label = condition if ":" in condition else f"{condition} ({', '.join(entry['conditions'])})"
-                rows.append((set_name, label, entry["utterances"], entry.get("wer"), entry.get("bleu"),
-                             entry.get("chrf")))
-    return table(f"eval: {metrics['model']} -> {out}", ("test set", "condition", "utterances", "WER", "BLEU", "chrF"),
+                rows.append((set_name, label, entry["utterances"], entry.get("words"), with_interval(entry, "wer"),
+                             with_interval(entry, "bleu", 1), with_interval(entry, "chrf", 1)))
+    return table(f"eval: {metrics['model']} -> {out}",
+                 ("test set", "condition", "utterances", "words", "WER [95% CI]", "BLEU [95% CI]", "chrF [95% CI]"),
                  rows)
