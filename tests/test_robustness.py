@@ -126,6 +126,27 @@ def _overwrite_and_check(command, world, tmp_path):
         assert json.loads((out / "pruning.json").read_text())["removed"] == [1]
 
 
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "data hf"])
+def test_an_output_of_another_command_is_refused_even_with_overwrite(command, world, tmp_path, capsys):
+    # following an "--overwrite" hint must not delete another command's work (scan --out runs/demo)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"weights")
+    maker = "scan" if command == "demo" else "demo"
+    files.write_json(out / files.MADE_BY, {"command": maker})
+    fails_with(capsys, command_lines(world, out)[command] + ["--overwrite"], str(out),
+               f"holds the output of 'speechprune {maker}'", "choose another --out")
+    assert (out / "model.safetensors").read_bytes() == b"weights" and leftovers(tmp_path) == []
+
+
+def test_a_finished_output_names_its_command_and_overwrite_replaces_only_its_own(world, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(command_lines(world, out)["prune"]) == 0
+    assert files.made_by(out) == "prune"
+    fails_with(capsys, command_lines(world, out)["scan"] + ["--overwrite"], "holds the output of 'speechprune prune'")
+    assert main(command_lines(world, out)["prune"] + ["--overwrite"]) == 0 and files.made_by(out) == "prune"
+
+
 def test_an_unfinished_run_of_other_settings_is_refused(world, tmp_path, capsys):
     # an unfinished scan of other settings (its marker names another signature) is not resumed
     scan_out = tmp_path / "scan"

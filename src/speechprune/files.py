@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 from speechprune.errors import UserError
 
 RUN_MARKER = ".speechprune-run.json"  # inside an unfinished output of a resumable command
+MADE_BY = ".speechprune-made-by.json"  # inside a finished directory output: the command that made it
 # Test-only: pause (for minutes) before committing a written file or directory whose path matches
 # this regex, after writing the signal file named below, so a test can kill a run at that moment.
 PAUSE_ENV = "SPEECHPRUNE_TEST_PAUSE_BEFORE_COMMIT"
@@ -164,11 +165,21 @@ def read_json(path: str | Path) -> Any:
         return json.load(handle)
 
 
-def _read_marker(directory: Path) -> dict:
+def _read_marker(directory: Path, name: str = RUN_MARKER) -> dict:
     try:
-        return read_json(directory / RUN_MARKER)
+        marker = read_json(directory / name)
     except (OSError, ValueError):
         return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def made_by(out: str | Path) -> str | None:
+    """The command that made the output ``out`` (finished, or a resumable run's unfinished work),
+    when it says so."""
+    out = Path(out)
+    if not out.is_dir():
+        return None
+    return _read_marker(out, MADE_BY).get("command") or _read_marker(out).get("command")
 
 
 # ----------------------------------------------------------------------------- claiming an output
@@ -199,7 +210,7 @@ def _os_error(option: str, out: Path, error: OSError) -> UserError:
 @contextlib.contextmanager
 def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bool = False,
                  directory: bool = True, clear: bool = False, option: str = "--out",
-                 reusable: bool = False) -> Iterator[Claim]:
+                 reusable: bool = False, command: str | None = None) -> Iterator[Claim]:
     """Claim ``out`` for one run, for the length of the block.
 
     Refused with one line: ``out`` is a file where a directory is wanted (or the reverse), its
@@ -210,6 +221,9 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
     command's staged result replaces it. Disk errors inside the block become one line too.
     A ``reusable`` command (a pipeline whose every finished step is kept and reused, the study)
     keeps its marker when it finishes, marked finished: a rerun with the same settings reuses it.
+    A directory output made by ``command`` says so (:data:`MADE_BY`); an output made by another
+    command is refused even with ``overwrite``, which replaces only an output of the same command
+    (the output of ``demo`` is not for ``scan`` to delete).
     """
     out = Path(out)
     if directory and out.exists() and not out.is_dir():
@@ -228,6 +242,11 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
         fresh = not _has_content(out)
         if not fresh:
             marker = _read_marker(out) if out.is_dir() else {}
+            maker = made_by(out)
+            if command and maker and maker != command:
+                raise UserError(f"{option} {out} holds the output of 'speechprune {maker}', which "
+                                f"'speechprune {command}' does not replace, even with --overwrite; "
+                                f"choose another {option}")
             if resumable and marker.get("signature") == signature:
                 resumed = True
                 what = "reusing the finished steps of the same run" if marker.get("finished") else \
@@ -240,12 +259,13 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
             else:
                 what = ("holds a finished run with other settings" if marker.get("finished") else
                         "holds an unfinished run with other settings") if marker else "already exists"
-                raise UserError(f"{option} {out} {what}; pass --overwrite to replace it")
+                raise UserError(f"{option} {out} {what}; pass --overwrite to replace it, or choose another {option}")
         try:
             if resumable:
                 out.mkdir(parents=True, exist_ok=True)
                 if not resumed or reusable:  # (a reused finished run is unfinished again while it runs)
-                    write_json(out / RUN_MARKER, {"signature": signature, "pid": os.getpid()})
+                    write_json(out / RUN_MARKER, {"signature": signature, "pid": os.getpid(),
+                                                  **({"command": command} if command else {})})
             yield Claim(out, resumed)
         except Exception as error:
             if resumable and fresh and out.is_dir() and {p.name for p in out.iterdir()} <= {RUN_MARKER}:
@@ -254,10 +274,13 @@ def claim_output(out: str | Path, overwrite: bool, signature: str, resumable: bo
                 raise _os_error(option, out, error) from None
             raise
         if reusable:
-            write_json(out / RUN_MARKER, {"signature": signature, "finished": True})
+            write_json(out / RUN_MARKER, {"signature": signature, "finished": True,
+                                          **({"command": command} if command else {})})
         elif resumable:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(out / RUN_MARKER)
+        if command and directory and out.is_dir():
+            write_json(out / MADE_BY, {"command": command})
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(lock_path)  # before the close: a run that opened it meanwhile sees it gone and retries
@@ -332,7 +355,8 @@ def claims_output(command: str, resumable: bool = False, directory: bool = True,
         @functools.wraps(function)
         def run(config: Any, *args: Any, **kwargs: Any) -> Any:
             with claim_output(config.out, config.overwrite, run_signature(command, config), resumable,
-                              directory, resumable if clear is None else clear, reusable=reusable):
+                              directory, resumable if clear is None else clear, reusable=reusable,
+                              command=command):
                 return function(config, *args, **kwargs)
         return run
     return decorate
