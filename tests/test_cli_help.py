@@ -152,3 +152,12 @@ def test_synth_default_pairs_follow_languages_chosen_pairs_are_checked():
     assert SynthConfig(out="o").st_pairs == ["en-fr", "en-de", "fr-en", "de-en"]
     with pytest.raises(UserError, match="--st-pairs: 'en-de' uses 'de'"):
         SynthConfig(out="o", languages=["en"], st_pairs=["en-de"])
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_help_is_plain_text_without_docstring_markup(name, capsys):
+    assert main([*name.split(), "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "``" not in text and not re.search(r":(func|class|mod|meth|data):`", text), text
+    description = text.split("\n\noptions:")[0]
+    assert not re.search(r"\n {4}\S", description), "continuation lines keep the docstring's indentation"

@@ -7,6 +7,9 @@ command line and calls the Python function behind it. Bad input ends in one line
 from __future__ import annotations
 
 import importlib
+import inspect
+import os
+import re
 import sys
 from dataclasses import dataclass
 
@@ -89,10 +92,18 @@ def _split_command(argv: list[str]) -> tuple[str, list[str]]:
     raise UserError(f"unknown command {argv[0]!r}{did_you_mean(argv[0], known)}; run 'speechprune --help'")
 
 
+def plain_text(docstring: str) -> str:
+    """A docstring as a terminal shows it: ``code`` and :func:`name` roles become bare words, and
+    the indentation of its continuation lines goes."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", docstring)
+    text = re.sub(r"``([^`]+)``", r"\1", text)
+    return inspect.cleandoc(text)
+
+
 def _help(name: str, config_cls: type) -> str:
     module = importlib.import_module(COMMANDS[name].module)
     function = getattr(module, COMMANDS[name].function)
-    doc = (function.__doc__ or COMMANDS[name].summary).strip()
+    doc = plain_text(function.__doc__ or COMMANDS[name].summary)
     positional = getattr(config_cls, "positional", None)
     usage = f"usage: speechprune {name} [options]" + (f" {positional.upper()} ..." if positional else "")
     lines = [usage, "", doc, "",
@@ -164,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("speechprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `speechprune ... --help | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
