@@ -9,6 +9,10 @@ Acceptability (per test set):
 - ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
   budget as for WER).
 
+Every cell prunes its model through the one pruning path (:func:`~speechprune.prune.apply.prune_model`):
+it is the model that ``prune`` makes from the same scan, and what ``prune`` refuses (an architecture
+whose layers cannot be removed safely, a scan of another model) the sweep refuses at its first cell.
+
 Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished cells.
 """
 
