@@ -11,8 +11,13 @@ import torch
 from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifest
 from speechprune.heal import HealConfig, heal, healing_layers, lora_targets
+from speechprune import sweep as sweep_module
+from speechprune.model.decoder import decoder_layers
 from speechprune.model.speechllm import SpeechLLM
+from speechprune.model.tokenizer import train_bpe_tokenizer
+from speechprune.prune.apply import read_scan
 from speechprune.prune.run import PruneConfig, prune
+from speechprune.prune.strategies import layers_for_fraction
 from speechprune.sweep import SweepConfig, sweep
 from tests.conftest import build_tiny_speechllm
 
@@ -96,3 +101,62 @@ def test_sweep_writes_table_curves_and_skips_finished_cells(tiny_speechllm, tiny
     with pytest.raises(UserError, match="already exists; pass --overwrite"):
         sweep(config)  # a finished sweep is never replaced unasked (an unfinished one resumes: test_robustness)
     assert (tmp_path / "sweep" / "cells" / "baseline.json").stat().st_mtime_ns == stamp
+
+
+# ---- one pruning path: a sweep cell is what `prune` makes -----------------------------------------
+
+EXPORT_ONLY = {"config", "verification", "mergekit", "not_copied", "previous_pruning"}  # of prune's directory
+
+
+@pytest.mark.parametrize("strategy", ["angular", "bi", "last"])
+def test_a_sweep_cell_is_what_prune_makes_from_the_same_scan(strategy, tiny_speechllm, tmp_path):
+    scan = fake_scan(tmp_path, 6)
+    fraction = layers_for_fraction(0.34, 6) / 6  # what sweep() hands run_cell for --fractions 0.34
+    config = SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[], test=[], out=str(tmp_path / "sweep"))
+    cell_model, cell_record = sweep_module.pruned_model(config, read_scan(str(scan)), strategy, fraction)
+
+    prune(PruneConfig(model=str(tiny_speechllm), out=str(tmp_path / "pruned"), scan=str(scan), fraction=fraction,
+                      strategy=strategy))
+    written = json.loads((tmp_path / "pruned" / "pruning.json").read_text())
+    assert len(written["removed"]) == 2 and (strategy != "angular" or written["removed"] == [2, 3])
+    assert cell_record == {key: value for key, value in written.items() if key not in EXPORT_ONLY}
+
+    expected = SpeechLLM.load(tmp_path / "pruned").state_dict()
+    actual = {name: tensor.cpu() for name, tensor in cell_model.module.state_dict().items()}
+    assert actual.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not different, different  # the same layers copied by the same surgery: equal bytes
+    assert len(decoder_layers(cell_model.causal_lm)) == cell_model.causal_lm.config.num_hidden_layers == 4
+
+    # prefill-only: the same choice, the model left whole
+    whole, prefill_record = sweep_module.pruned_model(config, read_scan(str(scan)), strategy, fraction,
+                                                      prefill_only=True)
+    assert prefill_record["removed"] == written["removed"] and prefill_record["kept"] == written["kept"]
+    assert len(decoder_layers(whole.causal_lm)) == 6
+
+
+def save_tiny_moe_lm(folder) -> None:
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
+                            shared_expert_intermediate_size=16, num_hidden_layers=4, num_attention_heads=4,
+                            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    train_bpe_tokenizer(["a b c"], vocab_size=40).save_pretrained(folder)
+
+
+def test_the_sweep_refuses_what_prune_refuses(tiny_speechllm, tiny_manifest, tmp_path):
+    save_tiny_moe_lm(tmp_path / "moe")
+    (tmp_path / "for-moe").mkdir()
+    (tmp_path / "for-other").mkdir()
+    cases = {"mixture-of-experts": (tmp_path / "moe", fake_scan(tmp_path / "for-moe", 4)),  # unsafe architecture
+             "scanned a 8-layer decoder": (tiny_speechllm, fake_scan(tmp_path / "for-other", 8))}  # another model
+    for reason, (model, scan) in cases.items():
+        with pytest.raises(UserError, match=reason) as by_prune:
+            prune(PruneConfig(model=str(model), out=str(tmp_path / "pruned"), scan=str(scan), fraction=0.34))
+        with pytest.raises(UserError) as by_sweep:
+            sweep(SweepConfig(model=str(model), scan=str(scan), train=[str(tiny_manifest)], test=[str(tiny_manifest)],
+                              out=str(tmp_path / f"sweep-{len(reason)}"), fractions=[0.0, 0.34],
+                              strategies=["angular"], heal=["none"]))
+        assert str(by_sweep.value) == str(by_prune.value)
+        assert not (tmp_path / "pruned").exists()

@@ -9,6 +9,10 @@ Acceptability (per test set):
 - ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
   budget as for WER).
 
+Every cell prunes its model through the one pruning path (:func:`~speechprune.prune.apply.prune_model`):
+it is the model that ``prune`` makes from the same scan, and what ``prune`` refuses (an architecture
+whose layers cannot be removed safely, a scan of another model) the sweep refuses at its first cell.
+
 Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished cells.
 """
 
@@ -27,17 +31,16 @@ import torch
 
 from speechprune.config import option, require, save_config
 from speechprune.console import show, table
-from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifests
 from speechprune.evaluate import decode
 from speechprune.files import atomic_path, claims_output, read_json, write_json, write_text
 from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
-from speechprune.model.decoder import decoder_layers, text_config
+from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
-from speechprune.prune.strategies import SCAN_STRATEGIES, check_scan_fits, choose_from_scan, layers_for_fraction
+from speechprune.prune.apply import Selection, choose_layers, prune_model, read_scan
+from speechprune.prune.strategies import SCAN_STRATEGIES, layers_for_fraction
 from speechprune.prune.prefill import prefill_skip
-from speechprune.prune.surgery import remove_layers
 
 PREFILL_ONLY = "prefill-only"  # a sweep column beside the healing settings: layers skipped in the prefix only
 
@@ -97,19 +100,29 @@ def _measure(model: LoadedModel, test_sets: dict, batch_size: int) -> dict:
     return measured
 
 
+def pruned_model(config: SweepConfig, scan: dict, strategy: str, fraction: float,
+                 prefill_only: bool = False) -> tuple[LoadedModel, dict]:
+    """The model of one cell and its pruning record, through the one pruning path that ``prune``
+    takes (same choice, same surgery, same refusals). The baseline (fraction 0) removes nothing;
+    ``prefill_only`` chooses the same layers but leaves the model whole (they are skipped while the
+    prefix is read)."""
+    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    # at fraction 0 every strategy removes nothing; "last" is the one that reads nothing from the scan
+    selection = Selection(strategy=strategy if fraction else "last", fraction=fraction, scan=scan,
+                          scan_path=config.scan, input=config.input, region=config.region)
+    if not prefill_only:
+        return model, prune_model(model, selection)
+    removed, how = choose_layers(model, selection)
+    num_layers = len(decoder_layers(model.causal_lm))
+    return model, {**how, "removed": removed, "kept": [i for i in range(num_layers) if i not in removed],
+                   "original_num_layers": num_layers}
+
+
 def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
              train_utterances: list, out: Path) -> dict:
-    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
-    check_scan_fits(scan, text_config(model.causal_lm), config.scan)
-    num_layers = len(decoder_layers(model.causal_lm))
-    n = layers_for_fraction(fraction, num_layers)
-    removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
     prefill_only = heal == PREFILL_ONLY
-    if removed and not prefill_only:
-        refusal = model.pruning_refusal()
-        if refusal:
-            raise UserError(f"--model {config.model}: {refusal}")
-    kept = [i for i in range(num_layers) if i not in removed] if prefill_only else remove_layers(model.causal_lm, removed)
+    model, pruning = pruned_model(config, scan, strategy, fraction, prefill_only)
+    removed, kept, num_layers, n = pruning["removed"], pruning["kept"], pruning["original_num_layers"], pruning["n"]
     record = {"strategy": strategy if n else "none", "fraction": fraction, "removed_count": n, "heal": heal,
               "removed": removed, "kept_layers": len(kept), "original_layers": num_layers}
     started = time.perf_counter()
@@ -281,7 +294,7 @@ def sweep(config: SweepConfig) -> dict:
     out = Path(config.out)
     (out / "cells").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    scan = read_json(Path(config.scan) / "scan.json")
+    scan = read_scan(config.scan)
     read = lambda paths: load_manifests(paths, skip_bad=config.skip_bad)  # noqa: E731
     test_sets = {Path(p).name.removesuffix(".jsonl"): read([p])[: config.max_test_utterances] for p in config.test}
     train_utterances = read(config.train) if any(h != "none" for h in config.heal) else []

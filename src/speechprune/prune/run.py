@@ -1,5 +1,6 @@
-"""``speechprune prune``: choose decoder layers (by hand or from a scan), cut them out with the one
-surgery, and export the same kind of directory that came in, checked before it is moved into place.
+"""``speechprune prune``: choose decoder layers (by hand or from a scan), cut them out through the one
+pruning path (:func:`~speechprune.prune.apply.prune_model`, which the sweep takes too), and export the
+same kind of directory that came in, checked before it is moved into place.
 
 Input: a SpeechLLM directory (``speechllm.json`` and a ``decoder/`` subfolder holding a standard
 Hugging Face causal LM; everything else is copied as it is, only ``decoder/`` is pruned) or a plain
@@ -19,18 +20,12 @@ from typing import Any
 import torch
 
 from speechprune.config import option, require, save_config
-from speechprune.console import Progress, show, table
+from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS
 from speechprune.prune import strategies
-from speechprune.prune.surgery import (
-    INDEX_CONVENTION,
-    kept_ranges,
-    receiving_layers,
-    remove_layers,
-    validate_indices,
-)
+from speechprune.prune.apply import Measurement, Selection, parse_drop, prune_model, read_scan
 
 @dataclass
 class PruneConfig:
@@ -95,46 +90,6 @@ def _normalise_drop(drop: Any) -> str:
     return text
 
 
-def parse_drop(drop: str, num_layers: int | None = None) -> list[int]:
-    """``"10:14,20:22"`` -> [10, 11, 12, 13, 20, 21]; 0-based, end-exclusive blocks. Checks the
-    syntax, START < END, no overlap, and (given ``num_layers``) the range."""
-    removed: list[int] = []
-    for block in drop.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", block)
-        if not match:
-            raise UserError(f"--drop {drop!r}: {block.strip()!r} is not a START:END block (0-based, end-exclusive, "
-                            "e.g. 10:14 removes layers 10..13)")
-        start, end = int(match[1]), int(match[2])
-        if start >= end:
-            raise UserError(f"--drop {drop!r}: block {start}:{end} is empty (END is exclusive and must exceed START)")
-        removed.extend(range(start, end))
-    if len(set(removed)) != len(removed):
-        raise UserError(f"--drop {drop!r}: blocks overlap")
-    if num_layers is not None:
-        if max(removed) >= num_layers:
-            raise UserError(f"--drop {drop!r}: layer {max(removed)} is out of range; the decoder has layers 0..{num_layers - 1}")
-        validate_indices(removed, num_layers, f"--drop {drop!r}")
-    return sorted(removed)
-
-
-def _refuse_unsafe(model: Any) -> None:
-    reason = model.pruning_refusal()
-    if reason:
-        raise UserError(f"--model {model.path}: {reason}")
-
-
-def _read_scan(scan: str) -> tuple[dict, Path]:
-    path = Path(scan)
-    if path.is_dir():
-        path = path / "scan.json"
-    if not path.is_file():
-        raise UserError(f"--scan {scan}: no scan.json there")
-    try:
-        return read_json(path), path
-    except ValueError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from None
-
-
 def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -144,37 +99,23 @@ def _device(name: str) -> str:
         raise UserError(f"--device: not a device: {name!r}") from None
 
 
-def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable | None,
-            score: Callable | None) -> tuple[list[int], dict[str, Any]]:
-    """The layers to remove and how they were chosen (recorded in pruning.json)."""
+def _selection(config: PruneConfig) -> Selection:
     if config.drop:
-        return parse_drop(config.drop, num_layers), {"strategy": "drop", "drop": config.drop}
-    if config.fraction is not None:
-        n = strategies.layers_for_fraction(config.fraction, num_layers)
-    else:
-        n = config.remove
-    record: dict[str, Any] = {"strategy": config.strategy, "n": n, "fraction": config.fraction}
-    if config.strategy == "last":
-        return strategies.last(num_layers, n), record
-    if config.strategy in strategies.SCAN_STRATEGIES:
-        scan, scan_path = _read_scan(config.scan)
-        scanned_layers = strategies.scan_num_layers(scan)
-        if scanned_layers != num_layers:
-            raise UserError(f"--scan {config.scan}: scanned a {scanned_layers}-layer decoder, --model has {num_layers} layers")
-        from speechprune.model.decoder import text_config
+        return Selection(drop=config.drop)
+    return Selection(strategy=config.strategy, count=config.remove, fraction=config.fraction,
+                     scan=read_scan(config.scan) if config.scan else None, scan_path=config.scan,
+                     input=config.input, region=config.region)
 
-        strategies.check_scan_fits(scan, text_config(model.causal_lm), config.scan)
-        record.update(scan=str(scan_path.resolve()), input=strategies.resolve_input(scan, config.input),
-                      region=config.region)
-        removed = strategies.choose_from_scan(config.strategy, scan, n, config.input, config.region)
-        if config.strategy == "angular" and n:
-            distance = strategies.scan_matrix(scan, "angular", config.input, config.region)
-            record["block_distance"] = distance[removed[0]][removed[0] + n]
-        return removed, record
 
-    # iterative / greedy-score: measured on the model itself
-    needed = rescan if config.strategy == "iterative" else score
-    if needed is None:
+def _measurement(config: PruneConfig, model: Any, rescan: Callable | None,
+                 score: Callable | None) -> Callable[[], Measurement]:
+    """The measurement of --strategy iterative / greedy-score: ``rescan`` / ``score`` as given, else
+    built on --data (encoded once, on --device)."""
+
+    def measurement() -> Measurement:
+        given = rescan if config.strategy == "iterative" else score
+        if given is not None:
+            return Measurement(given)
         if not config.data:
             raise UserError(f"--strategy {config.strategy} measures the model on a calibration set: give --data MANIFEST")
         from speechprune.prune.calibration import calibration_batches, loss_score, scan_rescan
@@ -187,48 +128,14 @@ def _select(config: PruneConfig, model: Any, num_layers: int, rescan: Callable |
         batches = calibration_batches(model, config.data, input_name, config.batch_size, config.max_utterances,
                                       layout, config.text_column, config.split)
         data_path = Path(config.data)
-        record.update(data=str(data_path.resolve()) if data_path.exists() else config.data, input=input_name,
-                      layout=layout, utterances=sum(int(b.attention_mask.shape[0]) for b in batches))
+        record = {"data": str(data_path.resolve()) if data_path.exists() else config.data, "input": input_name,
+                  "layout": layout, "utterances": sum(int(b.attention_mask.shape[0]) for b in batches)}
         if config.strategy == "iterative":
-            rescan = scan_rescan(batches, input_name, [config.region])
-            record["region"] = config.region
-        else:
-            score = loss_score(batches)
-            record["score"] = "next-token cross-entropy" if layout == "plain" else "target cross-entropy"
-    trace: list[dict] = []
-    measure = rescan if config.strategy == "iterative" else score
-    # iterative: one re-scan per removed layer; greedy-score: every remaining layer scored per round
-    total = n if config.strategy == "iterative" else sum(num_layers - k for k in range(n))
-    with Progress(f"prune {config.strategy}", total, "scans" if config.strategy == "iterative" else "candidates") \
-            as shown:
-        measured = _Counted(measure, shown)
-        if config.strategy == "iterative":
-            removed = strategies.iterative(model.causal_lm, n, measured, config.input, config.region, trace=trace)
-        else:
-            removed = strategies.greedy_score(model.causal_lm, n, measured, trace=trace)
-    model.module.to("cpu")  # the export and its check run on CPU
-    record["steps"] = trace
-    return removed, record
+            return Measurement(scan_rescan(batches, input_name, [config.region]), {**record, "region": config.region})
+        return Measurement(loss_score(batches), {**record, "score": "next-token cross-entropy" if layout == "plain"
+                                                 else "target cross-entropy"})
 
-
-class _Counted:
-    """``measure`` (a re-scan or a score) that advances ``progress`` by one per model measured; a
-    score's prefix-reusing ``removal_scores`` stays available and advances by its candidates."""
-
-    def __init__(self, measure: Callable[[Any], Any], progress: Progress):
-        self.measure, self.progress = measure, progress
-        if hasattr(measure, "removal_scores"):
-            self.removal_scores = self._removal_scores
-
-    def __call__(self, causal_lm: Any) -> Any:
-        result = self.measure(causal_lm)
-        self.progress.advance()
-        return result
-
-    def _removal_scores(self, causal_lm: Any, removed: list[int], candidates: list[int]) -> dict[int, float]:
-        result = self.measure.removal_scores(causal_lm, removed, candidates)
-        self.progress.advance(len(candidates))
-        return result
+    return measurement
 
 
 def mergekit_yaml(model_path: str | Path, ranges: list[list[int]], dtype: str, note: str = "") -> str:
@@ -328,44 +235,27 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     From Python, ``rescan(model) -> scan dict`` (iterative) and ``score(model) -> float`` (greedy-score,
     lower is better) replace --data. Returns what pruning.json records.
     """
-    from speechprune.model.decoder import decoder_layers
     from speechprune.model.interface import load_model
 
     out = Path(config.out)
     root = Path(config.model)
     if root.exists() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise UserError(f"--out {config.out} must not be --model or lie inside it")
+    selection = _selection(config)
     model = load_model(config.model)
-    _refuse_unsafe(model)
-    num_layers = len(decoder_layers(model.causal_lm))
-
-    removed, record = _select(config, model, num_layers, rescan, score)
     probe = _probe_ids(model)
-    reference = reference_logits(model.causal_lm, removed, probe) if config.verify else None
-    parameters_before = sum(p.numel() for p in model.decoder_parameters())
-    kept = remove_layers(model.causal_lm, removed)
-    dtype = str(next(model.causal_lm.parameters()).dtype).removeprefix("torch.")
-    ranges = kept_ranges(kept)
+    reference = None
+
+    def take_reference(removed: list[int]) -> None:
+        nonlocal reference
+        model.module.to("cpu")  # the export and its check run on CPU (--data may have run elsewhere)
+        if config.verify:
+            reference = reference_logits(model.causal_lm, removed, probe)
+
+    pruning = prune_model(model, selection, _measurement(config, model, rescan, score), take_reference)
+    pruning["config"] = asdict(config)
+    ranges, dtype = pruning["kept_ranges"], pruning["dtype"]
     previous = root / "pruning.json"
-    pruning = {
-        "index_convention": INDEX_CONVENTION + " Only receiving_layers index the pruned decoder.",
-        "model": str(root.resolve()) if root.exists() else config.model,
-        "kind": model.kind,
-        "class": type(model.module).__name__,
-        "original_num_layers": num_layers,
-        "num_layers": len(kept),
-        "removed": removed,
-        "kept": kept,
-        "kept_ranges": ranges,
-        "removed_blocks": kept_ranges(removed),
-        # indices in the PRUNED model: the layer now fed by each removed block (heal's receiving-mlp)
-        "receiving_layers": receiving_layers(kept, num_layers),
-        "decoder_parameters": {"before": parameters_before,
-                               "after": sum(p.numel() for p in model.decoder_parameters())},
-        **record,
-        "dtype": dtype,
-        "config": asdict(config),
-    }
     if previous.is_file():
         pruning["previous_pruning"] = read_json(previous)
 
@@ -376,7 +266,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         source_checkpoint, note, reload = model.source_checkpoint(), model.mergekit_note, model.reload_causal_lm
         if reference is not None:
             model.release()  # the original's weights are not needed while the export is reloaded
-            pruning["verification"] = verify_export(reload, checkpoint, len(kept), reference, probe)
+            pruning["verification"] = verify_export(reload, checkpoint, pruning["num_layers"], reference, probe)
         if source_checkpoint is not None:
             write_text(stage / "mergekit.yaml", mergekit_yaml(source_checkpoint.resolve(), ranges, dtype, note))
         else:
