@@ -102,3 +102,31 @@ def test_eval_metrics_carry_intervals_and_counts():
     assert low <= result["wer"] <= high
     assert result["words"] == sum(len(r.split()) for r in REFS)
     assert result["bootstrap_samples"] == 1000 and result["interval_level"] == 0.95
+
+
+def _cell(removed: int, hyps: list[str], refs: list[str]) -> dict:
+    from speechprune.evaluate import score
+
+    rows = [{"task": "asr", "src_lang": "en", "tgt_lang": "en", "reference": r, "hypothesis": h}
+            for r, h in zip(refs, hyps)]
+    return {"strategy": "angular" if removed else "none", "heal": "none", "removed_count": removed,
+            "original_layers": 8, "removed": list(range(8 - removed, 8)), "decoder_bytes": 8 - removed,
+            "sets": {"test": score(rows)},
+            "utterance_statistics": {"test": {"asr": {"wer": metric_statistics("asr", rows)["wer"].tolist()}}}}
+
+
+def test_sweep_summary_reads_verdicts_into_a_largest_acceptable_fraction_and_its_upper_end():
+    from speechprune.sweep import SweepConfig, _table, summarise
+
+    refs, hyps = REFS * 4, HYPS * 4
+    nudged = [h + " extra" if i % 8 == 0 else h for i, h in enumerate(hyps)]  # a few more errors: undecided
+    cells = [_cell(0, hyps, refs), _cell(1, hyps, refs), _cell(2, nudged, refs),
+             _cell(3, ["nothing at all"] * len(refs), refs)]
+    config = SweepConfig(model="m", scan="s", train=["t"], test=["x"], out="o", strategies=["angular"], heal=["none"])
+    rows = {r["removed"]: r for r in _table(cells, cells[0], config)}
+    assert [rows[n]["verdict"] for n in range(4)] == ["acceptable", "acceptable", "undecided", "not acceptable"]
+    assert rows[0]["utterances"] == len(refs) and rows[0]["words"] == sum(len(r.split()) for r in refs)
+    assert rows[2]["relative_change_low"] <= rows[2]["relative_change"] <= rows[2]["relative_change_high"]
+    best = summarise(cells, config)["largest_acceptable"]["angular/none/test"]
+    assert (best["removed_count"], best["removed_count_not_ruled_out"]) == (1, 2)
+    assert best["removed"] == [7] and best["utterances"] == len(refs)

@@ -24,6 +24,11 @@ PLAIN_EVERY_SECONDS = 10.0
 PIPED_WIDTH = 160
 
 
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 layer``, ``3 layers``, ``0 scans``."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
+
+
 def stdout() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:

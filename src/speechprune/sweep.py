@@ -8,6 +8,11 @@ Acceptability (per test set):
   failing every pruning level over one extra word.
 - ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
   budget as for WER).
+Each rule is judged with a paired bootstrap over the test utterances (:mod:`speechprune.bootstrap`):
+a cell is ``acceptable`` when the whole 95% interval of its margin to the limit is inside it, ``not
+acceptable`` when the whole interval is outside, and ``undecided`` at this test size otherwise. The
+largest acceptable fraction of a line is the largest level that it and every smaller one are
+decided acceptable at; the largest not ruled out (acceptable or undecided) is its upper end.
 
 Every cell prunes its model through the one pruning path (:func:`~speechprune.prune.apply.prune_model`):
 it is the model that ``prune`` makes from the same scan, and what ``prune`` refuses (an architecture
@@ -27,12 +32,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from speechprune.config import option, require, save_config
-from speechprune.console import show, table
+from speechprune.console import plural, show, table
 from speechprune.data.manifest import load_manifests
-from speechprune.evaluate import decode
+from speechprune.bootstrap import verdict as bootstrap_verdict
+from speechprune.evaluate import decode, metric_statistics
 from speechprune.files import atomic_path, claims_output, read_json, write_json, write_text
 from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
@@ -90,11 +97,17 @@ def _model_bytes(model: LoadedModel) -> dict:
 
 
 def _measure(model: LoadedModel, test_sets: dict, batch_size: int) -> dict:
-    """Decode every test set; on CUDA also the peak memory while doing it."""
+    """Decode every test set; per test set and task the per-utterance statistics its paired
+    bootstrap against the baseline needs; on CUDA also the peak memory while doing it."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    results = {name: decode(model, utts, batch_size).metrics for name, utts in test_sets.items()}
-    measured = {"sets": results, **_model_bytes(model)}
+    decoded = {name: decode(model, utts, batch_size) for name, utts in test_sets.items()}
+    statistics = {name: {task: {metric: rows.tolist() for metric, rows in
+                                metric_statistics(task, [r for r in result.rows if r["task"] == task]).items()}
+                         for task in ("asr", "st") if task in result.metrics}
+                  for name, result in decoded.items()}
+    measured = {"sets": {name: result.metrics for name, result in decoded.items()},
+                "utterance_statistics": statistics, **_model_bytes(model)}
     if torch.cuda.is_available():
         measured["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     return measured
@@ -141,35 +154,72 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
     return record
 
 
+RULES = {"wer": ("asr", False), "bleu": ("st", True)}  # metric -> (task, higher is better)
+
+
+def judgements(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> dict:
+    """Per rule metric (``wer`` for ASR, ``bleu`` for ST) of one test set, the bootstrap
+    :class:`~speechprune.bootstrap.Verdict` of ``cell`` against ``baseline`` as a dict."""
+    limits = {"wer": lambda wer: wer_limit(wer, config), "bleu": lambda bleu: bleu_limit(bleu, config)}
+    found = {}
+    for metric, (task, higher_is_better) in RULES.items():
+        if task not in baseline["sets"][set_name]:
+            continue
+        base_rows, cell_rows = (np.asarray(c["utterance_statistics"][set_name][task][metric])
+                                for c in (baseline, cell))
+        found[metric] = bootstrap_verdict(metric, base_rows, cell_rows, limits[metric], higher_is_better).as_dict()
+    return found
+
+
+def verdict(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> str:
+    """acceptable | not acceptable | undecided: whether ``cell`` keeps the quality of ``baseline`` on
+    one test set (rules in the module doc); one rule not acceptable makes the cell not acceptable."""
+    found = {j["verdict"] for j in judgements(cell, baseline, set_name, config).values()}
+    return "not acceptable" if "not acceptable" in found else "undecided" if "undecided" in found else "acceptable"
+
+
 def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> bool:
-    """Whether ``cell`` keeps the quality of ``baseline`` on one test set (rules in the module doc)."""
-    pruned, base = cell["sets"][set_name], baseline["sets"][set_name]
-    if "asr" in base:
-        if pruned["asr"]["wer"] > wer_limit(base["asr"]["wer"], config):
-            return False
-    if "st" in base and pruned["st"]["bleu"] < bleu_limit(base["st"]["bleu"], config):
-        return False
-    return True
+    """Whether ``cell`` is decided acceptable on one test set."""
+    return verdict(cell, baseline, set_name, config) == "acceptable"
 
 
 def summarise(cells: list[dict], config: SweepConfig) -> dict:
     baseline = next(c for c in cells if c["removed_count"] == 0)
     summary = {"baseline": {name: {k: v for k, v in m.items() if k in ("asr", "st")} for name, m in baseline["sets"].items()},
-               "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop},
+               "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop,
+                         "judged_by": "paired bootstrap over utterances, 95% interval of the margin to the limit"},
                "largest_acceptable": {}}
     for strategy in config.strategies:
         for heal in [*config.heal, *([PREFILL_ONLY] if config.prefill_only else [])]:
             line = sorted((c for c in cells if c["strategy"] == strategy and c["heal"] == heal),
                           key=lambda c: c["removed_count"])
             for set_name in baseline["sets"]:
-                best = {"fraction": 0.0, "removed_count": 0}
-                for cell in line:  # the largest level such that it and every smaller one are acceptable
-                    if not acceptable(cell, baseline, set_name, config):
+                best = {"fraction": 0.0, "removed_count": 0, "removed": []}
+                upper = {"fraction_not_ruled_out": 0.0, "removed_count_not_ruled_out": 0}
+                decided = True
+                for cell in line:  # the largest level such that it and every smaller one pass
+                    found = verdict(cell, baseline, set_name, config)
+                    if found == "not acceptable":
                         break
-                    best = {"fraction": cell["removed_count"] / cell["original_layers"],
-                            "removed_count": cell["removed_count"]}
-                summary["largest_acceptable"][f"{strategy}/{heal}/{set_name}"] = best
+                    level = {"fraction": cell["removed_count"] / cell["original_layers"],
+                             "removed_count": cell["removed_count"]}
+                    upper = {"fraction_not_ruled_out": level["fraction"],
+                             "removed_count_not_ruled_out": level["removed_count"]}
+                    decided = decided and found == "acceptable"
+                    if decided:
+                        best = {**level, "removed": cell["removed"]}
+                summary["largest_acceptable"][f"{strategy}/{heal}/{set_name}"] = {
+                    **best, **upper, "utterances": _utterances(baseline, set_name),
+                    "words": _words(baseline, set_name)}
     return summary
+
+
+def _utterances(cell: dict, set_name: str) -> int:
+    return sum(m["utterances"] for task, m in cell["sets"][set_name].items() if task in ("asr", "st"))
+
+
+def _words(cell: dict, set_name: str) -> int:
+    return sum(m.get("words", 0) for task, m in cell["sets"][set_name].items() if task in ("asr", "st"))
 
 
 def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]:
@@ -181,11 +231,31 @@ def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]
                 "fraction": round(cell["removed_count"] / cell["original_layers"], 4), "set": set_name,
                 "wer": metrics.get("asr", {}).get("wer"), "bleu": metrics.get("st", {}).get("bleu"),
                 "chrf": metrics.get("st", {}).get("chrf"),
+                "utterances": _utterances(cell, set_name), "words": _words(cell, set_name),
+                **_intervals(metrics), **_changes(judgements(cell, baseline, set_name, config)),
+                "verdict": verdict(cell, baseline, set_name, config),
                 "acceptable": acceptable(cell, baseline, set_name, config),
                 "decoder_size_ratio": cell["decoder_bytes"] / baseline["decoder_bytes"],
                 "removed_layers": " ".join(map(str, cell["removed"])),
             })
     return rows
+
+
+def _intervals(metrics: dict) -> dict:
+    found = {}
+    for task, metric in (("asr", "wer"), ("st", "bleu"), ("st", "chrf")):
+        low_high = metrics.get(task, {}).get(f"{metric}_interval")
+        found.update({f"{metric}_low": low_high[0], f"{metric}_high": low_high[1]} if low_high else
+                     {f"{metric}_low": None, f"{metric}_high": None})
+    return found
+
+
+def _changes(found: dict) -> dict:
+    """The relative change of the rule metric (WER for ASR, else BLEU) with its paired interval."""
+    judged = found.get("wer") or found.get("bleu")
+    change = judged["relative_change"] if judged else None
+    return {"relative_change": change and change["value"], "relative_change_low": change and change["low"],
+            "relative_change_high": change and change["high"]}
 
 
 def wer_limit(baseline_wer: float, config: SweepConfig) -> float:
@@ -263,9 +333,21 @@ SPEED_NOTE = ("decode speed is not compared per cell: a sweep decodes too little
               "bench/bench_prune.py measures the speed and memory of pruned models side by side")
 
 
+MARKS = {"acceptable": "", "not acceptable": " x", "undecided": " ?"}
+
+
+def largest_text(best: dict) -> str:
+    """``0.250 (2 layers; not ruled out: 0.375, 3 layers)``: a line's largest acceptable fraction."""
+    text = f"{best.get('fraction', 0):.3f} ({plural(best.get('removed_count', 0), 'layer')}"
+    if best.get("removed_count_not_ruled_out", 0) > best.get("removed_count", 0):
+        text += (f"; not ruled out: {best['fraction_not_ruled_out']:.3f}, "
+                 f"{plural(best['removed_count_not_ruled_out'], 'layer')}")
+    return text + ")"
+
+
 def report(rows: list[dict], summary: dict, out: Path) -> list:
-    """What the terminal shows: per test set the main metric of every cell (x: not acceptable)
-    and the largest acceptable fraction per strategy and healing."""
+    """What the terminal shows: per test set the main metric of every cell (x: not acceptable,
+    ?: undecided at this test size) and the largest acceptable fraction per strategy and healing."""
     lines = []
     for set_name in sorted({r["set"] for r in rows}):
         of_set = [r for r in rows if r["set"] == set_name]
@@ -277,10 +359,13 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
             by_level = {r["removed"]: r for r in of_set if (r["strategy"], r["heal"]) == key}
             best = summary["largest_acceptable"].get(f"{key[0]}/{key[1]}/{set_name}", {})
             table_rows.append(("/".join(key), *(
-                f"{by_level[n][metric]:.3f}{'' if by_level[n]['acceptable'] else ' x'}" if n in by_level else "-"
-                for n, _ in levels), f"{best.get('fraction', 0):.3f} ({best.get('removed_count', 0)} layers)"))
+                f"{by_level[n][metric]:.3f}{MARKS[by_level[n]['verdict']]}" if n in by_level else "-"
+                for n, _ in levels), largest_text(best)))
         lines.append(table(
-            f"sweep {set_name}: {metric.upper()} (baseline {baseline[metric]:.3f}); x = not acceptable",
+            f"sweep {set_name}: {metric.upper()} (baseline {baseline[metric]:.3f} "
+            f"[{baseline[metric + '_low']:.3f}, {baseline[metric + '_high']:.3f}], "
+            f"{baseline['utterances']} utterances, {baseline['words']} words); "
+            "x = not acceptable, ? = undecided at this test size (paired bootstrap, 95%)",
             ("strategy/healing", *(f"-{n} ({fraction:.0%})" for n, fraction in levels), "largest acceptable"),
             table_rows))
     lines.append(f"{SPEED_NOTE}\nwrote {out}/results.csv, summary.json, curve_*.png")
