@@ -31,6 +31,7 @@ from speechprune.prune.surgery import (
     remove_layers,
     validate_indices,
 )
+from speechprune.scan.result import ScanResult
 
 @dataclass
 class PruneConfig:
@@ -123,16 +124,13 @@ def _refuse_unsafe(model: Any) -> None:
         raise UserError(f"--model {model.path}: {reason}")
 
 
-def _read_scan(scan: str) -> tuple[dict, Path]:
-    path = Path(scan)
-    if path.is_dir():
-        path = path / "scan.json"
-    if not path.is_file():
-        raise UserError(f"--scan {scan}: no scan.json there")
+def _read_scan(scan: str) -> tuple[ScanResult, Path]:
+    """The scan result of --scan (a scan directory or its scan.json) and the file it came from."""
     try:
-        return read_json(path), path
-    except ValueError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from None
+        path = ScanResult.file(scan)
+    except UserError:
+        raise UserError(f"--scan {scan}: no scan.json there") from None
+    return ScanResult.load(path), path
 
 
 def _device(name: str) -> str:
