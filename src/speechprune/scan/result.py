@@ -52,7 +52,7 @@ class RegionResult:
         return self.angular is not None
 
     def to_dict(self, consensus: bool = False) -> dict:
-        if consensus:
+        if consensus:  # stability stays as an explicit null, as the study has always written it
             return {"angular": self.angular, "best_blocks": self.best_blocks, "stability": self.stability}
         entry = {"angular": self.angular, "cosine": self.cosine, "count": self.count, "best_blocks": self.best_blocks,
                  "block_influence": self.block_influence}
