@@ -87,7 +87,13 @@ def test_compare_of_different_depths_names_each_scan_once(workspace, scanned, tm
     other = tmp_path / "deeper"
     shutil.copytree(scanned, other)
     payload = json.loads((other / "scan.json").read_text())
-    payload["num_layers"] += 1
+    payload["num_layers"] += 1  # a valid scan one layer deeper: the last layer's output repeated
+    for data in payload["inputs"].values():
+        for entry in data["regions"].values():
+            for key in ("angular", "cosine"):
+                entry[key] = [row + row[-1:] for row in entry[key]] + [entry[key][-1] + entry[key][-1][-1:]]
+            for key in ("best_blocks", "block_influence", "stability"):  # they follow from the matrices
+                entry.pop(key, None)
     (other / "scan.json").write_text(json.dumps(payload))
     assert main(["compare", str(scanned), str(other), "--out", str(tmp_path / "c")]) == 2
     error = capsys.readouterr().err.strip()

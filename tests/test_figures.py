@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from speechprune.scan.blocks import best_blocks  # noqa: E402
+from speechprune.scan.result import ScanResult  # noqa: E402
 
 
 @pytest.fixture
@@ -57,22 +58,26 @@ def _stability(num_layers: int, rates: list[float]) -> list[dict]:
              "margin_ci95": [0.005, 0.02], "change_rate": rate} for n, rate in zip(range(1, num_layers + 1), rates)]
 
 
-def scan_payload(num_layers: int = 5) -> dict:
+def scan_result(num_layers: int = 5) -> ScanResult:
     same = _angular(num_layers, 0)  # regions that agree exactly: their l*(n) lines coincide
-    regions = {region: {"angular": same.tolist(), "count": 40, "best_blocks": best_blocks(same)}
+    regions = {region: {"angular": same.tolist(), "cosine": np.cos(np.pi * same).tolist(), "count": 40,
+                        "best_blocks": best_blocks(same)}
                for region in ("all", "last", "target")}
     regions["all"]["stability"] = _stability(num_layers, [0.0] * num_layers)
-    text = {"all": {"angular": _angular(num_layers, 1).tolist(), "count": 40,
-                    "best_blocks": best_blocks(_angular(num_layers, 1)),
+    other = _angular(num_layers, 1)
+    text = {"all": {"angular": other.tolist(), "cosine": np.cos(np.pi * other).tolist(), "count": 40,
+                    "best_blocks": best_blocks(other),
                     "stability": _stability(num_layers, [0.0, 0.3] + [0.0] * (num_layers - 2))}}
-    return {"num_layers": num_layers, "inputs": {"speech": {"regions": regions}, "text": {"regions": text}},
-            "model": {"path": "/runs/demo/model"}, "data": {"manifest": "/runs/demo/corpus/asr-en.dev.jsonl"}}
+    return ScanResult.from_dict({"num_layers": num_layers,
+                                 "inputs": {"speech": {"regions": regions}, "text": {"regions": text}},
+                                 "model": {"path": "/runs/demo/model"},
+                                 "data": {"manifest": "/runs/demo/corpus/asr-en.dev.jsonl"}})
 
 
 def test_scan_figures_name_model_data_and_index_convention(saved, tmp_path):
     from speechprune.scan.plots import scan_figures
 
-    scan_figures(scan_payload(), tmp_path)
+    scan_figures(scan_result(), tmp_path)
     heatmap = saved["heatmap_speech_all.png"]
     assert "model on asr-en.dev.jsonl" in heatmap["titles"][0] and "speech input, all positions" in heatmap["titles"][0]
     assert "0-based" in heatmap["xlabels"][0] and "[l, l+n)" in heatmap["xlabels"][0]
@@ -86,7 +91,7 @@ def test_scan_figures_name_model_data_and_index_convention(saved, tmp_path):
 def test_coinciding_best_block_lines_stay_visible(saved, tmp_path):
     from speechprune.scan.plots import scan_figures
 
-    scan_figures(scan_payload(), tmp_path)
+    scan_figures(scan_result(), tmp_path)
     best = saved["best_blocks.png"]
     assert best["titles"] == ["speech input", "text input"]  # one panel per input
     speech = best["lines"][0]
@@ -97,14 +102,14 @@ def test_coinciding_best_block_lines_stay_visible(saved, tmp_path):
     for a in range(3):
         for b in range(a + 1, 3):
             assert np.all(np.abs(ys[a] - ys[b]) > 0.05)
-    truth = np.array([b["start"] for b in scan_payload()["inputs"]["speech"]["regions"]["all"]["best_blocks"]])
+    truth = np.array([b["start"] for b in scan_result().inputs["speech"]["all"].best_blocks])
     assert all(np.all(np.abs(y - truth) < 0.25) for y in ys)
 
 
 def test_stability_panel_says_when_every_change_rate_is_zero(saved, tmp_path):
     from speechprune.scan.plots import scan_figures
 
-    scan_figures(scan_payload(), tmp_path)
+    scan_figures(scan_result(), tmp_path)
     all_zero = saved["stability_speech_all.png"]
     assert any("every rate is 0" in text for text in all_zero["texts"][2])
     assert "model on asr-en.dev.jsonl" in all_zero["titles"][0]

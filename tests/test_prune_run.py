@@ -333,7 +333,7 @@ def test_greedy_score_and_iterative_on_cached_speech_inputs(speechllm_dir, tmp_p
     # iterative: its first step is the best single layer of a scan of the full model
     rescan = scan_rescan(batches, "speech", ["all"])
     full_scan = rescan(decoder)
-    assert full_scan["num_layers"] == 6
+    assert full_scan.num_layers == 6
     first = angular(full_scan, 1)[0]
     out = tmp_path / "iterative"
     assert main(["prune", "--model", str(source), "--out", str(out), "--strategy", "iterative",

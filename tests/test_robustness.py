@@ -366,7 +366,7 @@ def test_a_scan_of_another_model_is_refused_by_prune(world, tmp_path, capsys):
     angular = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) * 0.1
     scan = {"num_layers": num_layers, "model": {"family": "qwen2", "hidden_size": 64, "num_layers": num_layers},
             "inputs": {"speech": {"regions": {"all": {"angular": angular.tolist(),
-                                                      "cosine": np.cos(angular * np.pi).tolist()}}}}}
+                                                      "cosine": np.cos(angular * np.pi).tolist(), "count": 10}}}}}
     files.write_json(tmp_path / "scan" / "scan.json", scan)
     out = tmp_path / "pruned"
     fails_with(capsys, ["prune", "--model", str(world["model"]), "--scan", str(tmp_path / "scan"), "--remove", "1",

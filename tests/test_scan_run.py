@@ -16,6 +16,7 @@ from speechprune.data.manifest import load_manifest
 from speechprune.errors import UserError
 from speechprune.model.layout import REGIONS
 from speechprune.model.speechllm import SpeechLLM
+from speechprune.scan.result import ScanResult
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.scan.scanner import Scanner
 from tests.conftest import build_tiny_speechllm, write_tiny_manifest
@@ -70,6 +71,11 @@ def test_scan_speechllm_both_inputs_writes_the_documented_names(models, tmp_path
     for figure in ["heatmap_speech_all.png", "heatmap_text_last.png", "best_blocks.png", "stability_speech_all.png"]:
         assert (out / figure).stat().st_size > 0
     assert not (out / ".checkpoint").exists()
+    # the typed result holds every field of the file: loading and saving it again gives the same bytes
+    loaded = ScanResult.load(out)
+    assert loaded.figures and loaded.seconds is not None and not loaded.is_consensus
+    assert loaded.inputs["speech"]["all"].count == payload["inputs"]["speech"]["regions"]["all"]["count"]
+    assert loaded.save(tmp_path / "again.json").read_bytes() == (out / "scan.json").read_bytes()
 
     cmp = tmp_path / "cmp"
     assert main(["compare", str(out), "--out", str(cmp), "--regions", "all,last", "--fractions", "0.25,0.5"]) == 0

@@ -17,6 +17,9 @@ same sequences); then it compares, sweeps and builds a consensus backbone:
     OUT/consensus/                      consensus scan, multi-task sweep with it and with its own scan
     OUT/study.json  OUT/claims.md       every number, the commands' outputs it came from
 
+The agreement and consensus of scans are :mod:`speechprune.scan.consensus`, the claims text is
+:mod:`speechprune.claims`; this module is the recipe: configuration, plan of conditions, steps.
+
 Each step writes its own directory and is skipped when that directory is complete, so a rerun
 reuses every finished part and an interrupted study continues where it stopped. OUT holds one
 study: a rerun with other settings is refused unless ``--overwrite`` (which starts it afresh).
@@ -29,11 +32,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
+from speechprune.claims import claims_markdown, print_claims, study_claims
 from speechprune.console import step_needed
 from speechprune.config import option, require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
@@ -41,8 +43,9 @@ from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json, write_text
 from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig, SpeechLLM
-from speechprune.scan.blocks import best_blocks, block_distances
-from speechprune.scan.compare import CompareConfig, agreement, compare
+from speechprune.scan.compare import CompareConfig, compare
+from speechprune.scan.consensus import Consensus, agreement_matrices, consensus, find_pair, pair_metrics
+from speechprune.scan.result import SCAN_FILE, ScanResult
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
 from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, base_llm_stages, ctc_greedy_cer, train
@@ -50,13 +53,6 @@ from speechprune.train import LoopConfig, LoraConfig, StageConfig, TrainConfig, 
 console = Console(stderr=True)
 MODES = ("lora", "frozen")
 REGION = "all"  # the region every agreement and consensus is computed on
-PAPER = {
-    "inherited": "redundancy is largely inherited from the pretrained LLM (base-on-text and SpeechLLM heatmaps alike)",
-    "text_speech": "text and speech input give nearly identical distance heatmaps and the same redundant blocks",
-    "size": "7-8B decoders keep ASR with 60% of their layers (40% removed); 1-3B decoders tolerate less",
-    "axes": "the same blocks are redundant across speech encoders, tasks (ASR, ST) and languages",
-    "backbone": "one pruned multi-task backbone can be deployed (about 32% of layers removable for translation)",
-}
 
 
 def _llama(layers: int) -> dict:
@@ -350,51 +346,6 @@ def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path:
     return read_json(path / "summary.json")
 
 
-# ----------------------------------------------------------------------------- analysis
-def _angular(scan_dir: Path, input: str) -> np.ndarray:
-    payload = read_json(scan_dir / "scan.json")
-    return np.asarray(payload["inputs"][input]["regions"][REGION]["angular"], dtype=np.float64)
-
-
-def agreement_matrices(angulars: dict[str, np.ndarray]) -> dict:
-    """Pairwise agreement of every condition with every other (a condition with itself: 1, 1, 0)."""
-    names = list(angulars)
-    size = len(names)
-    metrics = {"spearman": np.eye(size), "same_best_share": np.eye(size), "mean_abs_shift": np.zeros((size, size))}
-    for i in range(size):
-        for j in range(i + 1, size):
-            result = agreement(angulars[names[i]], angulars[names[j]], [])
-            for key, source in (("spearman", "spearman"), ("same_best_share", "same_best_start"),
-                                ("mean_abs_shift", "mean_abs_delta_start")):
-                metrics[key][i, j] = metrics[key][j, i] = result[source]
-    return {"conditions": names, "metrics": {k: v.tolist() for k, v in metrics.items()}}
-
-
-def consensus(angulars: dict[str, np.ndarray]) -> dict:
-    """For every n the start minimising the mean block distance over all conditions, and each
-    condition's own l*(n). Mean block distance = block distance of the mean matrix, so the
-    consensus is also a scan any strategy can read."""
-    mean = np.mean(list(angulars.values()), axis=0)
-    table = block_distances(mean)
-    own = {name: best_blocks(matrix) for name, matrix in angulars.items()}
-    rows, consensus_blocks = [], best_blocks(mean)
-    for entry in consensus_blocks:
-        n = entry["n"]
-        starts = {name: blocks[n - 1]["start"] for name, blocks in own.items()}
-        rows.append({"n": n, "consensus_start": entry["start"], "mean_distance": float(table[n - 1, entry["start"]]),
-                     "per_condition": starts,
-                     "mean_abs_shift": float(np.mean([abs(s - entry["start"]) for s in starts.values()]))})
-    return {"rows": rows, "mean_angular": mean.tolist(), "best_blocks": consensus_blocks}
-
-
-def _pair(payload: dict, a: str, b: str) -> dict:
-    return next(p for p in payload["pairs"] if p["region"] == REGION and {p["a"], p["b"]} == {a, b})
-
-
-def _fmt(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} (min {np.min(values):.3f}, n={len(values)})" if values else "not measured"
-
-
 # ----------------------------------------------------------------------------- the command
 @claims_output("study", resumable=True, reusable=True)
 def study(config: StudyConfig) -> dict:
@@ -426,15 +377,16 @@ def study(config: StudyConfig) -> dict:
         if key not in base_scans:
             base_scans[key] = _scan(base, data, out / "base" / condition.decoder / f"scan-{'+'.join(condition.tasks)}",
                                     "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots)
-        labels = [f"{role}/{input}" for role, path in (("base", base_scans[key]), ("speechllm", scan_dir))
-                  for input in read_json(path / "scan.json")["inputs"]]
+        scanned = ScanResult.load(scan_dir)
+        labels = [f"base/{input}" for input in ScanResult.load(base_scans[key]).inputs]
+        labels += [f"speechllm/{input}" for input in scanned.inputs]
         base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
             "encoder_ctc_cer": read_json(warm / "ctc_cer.json")["cer"],
-            "num_layers": int(read_json(scan_dir / "scan.json")["num_layers"]),
-            "inherited": _pair(base_compare, "base/text", "speechllm/speech"),
-            "text_speech": _pair(base_compare, "speechllm/speech", "speechllm/text"),
+            "num_layers": scanned.num_layers,
+            "inherited": find_pair(base_compare, "base/text", "speechllm/speech", REGION),
+            "text_speech": find_pair(base_compare, "speechllm/speech", "speechllm/text", REGION),
         }
         if "decoder" in condition.axes:
             train_manifest = [str(_manifest(corpus, t, "train")) for t in condition.tasks]
@@ -447,32 +399,24 @@ def study(config: StudyConfig) -> dict:
                      and r["condition"].decoder == reference_decoder(config))
     comparable = {name: r for name, r in records.items() if r["num_layers"] == reference["num_layers"]
                   and r["condition"].decoder == reference["condition"].decoder}
-    angulars = {name: _angular(r["scan"], "speech") for name, r in comparable.items()}
+    angulars = {name: ScanResult.load(r["scan"]).matrix("speech", REGION) for name, r in comparable.items()}
     axes = {}
     for axis in ("encoder", "task", "language", "mode"):
         members = [name for name, r in comparable.items() if axis in r["condition"].axes]
         if len(members) >= 2:
             payload = _compare([comparable[m]["scan"] for m in members], out / "agreement" / axis, members,
                                config.plots, "speech")
-            axes[axis] = {"conditions": members, "compare": f"agreement/{axis}",
-                          "spearman": [p["spearman"] for p in payload["pairs"] if p["region"] == REGION],
-                          "same_best_share": [p["same_best_start"] for p in payload["pairs"] if p["region"] == REGION],
-                          "mean_abs_shift": [p["mean_abs_delta_start"] for p in payload["pairs"] if p["region"] == REGION]}
+            axes[axis] = {"conditions": members, "compare": f"agreement/{axis}", **pair_metrics(payload, REGION)}
     single_task = {n: a for n, a in angulars.items() if len(comparable[n]["condition"].tasks) == 1}
-    backbone = consensus(single_task or angulars)
+    backbone = consensus(single_task or angulars, "speech", REGION)
 
     # claim 5: the multi-task model pruned with the consensus block, healed once on the mixed tasks
     multitask = next((r for r in comparable.values() if "multitask" in r["condition"].axes), None)
     backbone_result = None
     if multitask is not None:
         consensus_scan = out / "consensus" / "scan"
-        if not (consensus_scan / "scan.json").exists():
-            write_json(consensus_scan / "scan.json", {
-                "num_layers": reference["num_layers"], "kind": "consensus",
-                "conditions": list(single_task or angulars),
-                "inputs": {"speech": {"regions": {REGION: {
-                    "angular": backbone["mean_angular"],
-                    "best_blocks": backbone["best_blocks"], "stability": None}}}}})
+        if not (consensus_scan / SCAN_FILE).exists():
+            backbone.scan.save(consensus_scan)
         tasks = multitask["condition"].tasks
         train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
         with_consensus = _sweep(config, corpus, multitask["model"], consensus_scan, out / "consensus" / "sweep",
@@ -491,56 +435,16 @@ def study(config: StudyConfig) -> dict:
     payload = _payload(config, out, records, axes, agreement_matrices(angulars), backbone, backbone_result,
                        time.perf_counter() - started)
     write_json(out / "study.json", payload)
-    write_text(out / "claims.md", _claims_markdown(payload["claims"]))
-    _print_claims(payload["claims"])
+    write_text(out / "claims.md", claims_markdown(payload["claims"]))
+    print_claims(payload["claims"])
     console.print(f"[bold green]study finished[/] in {payload['seconds']:.0f} s: {out / 'study.json'}")
     return payload
 
 
-def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices: dict, backbone: dict,
+def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices: dict, backbone: Consensus,
              backbone_result: dict | None, seconds: float) -> dict:
     rel = lambda p: str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)  # noqa: E731
-    claims = []
-    inherited = [r["inherited"] for r in records.values()]
-    claims.append({
-        "claim": "(1) decoder redundancy is inherited from the base LLM",
-        "measured": f"Spearman base-on-text vs SpeechLLM-on-speech {_fmt([p['spearman'] for p in inherited])}; "
-                    f"same l*(n) share {_fmt([p['same_best_start'] for p in inherited])}",
-        "paper": PAPER["inherited"],
-        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
-    pairs = [r["text_speech"] for r in records.values()]
-    claims.append({
-        "claim": "(2) text and speech input find the same redundant blocks",
-        "measured": f"Spearman SpeechLLM text vs speech {_fmt([p['spearman'] for p in pairs])}; "
-                    f"same l*(n) share {_fmt([p['same_best_start'] for p in pairs])}",
-        "paper": PAPER["text_speech"],
-        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
-    sizes = []
-    for name, r in records.items():
-        if "sweep" in r:
-            asr = [s for s in r["sweep"]["largest_acceptable"] if s.startswith("angular/")]
-            pick = lambda heal: min(r["sweep"]["largest_acceptable"][k]["fraction"] for k in asr if f"/{heal}/" in k)  # noqa: E731
-            sizes.append(f"{r['condition'].decoder} ({r['num_layers']} layers): {pick('none'):.2f} unhealed, "
-                         f"{pick('receiving-mlp'):.2f} healed")
-    claims.append({
-        "claim": "(3) larger decoders tolerate more pruning (largest acceptable removed fraction)",
-        "measured": "; ".join(sizes) or "not measured",
-        "paper": PAPER["size"],
-        "evidence": ", ".join(rel(r["sweep_dir"]) for r in records.values() if "sweep_dir" in r)})
-    claims.append({
-        "claim": "(4) the same blocks are redundant across encoders, tasks and languages",
-        "measured": "; ".join(f"{axis}: Spearman {_fmt(a['spearman'])}, same l*(n) {_fmt(a['same_best_share'])}"
-                              for axis, a in axes.items()) or "not measured",
-        "paper": PAPER["axes"],
-        "evidence": ", ".join(a["compare"] for a in axes.values())})
-    if backbone_result:
-        measured = (f"consensus block, healed once: {backbone_result['consensus_healed']:.2f} of the layers removable "
-                    f"with every task and language acceptable (unhealed {backbone_result['consensus_unhealed']:.2f}; "
-                    f"the model's own blocks unhealed {backbone_result['own_unhealed']:.2f})")
-    else:
-        measured = "not measured (multitask: false)"
-    claims.append({"claim": "(5) one pruned multi-task backbone", "measured": measured, "paper": PAPER["backbone"],
-                   "evidence": ", ".join(backbone_result["sweeps"]) if backbone_result else ""})
+    claims = study_claims(records, axes, backbone_result, rel)
     conditions_out = {}
     for name, r in records.items():
         c = r["condition"]
@@ -556,24 +460,9 @@ def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices
         "claims": claims,
         "agreement": matrices,
         "axes": axes,
-        "consensus": {"rows": backbone["rows"], "backbone": backbone_result},
+        "consensus": {"rows": backbone.rows, "backbone": backbone_result},
         "conditions": conditions_out,
         "sweeps": {name: rel(r["sweep_dir"]) for name, r in records.items() if "sweep_dir" in r}
                   | ({"consensus": "consensus/sweep", "consensus-own": "consensus/sweep-own"} if backbone_result else {}),
         "seconds": seconds,
     }
-
-
-def _claims_markdown(claims: list[dict]) -> str:
-    lines = ["| claim | measured here | paper |", "|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['measured']} | {c['paper']} |" for c in claims]
-    return "\n".join(lines) + "\n"
-
-
-def _print_claims(claims: list[dict]) -> None:
-    table = Table(title="claims", show_lines=True)
-    for column in ("claim", "measured here", "paper"):
-        table.add_column(column, overflow="fold")
-    for c in claims:
-        table.add_row(c["claim"], c["measured"], c["paper"])
-    Console().print(table)

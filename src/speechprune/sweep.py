@@ -383,7 +383,7 @@ def sweep(config: SweepConfig) -> dict:
     read = lambda paths: load_manifests(paths, skip_bad=config.skip_bad)  # noqa: E731
     test_sets = {Path(p).name.removesuffix(".jsonl"): read([p])[: config.max_test_utterances] for p in config.test}
     train_utterances = read(config.train) if any(h != "none" for h in config.heal) else []
-    num_layers = int(scan["num_layers"])
+    num_layers = scan.num_layers
     plan = {("none", 0, "none")}
     for fraction in config.fractions:
         n = layers_for_fraction(fraction, num_layers)

@@ -24,7 +24,6 @@ from typing import Any
 from speechprune.config import require
 from speechprune.console import Progress
 from speechprune.errors import UserError
-from speechprune.files import read_json
 from speechprune.model.decoder import decoder_layers, text_config
 from speechprune.prune import strategies
 from speechprune.prune.surgery import (
@@ -34,6 +33,7 @@ from speechprune.prune.surgery import (
     remove_layers,
     validate_indices,
 )
+from speechprune.scan.result import SCAN_FILE, ScanResult
 
 DROP = "drop"  # the strategy recorded for an explicit --drop list
 
@@ -42,7 +42,7 @@ DROP = "drop"  # the strategy recorded for an explicit --drop list
 class Selection:
     """Which decoder layers to remove: ``drop`` (0-based, end-exclusive ``START:END`` blocks, e.g.
     ``"10:14,20:22"``), or exactly one of ``count`` / ``fraction`` (n = floor(fraction*L + 0.5), at
-    most L-1) chosen by ``strategy``. ``scan`` is the dict of ``scan.json`` and ``scan_path`` where it
+    most L-1) chosen by ``strategy``. ``scan`` is the scan result (or the dict of ``scan.json``) and ``scan_path`` where it
     came from (the directory or the file, as the user named it); a given scan is always checked
     against the model, and angular and bi choose from it by ``input`` and ``region``."""
 
@@ -50,7 +50,7 @@ class Selection:
     drop: str = ""
     count: int | None = None
     fraction: float | None = None
-    scan: dict | None = None
+    scan: ScanResult | dict | None = None
     scan_path: str = ""
     input: str = strategies.DEFAULT_INPUT
     region: str = strategies.DEFAULT_REGION
@@ -80,18 +80,14 @@ class Measurement:
 def scan_file(scan: str | Path) -> Path:
     """``scan.json`` of a scan directory, or the file itself."""
     path = Path(scan)
-    return path / "scan.json" if path.is_dir() else path
+    return path / SCAN_FILE if path.is_dir() else path
 
 
-def read_scan(scan: str) -> dict:
-    """The dict of ``scan.json`` in the directory ``scan`` (or of that file); UserError if absent."""
-    path = scan_file(scan)
-    if not path.is_file():
+def read_scan(scan: str) -> ScanResult:
+    """The scan result in the directory ``scan`` (or that scan.json); UserError if absent or invalid."""
+    if not scan_file(scan).is_file():
         raise UserError(f"--scan {scan}: no scan.json there")
-    try:
-        return read_json(path)
-    except ValueError as error:
-        raise UserError(f"{path}: not valid JSON ({error})") from None
+    return ScanResult.load(scan)
 
 
 def parse_drop(drop: str, num_layers: int | None = None) -> list[int]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.layout import IGNORE_INDEX, DecoderInputs
 from speechprune.prune.surgery import skip_layers
+from speechprune.scan.result import ScanResult
 
 
 def _layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -153,20 +154,20 @@ def loss_score(batches: Sequence[DecoderInputs]) -> LossScore:
 
 
 def scan_rescan(batches: Sequence[DecoderInputs], input_name: str, regions: Sequence[str] = ("all",)
-                ) -> Callable[[Any], dict]:
-    """A ``rescan(causal_lm) -> scan dict`` for the iterative strategy: one scan pass
+                ) -> Callable[[Any], ScanResult]:
+    """A ``rescan(causal_lm) -> ScanResult`` for the iterative strategy: one scan pass
     (:class:`~speechprune.scan.scanner.Scanner`) over the cached ``batches`` of the model as it is
     now (pruned so far), reported under ``inputs.<input_name>``."""
-    from speechprune.scan.run import build_payload
+    from speechprune.scan.run import build_result
     from speechprune.scan.scanner import ScanBatch, Scanner
 
     batches = list(batches)
 
-    def rescan(causal_lm: Any) -> dict:
+    def rescan(causal_lm: Any) -> ScanResult:
         with Scanner(causal_lm, inputs=[input_name], regions=list(regions), per_utterance=()) as scanner:
             for batch in batches:
                 scanner.step(ScanBatch({input_name: batch}))
-        return build_payload(scanner, model={}, data={}, settings={"regions": list(regions)}, bootstrap=0)
+        return build_result(scanner, model={}, data={}, settings={"regions": list(regions)}, bootstrap=0)
 
     return rescan
 

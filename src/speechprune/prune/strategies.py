@@ -1,6 +1,7 @@
 """Which decoder layers to remove: the strategies, from a scan result or from a model.
 
-Scan-based (no model needed; ``scan`` is the dict read from ``scan.json``):
+Scan-based (no model needed; ``scan`` is a :class:`~speechprune.scan.result.ScanResult`, or the
+dict of a ``scan.json``, checked through it):
 - ``angular``: the contiguous block [l*, l*+n) with l* = argmin_l angular[l][l+n] (Gromov et al.);
 - ``bi``: the n layers of lowest Block Influence BI_l = 1 - cosine[l][l+1], not necessarily
   adjacent (ShortGPT);
@@ -25,17 +26,21 @@ last token, ``region="last"``).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from speechprune.errors import UserError
 from speechprune.prune.surgery import skip_layers
 from speechprune.scan.blocks import layers_for_fraction  # noqa: F401  (one definition, re-exported)
+from speechprune.scan.result import ScanResult
 
 DEFAULT_INPUT = "auto"
 DEFAULT_REGION = "all"
 
-Scan = dict[str, Any]
+# a scan result, or the dict of a scan.json (read through ScanResult, which checks it)
+Scan = ScanResult | Mapping[str, Any]
 
 
 def _check_n(n: int, num_layers: int, most: int | None = None) -> int:
@@ -45,47 +50,29 @@ def _check_n(n: int, num_layers: int, most: int | None = None) -> int:
     return n
 
 
-def scan_matrix(scan: Scan, metric: str, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[list[float]]:
+def scan_matrix(scan: Scan, metric: str, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> np.ndarray:
     """The (L+1)x(L+1) ``metric`` ("angular" or "cosine") matrix of one input and region."""
-    inputs = scan.get("inputs") or {}
-    input = resolve_input(scan, input)
-    if input not in inputs:
-        raise UserError(f"the scan has no {input!r} input (it has: {', '.join(sorted(inputs)) or 'none'})")
-    regions = inputs[input].get("regions") or {}
-    if region not in regions:
-        raise UserError(f"the scan's {input!r} input has no region {region!r} (it has: {', '.join(sorted(regions))})")
-    entry = regions[region]
-    if not entry.get("count", 1):
-        raise UserError(f"the scan's {input!r} input counted no position in region {region!r}")
-    matrix = entry.get(metric)
-    size = scan_num_layers(scan) + 1
-    if not isinstance(matrix, list) or len(matrix) != size or any(len(row) != size for row in matrix):
-        raise UserError(f"the scan's {input}/{region} {metric!r} matrix is missing or not {size}x{size}")
-    return matrix
+    return ScanResult.of(scan).matrix(input, region, metric)
 
 
 def resolve_input(scan: Scan, input: str) -> str:
     """The scan input that ``input`` names: ``auto`` is speech when the scan has it, else text."""
-    if input == "auto":
-        return "speech" if "speech" in (scan.get("inputs") or {}) else "text"
-    return input
+    return ScanResult.of(scan).resolve_input(input)
 
 
 def scan_num_layers(scan: Scan) -> int:
-    num_layers = scan.get("num_layers")
-    if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-        raise UserError(f"the scan's num_layers is {num_layers!r}, not a positive integer")
-    return num_layers
+    return ScanResult.of(scan).num_layers
 
 
 def check_scan_fits(scan: Scan, decoder_config: Any, scan_name: str) -> None:
     """Refuse a scan made on another model: its decoder's layer count, hidden size or family
     (as scan.json records them) differ from the decoder about to be pruned."""
-    scanned = scan.get("model") or {}
+    scan = ScanResult.of(scan)
+    scanned = scan.model or {}
     mine = {"num_layers": getattr(decoder_config, "num_hidden_layers", None),
             "hidden_size": getattr(decoder_config, "hidden_size", None),
             "family": getattr(decoder_config, "model_type", None)}
-    theirs = {**{key: scanned.get(key) for key in ("hidden_size", "family")}, "num_layers": scan_num_layers(scan)}
+    theirs = {**{key: scanned.get(key) for key in ("hidden_size", "family")}, "num_layers": scan.num_layers}
     differ = [f"{key} {theirs[key]} vs {mine[key]}" for key in mine
               if theirs[key] is not None and mine[key] is not None and theirs[key] != mine[key]]
     if differ:
@@ -94,20 +81,22 @@ def check_scan_fits(scan: Scan, decoder_config: Any, scan_name: str) -> None:
 
 def angular(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
     """The block [l*, l*+n), l* = argmin_l angular[l][l+n] over l = 0..L-n (lowest l on ties)."""
-    num_layers = scan_num_layers(scan)
+    scan = ScanResult.of(scan)
+    num_layers = scan.num_layers
     _check_n(n, num_layers)
     if n == 0:
         return []
-    distance = scan_matrix(scan, "angular", input, region)
+    distance = scan.matrix(input, region, "angular")
     start = min(range(num_layers - n + 1), key=lambda l: (distance[l][l + n], l))
     return list(range(start, start + n))
 
 
 def block_influence(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str = DEFAULT_REGION) -> list[int]:
     """The n layers of lowest BI_l = 1 - cosine[l][l+1] (ShortGPT), sorted."""
-    num_layers = scan_num_layers(scan)
+    scan = ScanResult.of(scan)
+    num_layers = scan.num_layers
     _check_n(n, num_layers)
-    cosine = scan_matrix(scan, "cosine", input, region)
+    cosine = scan.matrix(input, region, "cosine")
     order = sorted(range(num_layers), key=lambda l: (1.0 - cosine[l][l + 1], l))
     return sorted(order[:n])
 
@@ -144,7 +133,7 @@ def iterative(
     trace: list[dict] | None = None,
 ) -> list[int]:
     """Remove n layers one at a time: each step scans the model as pruned so far (``rescan(model)``
-    returns a scan dict of that model) and removes the single layer ``criterion`` ("angular" or
+    returns a scan result of that model) and removes the single layer ``criterion`` ("angular" or
     "bi") picks. The model is pruned in place only while it is re-scanned and is unchanged on return.
     ``trace``, if given, receives one record per step."""
     from speechprune.model.decoder import decoder_layers
@@ -157,9 +146,9 @@ def iterative(
     removed: list[int] = []
     for step in range(n):
         with skip_layers(causal_lm, removed) as kept:
-            scan = rescan(causal_lm)
-        if scan_num_layers(scan) != len(kept):
-            raise ValueError(f"rescan returned a {scan_num_layers(scan)}-layer scan for a {len(kept)}-layer model")
+            scan = ScanResult.of(rescan(causal_lm))
+        if scan.num_layers != len(kept):
+            raise ValueError(f"rescan returned a {scan.num_layers}-layer scan for a {len(kept)}-layer model")
         (local,) = choose(scan, 1, input, region)
         removed = sorted([*removed, kept[local]])
         if trace is not None:

@@ -9,10 +9,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from speechprune.errors import UserError
 from speechprune.files import read_json
+from speechprune.scan.result import SCAN_FILE, ScanResult
 
 SAMPLE_TRANSCRIPTS = 5  # per test set: enough to see what the model writes, short enough to read
 
@@ -23,7 +26,7 @@ class Found:
 
     kind: str
     path: Path
-    data: dict
+    data: Any  # what the marker file holds: a ScanResult for a scan, else the JSON object
     config: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -64,8 +67,10 @@ def _config(folder: Path) -> dict:
 
 
 def _read_scan(folder: Path) -> Found | None:
-    data = read_json(folder / "scan.json")
-    return Found("scan", folder, data) if "inputs" in data and "num_layers" in data else None
+    data = read_json(folder / SCAN_FILE)
+    if not isinstance(data, dict) or "inputs" not in data or "num_layers" not in data:
+        return None  # another tool's scan.json
+    return Found("scan", folder, ScanResult.from_dict(data, source=str(folder / SCAN_FILE)))
 
 
 def _read_compare(folder: Path) -> Found | None:
@@ -107,7 +112,7 @@ def _read_base(folder: Path) -> Found | None:
     return Found("base", folder, data, _config(folder)) if data.get("curve") else None
 
 
-MARKERS = {"scan.json": ("scans", _read_scan), "compare.json": ("compares", _read_compare),
+MARKERS = {SCAN_FILE: ("scans", _read_scan), "compare.json": ("compares", _read_compare),
            "summary.json": ("sweeps", _read_sweep), "metrics.json": ("evals", _read_eval),
            "study.json": ("studies", _read_study), "demo.json": ("demos", _read_demo),
            "curve.json": ("bases", _read_base)}
@@ -126,6 +131,9 @@ def discover(root: str | Path) -> Run:
         for path in paths[marker]:
             try:
                 found = reader(path.parent)
+            except UserError as error:  # says what is wrong with which file already
+                run.unreadable.append(str(error))
+                continue
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
                 run.unreadable.append(f"{run.relative(path)}: {type(error).__name__}: {error}")
                 continue

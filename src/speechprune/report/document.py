@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
+from speechprune.scan.result import RegionResult, ScanResult
 
 
 @dataclass
@@ -53,43 +54,44 @@ def _command(*words) -> str:
 
 
 def _scan_command(scan: Found, run: Run) -> str:
-    data = scan.data
-    if data.get("kind") == "consensus":
+    result: ScanResult = scan.data
+    if result.is_consensus:
         return "speechprune study (the consensus backbone)"
-    return _command("speechprune", "scan", "--model", data.get("model", {}).get("path", "MODEL"),
-                    "--data", data.get("data", {}).get("manifest", "DATA"),
-                    "--input", "both" if len(data["inputs"]) > 1 else next(iter(data["inputs"]), "auto"),
+    return _command("speechprune", "scan", "--model", (result.model or {}).get("path", "MODEL"),
+                    "--data", (result.data or {}).get("manifest", "DATA"),
+                    "--input", "both" if len(result.inputs) > 1 else next(iter(result.inputs), "auto"),
                     "--out", run.relative(scan.path))
 
 
-def _profile(scan: Found, input_name: str, region: str) -> dict | None:
-    entry = scan.data["inputs"].get(input_name, {}).get("regions", {}).get(region)
-    return entry if entry and entry.get("angular") is not None else None
+def _profile(result: ScanResult, input_name: str, region: str) -> RegionResult | None:
+    entry = result.inputs.get(input_name, {}).get(region)
+    return entry if entry and entry.counted else None
 
 
 def scan_section(scan: Found, run: Run) -> Section:
-    data = scan.data
+    result: ScanResult = scan.data
     where = run.relative(scan.path)
     section = Section(f"Scan: {where}")
-    model = data.get("model", {})
-    consensus = data.get("kind") == "consensus"  # written by the study: a mean matrix, not a measurement
+    model = result.model or {}
+    data = result.data or {}
+    consensus = result.is_consensus  # written by the study: a mean matrix, not a measurement
     if consensus:
-        section.add(f"The consensus of {len(data.get('conditions', []))} conditions ({data['num_layers']} decoder "
+        section.add(f"The consensus of {len(result.consensus_of)} conditions ({result.num_layers} decoder "
                     "layers): the mean of their angular matrices, which a sweep reads like any scan. Layers are "
                     "0-based; a block [l, l+n) is end-exclusive.")
     else:
         section.add(f"{model.get('kind', 'model')} {model.get('path', '')} ({model.get('family', '?')}, "
-                    f"{data['num_layers']} decoder layers), {data.get('data', {}).get('utterances', '?')} utterances "
-                    f"of {data.get('data', {}).get('manifest', '?')}. Layers are 0-based; a block [l, l+n) is "
+                    f"{result.num_layers} decoder layers), {data.get('utterances', '?')} utterances "
+                    f"of {data.get('manifest', '?')}. Layers are 0-based; a block [l, l+n) is "
                     "end-exclusive.")
     command = _scan_command(scan, run)
-    inputs = list(data["inputs"])
-    regions = [r for r in ("all", "last") if any(_profile(scan, i, r) for i in inputs)]
+    inputs = list(result.inputs)
+    regions = [r for r in ("all", "last") if any(_profile(result, i, r) for i in inputs)]
     for region in regions:
-        present = [(i, _profile(scan, i, region)) for i in inputs if _profile(scan, i, region)]
-        vmin, vmax = figures.distance_range([p["angular"] for _, p in present])
-        maps = "".join(figures.heatmap_svg(p["angular"], f"{i} input, {region} positions"
-                                           + (f" ({p['count']} counted)" if "count" in p else ""), vmin, vmax)
+        present = [(i, _profile(result, i, region)) for i in inputs if _profile(result, i, region)]
+        vmin, vmax = figures.distance_range([p.angular for _, p in present])
+        maps = "".join(figures.heatmap_svg(p.angular, f"{i} input, {region} positions"
+                                           + (f" ({p.count} counted)" if p.count is not None else ""), vmin, vmax)
                        for i, p in present)
         section.add(Figure(f'<div class="pair">{maps}</div>{figures.colour_bar_svg(vmin, vmax)}'
                            '<div class="readout" aria-live="polite">hover a cell: l, n, distance</div>',
@@ -101,10 +103,9 @@ def scan_section(scan: Found, run: Run) -> Section:
                             "`speechprune scan --input both`."))
     profiles = []
     for input_name in inputs:
-        entry = _profile(scan, input_name, "all")
-        if entry and entry.get("best_blocks"):
-            profiles.append({"label": input_name, "best_blocks": entry["best_blocks"],
-                             "stability": entry.get("stability")})
+        entry = _profile(result, input_name, "all")
+        if entry and entry.best_blocks:
+            profiles.append({"label": input_name, "best_blocks": entry.best_blocks, "stability": entry.stability})
     if profiles:
         section.add(Figure(f'<img alt="l*(n) per input" src="{figures.best_blocks_png(profiles)}">',
                            "Best start l*(n) per input (all positions) and the distance of that block with its 95% "

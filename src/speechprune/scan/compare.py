@@ -21,7 +21,7 @@ from speechprune.errors import UserError
 from speechprune.files import claims_output
 from speechprune.model.layout import REGIONS
 from speechprune.scan.blocks import best_blocks, block_distances, layers_for_fraction, removed_layers
-from speechprune.scan.plots import subject
+from speechprune.scan.result import ScanResult
 
 
 @dataclass
@@ -44,20 +44,6 @@ class CompareConfig:
         require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
         bad = [f for f in self.fractions if not 0.0 < f < 1.0]
         require(not bad, f"--fractions: {bad[0] if bad else ''} is not between 0 and 1")
-
-
-def load_scan(path: str | Path) -> dict:
-    """A scan's payload from its directory or its scan.json."""
-    from speechprune.files import read_json
-
-    path = Path(path)
-    file = path / "scan.json" if path.is_dir() else path
-    if not file.is_file():
-        raise UserError(f"not a scan: {path} (no scan.json)")
-    payload = read_json(file)
-    if "inputs" not in payload or "num_layers" not in payload:
-        raise UserError(f"not a scan: {file} (no 'inputs' or 'num_layers')")
-    return payload
 
 
 def agreement(a: np.ndarray, b: np.ndarray, fractions: list[float]) -> dict:
@@ -100,14 +86,14 @@ def compare(config: CompareConfig) -> dict:
 
     profiles = []
     for path in config.scans:
-        payload = load_scan(path)
-        names = [config.input] if config.input else list(payload["inputs"])
+        result = ScanResult.load(path)
+        names = [config.input] if config.input else list(result.inputs)
         for name in names:
-            if name not in payload["inputs"]:
-                raise UserError(f"{path}: the scan has no {name!r} input (it has {', '.join(payload['inputs'])})")
+            if name not in result.inputs:
+                raise UserError(f"{path}: the scan has no {name!r} input (it has {', '.join(result.inputs)})")
             folder = Path(path).parent.name if Path(path).is_file() else Path(path).name
-            profiles.append({"scan": str(path), "input": name, "label": f"{folder}/{name}", "subject": subject(payload),
-                             "num_layers": payload["num_layers"], "regions": payload["inputs"][name]["regions"]})
+            profiles.append({"scan": str(path), "input": name, "label": f"{folder}/{name}", "subject": result.subject(),
+                             "num_layers": result.num_layers, "regions": result.inputs[name]})
     if len(profiles) < 2:
         raise UserError("compare needs at least two profiles: two scans, or one scan with both inputs")
     if config.labels:
@@ -123,14 +109,14 @@ def compare(config: CompareConfig) -> dict:
     for profile in profiles:
         for region in config.regions:
             entry = profile["regions"].get(region)
-            if entry is None or entry.get("angular") is None:
+            if entry is None or not entry.counted:
                 raise UserError(f"{profile['scan']}: no {region!r} statistics for the {profile['input']} input "
                                 f"(choose --regions among those it counted)")
 
     pairs = []
     for region in config.regions:
         for a, b in itertools.combinations(profiles, 2):
-            result = agreement(a["regions"][region]["angular"], b["regions"][region]["angular"], config.fractions)
+            result = agreement(a["regions"][region].angular, b["regions"][region].angular, config.fractions)
             pairs.append({"a": a["label"], "b": b["label"], "region": region, **result})
     payload = {
         "index_convention": "0-based layers; block [l, l+n) end-exclusive; l*(n) = best start for block size n",
@@ -147,7 +133,7 @@ def compare(config: CompareConfig) -> dict:
             for region in config.regions:
                 name = f"compare_{region}.png"
                 rho = [p["spearman"] for p in pairs if p["region"] == region]
-                compare_figure([{"label": p["label"], "angular": p["regions"][region]["angular"]} for p in profiles],
+                compare_figure([{"label": p["label"], "angular": p["regions"][region].angular} for p in profiles],
                                staging / name, title="; ".join(dict.fromkeys(p["subject"] for p in profiles))
                                + f"\n{region} positions; Spearman " + ", ".join(f"{r:.3f}" for r in rho))
                 figures.append(name)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from speechprune.scan.blocks import block_distances
+from speechprune.scan.result import ScanResult
 
 
 def _pyplot():
@@ -45,57 +46,49 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
     return image
 
 
-def subject(payload: dict) -> str:
-    """``model on data``, for figure titles."""
-    model = Path(str((payload.get("model") or {}).get("path") or "model")).name
-    data = Path(str((payload.get("data") or {}).get("manifest") or "data")).name
-    return f"{model} on {data}"
-
-
-def scan_figures(payload: dict, out: Path) -> list[str]:
+def scan_figures(result: ScanResult, out: Path) -> list[str]:
     """Write every figure of one scan into ``out``; returns the file names."""
     plt = _pyplot()
     out = Path(out)
     names: list[str] = []
-    num_layers = payload["num_layers"]
-    about = subject(payload)
-    for input_name, data in payload["inputs"].items():
-        for region, entry in data["regions"].items():
-            if entry["angular"] is None:
+    about = result.subject()
+    for input_name, regions in result.inputs.items():
+        for region, entry in regions.items():
+            if not entry.counted:
                 continue
             fig, ax = plt.subplots(figsize=(6, 4.8))
-            image = heatmap(ax, entry["angular"], f"{about}\n{input_name} input, {region} positions "
-                                                  f"({entry['count']} counted)")
+            counted = f" ({entry.count} counted)" if entry.count is not None else ""
+            image = heatmap(ax, entry.angular, f"{about}\n{input_name} input, {region} positions{counted}")
             fig.colorbar(image, ax=ax, label=DISTANCE_LABEL)
             fig.tight_layout()
             name = f"heatmap_{input_name}_{region}.png"
             fig.savefig(out / name, dpi=110)
             plt.close(fig)
             names.append(name)
-            if entry.get("stability"):
+            if entry.stability:
                 name = f"stability_{input_name}_{region}.png"
-                stability_figure(entry["stability"], f"{about}\n{input_name} input, {region} positions", out / name)
+                stability_figure(entry.stability, f"{about}\n{input_name} input, {region} positions", out / name)
                 names.append(name)
-    names.append(best_blocks_figure(payload, out / "best_blocks.png"))
+    names.append(best_blocks_figure(result, out / "best_blocks.png"))
     return names
 
 
-def best_blocks_figure(payload: dict, path: Path) -> str:
+def best_blocks_figure(result: ScanResult, path: Path) -> str:
     """l*(n) against n: one panel per input, one marker per region, lines nudged apart vertically so
     that regions that agree stay visible instead of hiding each other."""
     plt = _pyplot()
-    num_layers = payload["num_layers"]
-    inputs = [(name, data) for name, data in payload["inputs"].items()
-              if any(entry["best_blocks"] for entry in data["regions"].values())]
+    num_layers = result.num_layers
+    inputs = [(name, regions) for name, regions in result.inputs.items()
+              if any(entry.best_blocks for entry in regions.values())]
     fig, axes = plt.subplots(1, max(1, len(inputs)), figsize=(5.2 * max(1, len(inputs)), 4.6), squeeze=False,
                              sharey=True)
-    for ax, (input_name, data) in zip(axes[0], inputs):
-        regions = [(region, entry) for region, entry in data["regions"].items() if entry["best_blocks"]]
+    for ax, (input_name, all_regions) in zip(axes[0], inputs):
+        regions = [(region, entry) for region, entry in all_regions.items() if entry.best_blocks]
         step = 0.3 / max(1, len(regions) - 1)
         for k, (region, entry) in enumerate(regions):
             offset = (k - (len(regions) - 1) / 2) * step if len(regions) > 1 else 0.0
-            ns = [b["n"] for b in entry["best_blocks"]]
-            ax.plot(ns, [b["start"] + offset for b in entry["best_blocks"]], marker=MARKERS[k % len(MARKERS)],
+            ns = [b["n"] for b in entry.best_blocks]
+            ax.plot(ns, [b["start"] + offset for b in entry.best_blocks], marker=MARKERS[k % len(MARKERS)],
                     markersize=5, linewidth=1, alpha=0.85, fillstyle="none", label=region)
         ax.set_xlabel("block size n (layers)")
         ax.set_xlim(0.5, num_layers + 0.5)
@@ -104,7 +97,7 @@ def best_blocks_figure(payload: dict, path: Path) -> str:
         ax.set_title(f"{input_name} input", fontsize=9)
         ax.legend(fontsize=7, title="region", title_fontsize=7)
     axes[0][0].set_ylabel("best start l*(n), 0-based\n(regions nudged apart by < 0.2 to stay visible)")
-    fig.suptitle(f"{subject(payload)}: most redundant block [l*(n), l*(n)+n) for every n", fontsize=9)
+    fig.suptitle(f"{result.subject()}: most redundant block [l*(n), l*(n)+n) for every n", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

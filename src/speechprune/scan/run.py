@@ -21,6 +21,7 @@ from speechprune.errors import UserError
 from speechprune.files import claims_output
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS, REGIONS
 from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
+from speechprune.scan.result import SCAN_FILE, RegionResult, ScanResult
 from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -213,7 +214,8 @@ def _load_checkpoint(path: Path, fingerprint: dict) -> dict | None:
 def scan(config: ScanConfig) -> dict:
     """Angular distance and cosine between every pair of decoder layers, per input and region,
     from one streaming pass over the data; every block [l, l+n) and l*(n) follow from it.
-    Writes OUT/scan.json and figures; resumes from OUT/.checkpoint after an interruption."""
+    Writes OUT/scan.json (a :class:`ScanResult`) and figures, and returns scan.json's content as a
+    dict, as every command returns its JSON; resumes from OUT/.checkpoint after an interruption."""
     from speechprune.data.sources import load_data
 
     out = Path(config.out)
@@ -272,41 +274,38 @@ def scan(config: ScanConfig) -> dict:
         "device_map": config.device_map or None, "processes": world, "accumulation": "float64",
         "stability_regions": list(config.stability_regions), "bootstrap": config.bootstrap, "seed": config.seed,
     }
-    model_info = model.describe()
     data_info = {"manifest": str(data_path), "sha256": fingerprint["data_sha256"], "utterances": len(utterances),
                  "text_only": any(u.audio is None for u in utterances)}
-    payload = build_payload(scanner, model=model_info, data=data_info, settings=settings,
-                            bootstrap=config.bootstrap, seed=config.seed)
-    payload["seconds"] = round(seconds, 3)
-    write_outputs(payload, out, plots=config.plots, config=config)
-    show(*summary(payload, out))
-    return payload
+    result = build_result(scanner, model=model.describe(), data=data_info, settings=settings,
+                          bootstrap=config.bootstrap, seed=config.seed)
+    result.seconds = round(seconds, 3)
+    write_outputs(result, out, plots=config.plots, config=config)
+    show(*summary(result, out))
+    return result.to_dict()
 
 
-def summary(payload: dict, out: Path, sizes: int = 6) -> list:
+def summary(result: ScanResult, out: Path, sizes: int = 6) -> list:
     """What the terminal shows at the end: l*(n) for the first block sizes per input and region,
     and how far speech and text input agree."""
     from speechprune.scan.compare import agreement
 
-    num_layers = payload["num_layers"]
+    num_layers = result.num_layers
     ns = list(range(1, min(sizes, num_layers - 1) + 1))
     rows = []
-    for input_name, data in payload["inputs"].items():
-        for region, entry in data["regions"].items():
-            best = {b["n"]: b for b in entry["best_blocks"]}
-            rows.append((f"{input_name}/{region}", entry["count"],
+    for input_name, regions in result.inputs.items():
+        for region, entry in regions.items():
+            best = {b["n"]: b for b in entry.best_blocks}
+            rows.append((f"{input_name}/{region}", entry.count,
                          *(f"{best[n]['start']} ({best[n]['distance']:.3f})" if n in best else "-" for n in ns)))
-    lines = [table(f"scan: {payload['model']['path']} on {payload['data']['manifest']} "
-                   f"({payload['data']['utterances']} utterances, {num_layers} layers) -> {out}",
+    lines = [table(f"scan: {result.model['path']} on {result.data['manifest']} "
+                   f"({result.data['utterances']} utterances, {num_layers} layers) -> {out}",
                    ("input/region", "positions", *(f"l*({n}) (d)" for n in ns)), rows,
                    caption="l*(n): 0-based start of the most redundant block [l, l+n); d: its angular distance")]
-    inputs = payload["inputs"]
+    inputs = result.inputs
     if "speech" in inputs and "text" in inputs:
-        both = [r for r in inputs["speech"]["regions"]
-                if inputs["speech"]["regions"][r]["angular"] is not None
-                and (inputs["text"]["regions"].get(r) or {}).get("angular") is not None]
-        pairs = [(r, agreement(inputs["speech"]["regions"][r]["angular"], inputs["text"]["regions"][r]["angular"],
-                               [])) for r in both]
+        both = [r for r, entry in inputs["speech"].items() if entry.counted and r in inputs["text"]
+                and inputs["text"][r].counted]
+        pairs = [(r, agreement(inputs["speech"][r].angular, inputs["text"][r].angular, [])) for r in both]
         lines.append(table("speech vs text input", ("region", "Spearman of block distances", "same l*(n)",
                                                     "mean |l*_speech - l*_text|"),
                            [(r, f"{a['spearman']:.3f}", f"{a['same_best_start']:.2f}", f"{a['mean_abs_delta_start']:.2f}")
@@ -314,9 +313,9 @@ def summary(payload: dict, out: Path, sizes: int = 6) -> list:
     return lines
 
 
-def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, bootstrap: int = 1000,
-                  seed: int = 0) -> dict:
-    """The scan.json content from a (reduced) scanner's statistics."""
+def build_result(scanner: Scanner, model: dict, data: dict, settings: dict, bootstrap: int = 1000,
+                 seed: int = 0) -> ScanResult:
+    """The scan result from a (reduced) scanner's statistics."""
     from speechprune.scan.stability import bootstrap_blocks
 
     result_inputs = {}
@@ -324,33 +323,26 @@ def build_payload(scanner: Scanner, model: dict, data: dict, settings: dict, boo
         regions = {}
         for region in stats.regions:
             mats = stats.matrices(region)
-            entry = {"angular": None, "cosine": None, "count": mats["count"], "best_blocks": [],
-                     "block_influence": []}
+            entry = RegionResult(angular=None, cosine=None, count=mats["count"], best_blocks=[], block_influence=[])
             if mats["angular"] is not None:
-                entry["angular"] = mats["angular"].tolist()
-                entry["cosine"] = mats["cosine"].tolist()
-                entry["best_blocks"] = best_blocks(mats["angular"])
-                entry["block_influence"] = block_influence(mats["cosine"])
+                entry.angular = mats["angular"].tolist()
+                entry.cosine = mats["cosine"].tolist()
+                entry.best_blocks = best_blocks(mats["angular"])
+                entry.block_influence = block_influence(mats["cosine"])
                 if region in stats.per_utterance and bootstrap > 0:
                     _, utt_angular, utt_count = stats.utterance_sums(region)
-                    entry["stability"] = bootstrap_blocks(utt_angular, utt_count, stats.num_layers,
-                                                          resamples=bootstrap, seed=seed, angular=mats["angular"])
+                    entry.stability = bootstrap_blocks(utt_angular, utt_count, stats.num_layers,
+                                                       resamples=bootstrap, seed=seed, angular=mats["angular"])
             regions[region] = entry
-        result_inputs[name] = {"regions": regions}
-    return {
-        "num_layers": scanner.num_layers,
-        "index_convention": INDEX_CONVENTION,
-        "inputs": result_inputs,
-        "model": model,
-        "data": data,
-        "settings": settings,
-    }
+        result_inputs[name] = regions
+    return ScanResult(num_layers=scanner.num_layers, inputs=result_inputs, index_convention=INDEX_CONVENTION,
+                      model=model, data=data, settings=settings)
 
 
-def write_outputs(payload: dict, out: Path, plots: bool = True, config: ScanConfig | None = None) -> None:
+def write_outputs(result: ScanResult, out: Path, plots: bool = True, config: ScanConfig | None = None) -> None:
     """scan.json, config.yaml and figures, staged and moved into place (the checkpoint goes with the old OUT)."""
     from speechprune.config import save_config
-    from speechprune.files import staged_dir, write_json
+    from speechprune.files import staged_dir
 
     with staged_dir(out) as staging:
         if config is not None:
@@ -358,8 +350,8 @@ def write_outputs(payload: dict, out: Path, plots: bool = True, config: ScanConf
         if plots:
             from speechprune.scan.plots import scan_figures
 
-            payload["figures"] = scan_figures(payload, staging)
-        write_json(staging / "scan.json", payload)
+            result.figures = scan_figures(result, staging)
+        result.save(staging / SCAN_FILE)
 
 
 def _say(state, message: str, main_only: bool = True) -> None:
