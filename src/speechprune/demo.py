@@ -56,7 +56,8 @@ class DemoConfig:
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
     heal_steps: int = option(80, help="LoRA healing steps per sweep cell")
     prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
-    test_utterances: int = option(80, help="in-domain test utterances per sweep cell")
+    test_utterances: int | None = option(None, help="in-domain test utterances per sweep cell (empty: all, the "
+                                                    "evaluation's: the sweep's baseline is then the evaluated one)")
     overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
 
     def __post_init__(self):
