@@ -103,6 +103,12 @@ def test_max_utterances_as_name_value():
      "--batch-size: 'two' is not a whole number"),
     (["sweep", "--model", "m", "--scan", "s", "--train", "t", "--test", "t", "--out", "o", "--fractions", "0.25,1.2"],
      "--fractions: 1.2 is not in [0, 1)"),
+    (["prune", "--model", "m", "--out", "o", "--fraction", "0.2", "--strategy", "angualr"],
+     "--strategy must be one of angular, bi, last, iterative, greedy-score, not 'angualr' (did you mean angular?)"),
+    (["scan", "--model", "m", "--data", "d", "--out", "o", "--regions", "speach"], "(did you mean speech?)"),
+    (["sweep", "--model", "m", "--scan", "s", "--train", "t", "--test", "t", "--out", "o", "--heal", "recieving-mlp"],
+     "(did you mean receiving-mlp?)"),
+    (["eval", "--model", "m", "--data", "d", "--out", "o", "--dtype", "bfloat"], "(did you mean bfloat16?)"),
 ])
 def test_errors_name_the_option_the_value_and_a_suggestion(argv, expected, capsys):
     assert main(argv) == 2

@@ -137,7 +137,7 @@ def test_user_errors(covost_like: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--tgt-lang is required"):
         export_hf_dataset(HFDataConfig(dataset=str(covost_like), preset="covost2", src_lang="en",
                                        out=str(tmp_path / "a.jsonl")))
-    with pytest.raises(UserError, match="--preset: unknown 'commonvoice'"):
+    with pytest.raises(UserError, match="--preset must be one of .*, not 'commonvoice'"):
         HFDataConfig(dataset="x", preset="commonvoice", out="a.jsonl")
     existing = tmp_path / "exists.jsonl"
     existing.write_text("keep")

@@ -10,6 +10,7 @@ import dataclasses
 import re
 import typing
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -280,3 +281,17 @@ def require(condition: bool, message: str) -> None:
     """Validation helper for ``__post_init__``: raise a one-line UserError unless ``condition``."""
     if not condition:
         raise UserError(message)
+
+
+def require_choice(value: Any, choices: Sequence[str], option: str) -> None:
+    """Validation helper for an option that takes one of ``choices``: a one-line UserError naming
+    the option, the choices and the closest one (``--strategy angualr`` -> did you mean angular?)."""
+    if value not in choices:
+        raise UserError(f"{option} must be one of {', '.join(map(str, choices))}, not {value!r}"
+                        + did_you_mean(str(value), [str(c) for c in choices]))
+
+
+def require_choices(values: Sequence[Any], choices: Sequence[str], option: str) -> None:
+    """:func:`require_choice` for each value of a list option."""
+    for value in values:
+        require_choice(value, choices, option)

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
 from speechprune.console import step_needed
-from speechprune.config import option, require
+from speechprune.config import option, require, require_choice
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json
@@ -61,7 +61,7 @@ class DemoConfig:
     overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
 
     def __post_init__(self):
-        require(self.decoder in MODES, f"--decoder must be one of {', '.join(MODES)}, not {self.decoder!r}")
+        require_choice(self.decoder, MODES, "--decoder")
         require(self.base_steps >= 0, "--base-steps must be >= 0")
 
 

@@ -20,7 +20,7 @@ import torch
 from sacrebleu.metrics import BLEU, CHRF
 
 from speechprune.bootstrap import Interval, interval, utterance_statistics
-from speechprune.config import option, require, save_config
+from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.files import claims_output, staged_dir, write_json, write_text
@@ -52,7 +52,7 @@ class EvalConfig:
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
-        require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}")
+        require_choice(self.dtype, list(DTYPES), "--dtype")
         require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")
 
 

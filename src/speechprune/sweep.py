@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechprune.config import option, require, save_config
+from speechprune.config import option, require, require_choices, save_config
 from speechprune.console import plural, show, table
 from speechprune.data.manifest import load_manifests
 from speechprune.bootstrap import verdict as bootstrap_verdict
@@ -81,10 +81,8 @@ class SweepConfig:
     def __post_init__(self):
         bad = [f for f in self.fractions if not 0 <= f < 1]
         require(not bad, f"--fractions: {bad[0] if bad else ''} is not in [0, 1) (a fraction of decoder layers removed)")
-        unknown = [s for s in self.strategies if s not in SCAN_STRATEGIES]
-        require(not unknown, f"--strategies: unknown {unknown}; the sweep takes {', '.join(SCAN_STRATEGIES)}")
-        bad = [h for h in self.heal if h != "none" and h not in HEAL_TARGETS]
-        require(not bad, f"--heal: unknown {bad}; use none or one of {', '.join(HEAL_TARGETS)}")
+        require_choices(self.strategies, SCAN_STRATEGIES, "--strategies")
+        require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
 
 
 def _cell_name(strategy: str, removed: int, heal: str) -> str:

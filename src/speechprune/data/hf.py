@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from speechprune.config import option, require
+from speechprune.config import option, require, require_choice
 from speechprune.data.audio import SAMPLE_RATE, decode_audio_bytes, load_audio, save_audio
 from speechprune.data.manifest import Utterance, text_utterance, write_manifest
 from speechprune.errors import UserError
@@ -61,7 +61,7 @@ class HFDataConfig:
     overwrite: bool = option(False, help="replace an existing manifest at --out")
 
     def __post_init__(self) -> None:
-        require(self.preset in PRESETS, f"--preset: unknown {self.preset!r} (choose from {', '.join(PRESETS)})")
+        require_choice(self.preset, list(PRESETS), "--preset")
         require(self.task in (None, "asr", "st"), f"--task: unknown {self.task!r} (asr or st)")
         require(self.max_items is None or self.max_items > 0, "--max-items must be positive")
         require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from speechprune.config import option, require, save_config
+from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
@@ -68,14 +68,13 @@ class PruneConfig:
         else:
             require((self.remove is None) != (self.fraction is None),
                     "give --drop START:END[,...], or exactly one of --remove N / --fraction F with --strategy")
-            require(self.strategy in strategies.STRATEGIES,
-                    f"--strategy {self.strategy!r} is not one of {', '.join(strategies.STRATEGIES)}")
+            require_choice(self.strategy, strategies.STRATEGIES, "--strategy")
             require(self.remove is None or self.remove >= 0, f"--remove must be >= 0, not {self.remove}")
             require(self.fraction is None or 0 <= self.fraction < 1, f"--fraction must be in [0, 1), not {self.fraction}")
             require(bool(self.scan) or self.strategy not in ("angular", "bi"),
                     f"--strategy {self.strategy} chooses from a scan: give --scan SCAN_DIR")
-        require(self.input in ("auto", "speech", "text"), f"--input must be speech, text or auto, not {self.input!r}")
-        require(self.layout in ("auto",) + LAYOUTS, f"--layout must be plain, task or auto, not {self.layout!r}")
+        require_choice(self.input, ("speech", "text", "auto"), "--input")
+        require_choice(self.layout, LAYOUTS + ("auto",), "--layout")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
 

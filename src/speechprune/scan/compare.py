@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from speechprune.config import option, require, save_config
+from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
@@ -39,7 +39,7 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         require(len(self.scans) >= 1, "compare needs at least one scan: speechprune compare SCAN [SCAN ...] --out DIR")
-        require(self.input in ("", "speech", "text"), f"--input must be speech or text, not {self.input!r}")
+        require_choice(self.input, ("speech", "text", ""), "--input")
         bad = [r for r in self.regions if r not in REGIONS]
         require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
         bad = [f for f in self.fractions if not 0.0 < f < 1.0]

@@ -15,7 +15,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from speechprune.config import option, require
+from speechprune.config import option, require, require_choice, require_choices
 from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
@@ -62,13 +62,12 @@ class ScanConfig:
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self) -> None:
-        require(self.input in ("auto", "both") + INPUTS, f"--input must be speech, text, both or auto, not {self.input!r}")
-        require(self.layout in ("auto",) + LAYOUTS, f"--layout must be plain, task or auto, not {self.layout!r}")
-        bad = [r for r in self.regions if r not in REGIONS]
-        require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
+        require_choice(self.input, INPUTS + ("both", "auto"), "--input")
+        require_choice(self.layout, LAYOUTS + ("auto",), "--layout")
+        require_choices(self.regions, REGIONS, "--regions")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
-        require(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        require_choice(self.dtype, list(DTYPES), "--dtype")
         require(self.device_map in (None, "", "auto"), f"--device-map must be 'auto' or empty, not {self.device_map!r}")
         require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, not {self.bootstrap}")
         require(self.checkpoint_every >= 0, f"--checkpoint-every must be 0 or more, not {self.checkpoint_every}")
