@@ -4,6 +4,7 @@ gradient accumulation (against one batch of the same utterances)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,11 @@ def test_healing_a_plain_lm_accumulates_gradients_like_one_larger_batch(plain_lm
         torch.testing.assert_close(accumulated[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
     # the comparison can fail: half the batch without accumulation trains differently
     assert any(not torch.allclose(one_half[name], whole[name], rtol=1e-4, atol=1e-6) for name in whole)
-    # the loop left its end-of-stage checkpoint (resume point) under OUT/checkpoints
-    assert (tmp_path / "whole" / "checkpoints" / "latest.json").is_file()
+    # the loop left its end-of-stage checkpoint (resume point) under OUT/checkpoints: the adapters alone
+    checkpoints = tmp_path / "whole" / "checkpoints"
+    saved = torch.load(checkpoints / json.loads((checkpoints / "latest.json").read_text())["checkpoint"] / "model.pt",
+                       weights_only=True)
+    assert saved.keys() == {f"causal_lm.{name}" for name in whole}
 
 
 def test_a_plain_lm_refuses_what_only_a_speechllm_trains(plain_lm, tmp_path):

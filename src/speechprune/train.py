@@ -315,7 +315,9 @@ def _param_groups(model: nn.Module, params: list[nn.Parameter], stage: StageConf
 
 class DecoderLoss(nn.Module):
     """The next-token loss of a :class:`LoadedModel`'s decoder on its own ``task`` inputs, logits at
-    the labelled positions only: the module Accelerate wraps and the checkpoints hold."""
+    the labelled positions only: the module Accelerate wraps and the checkpoints hold. Only LoRA
+    adapters train here, so its state is the adapters alone: everything else is the model as it
+    was loaded, the same when a run resumes (a checkpoint of a real LLM stays megabytes)."""
 
     def __init__(self, model: LoadedModel):
         super().__init__()
@@ -326,6 +328,17 @@ class DecoderLoss(nn.Module):
         with torch.no_grad():  # the inputs' embeddings (and a speech-LLM's audio side) stay frozen
             inputs = self.model.decoder_inputs(utterances, source=source, layout="task")
         return next_token_loss(self.causal_lm, inputs)
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return {name: value for name, value in super().state_dict(*args, **kwargs).items() if "lora_" in name}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        lost = [name for name in result.missing_keys if "lora_" in name]
+        if strict and (lost or result.unexpected_keys):
+            raise UserError(f"a checkpoint does not fit this model's LoRA adapters (missing {lost[:3]}, "
+                            f"unexpected {result.unexpected_keys[:3]}); remove it or pass --overwrite")
+        return result
 
 
 class DecoderTraining:
