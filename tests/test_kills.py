@@ -18,16 +18,19 @@ from typing import Callable
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+import transformers
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from speechprune import files
 from speechprune.cli import main
 from speechprune.config import to_yaml
 from speechprune.data.manifest import load_manifest
-from speechprune.model.speechllm import SpeechLLM
+from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
+from speechprune.model.tokenizer import train_bpe_tokenizer
 from tests.conftest import build_tiny_speechllm
 from tests.test_base_llm import tiny_base_llm_config
 from tests.test_heal_sweep import fake_scan
+from tests.test_hf_speechllm import save_family
 from tests.test_study import _tiny_study
 from tests.test_train import tiny_train_config
 
@@ -150,6 +153,51 @@ def test_heal_killed_mid_checkpoint_and_mid_export_ends_with_the_same_model(save
     assert "resumed from" in log and "(stage 1, step 0)" in log
     assert_same_weights(tmp_path / "straight", run)
     assert json.loads((run / "heal.json").read_text())["receiving_layers"] == [1]
+
+
+def saved_plain_lm(folder: Path, manifest: Path) -> Path:
+    """A tiny random Llama with a BPE tokenizer of the manifest's texts, as save_pretrained writes them."""
+    texts = decoder_texts(DEFAULT_PROMPTS, load_manifest(manifest))
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# kind -> (a tiny saved model of that kind, the class its healed checkpoint reloads in)
+OTHER_KINDS = {
+    "causal-lm": (saved_plain_lm, AutoModelForCausalLM.from_pretrained),
+    "hf-speech-llm": (lambda folder, manifest: save_family(folder, "qwen2_audio", manifest),
+                      transformers.Qwen2AudioForConditionalGeneration.from_pretrained),
+}
+
+
+@pytest.mark.parametrize("kind", list(OTHER_KINDS))
+def test_heal_of_other_kinds_killed_mid_run_and_mid_export_ends_with_the_same_model(kind, tiny_manifest, tmp_path):
+    save, reload = OTHER_KINDS[kind]
+    source = save(tmp_path / "source", tiny_manifest)
+    assert main(["prune", "--model", str(source), "--drop", "1:2", "--out", str(tmp_path / "pruned")]) == 0
+    argv = lambda out: ["heal", "--model", str(tmp_path / "pruned"), "--data", str(tiny_manifest), "--out", str(out),  # noqa: E731
+                        "--steps", "4", "--batch-size", "4", "--lr", "0.01", "--checkpoint-every", "2"]
+    assert main(argv(tmp_path / "straight")) == 0
+    run = tmp_path / "run"
+    # while the end-of-healing checkpoint is written: the mid-run one (step 2) must be used
+    killed_while_writing(argv(run), r"checkpoints/stage1-step0$", tmp_path)
+    assert (run / "checkpoints" / "stage0-step2").is_dir() and not (run / "heal.json").exists()
+    log = killed_while_writing(argv(run), rf"/{run.name}$", tmp_path)  # while the healed model is written
+    assert "resuming the unfinished run" in log and "resumed from" in log and "(stage 0, step 2)" in log
+    assert not (run / "heal.json").exists(), "a kill mid-export must not leave a result"
+    log = completes(argv(run))
+    assert "resumed from" in log and "(stage 1, step 0)" in log
+    assert_same_weights(tmp_path / "straight", run, reload)
+    straight, resumed = (json.loads((d / "heal.json").read_text()) for d in (tmp_path / "straight", run))
+    assert resumed["receiving_layers"] == straight["receiving_layers"] == [1]
+    assert resumed["stages"][0]["final_loss"] == pytest.approx(straight["stages"][0]["final_loss"], rel=1e-5)
+    assert (run / "adapters" / "decoder" / "adapter_config.json").is_file()
+    assert not (run / "checkpoints").exists() and not (run / files.RUN_MARKER).exists()
 
 
 def test_sweep_killed_mid_cell_and_mid_summary_keeps_finished_cells_and_the_same_table(saved_model, tiny_manifest,

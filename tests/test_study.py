@@ -51,10 +51,10 @@ def _tiny_study(tmp_path: Path) -> StudyConfig:
         "corpus": {"path": str(_tiny_corpus(tmp_path / "corpus"))},
         "base": {"sentences": 40, "dev_sentences": 5, "steps": 3, "eval_every": 3, "batch_size": 8},
         "speechllm": {"warmup_steps": 2, "joint_steps": 3, "batch_size": 4, "warmup_batch_size": 4,
-                      "lora_rank": 2, "lora_alpha": 4, "projector": {"stack": 2, "hidden_dim": 32}},
+                      "projector": {"stack": 2, "hidden_dim": 32}},
         "evaluation": {"test_utterances": 3, "scan_utterances": 4, "fractions": [0.0, 0.5], "heal_steps": 2,
                        "max_new_tokens": 8},
-        "loop": {"log_every": 1, "checkpoint_every": 100},
+        "loop": {"log_every": 1, "checkpoint_every": 100, "lora": {"rank": 2, "alpha": 4}},
     }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(settings))

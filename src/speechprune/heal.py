@@ -1,8 +1,9 @@
 """Healing a pruned model: a short LoRA fine-tune of the decoder on the target loss.
 
-A SpeechLLM directory heals through the training loop that built it (``train.run_stages``, which
-can also train its projector); any other kind (a plain causal LM, a Hugging Face speech-LLM) heals
-with :func:`heal_decoder`, a LoRA loop on the decoder inputs its adapter builds.
+Every kind heals through the one training loop (``train.run_stages``, with its checkpoints and
+resume): a SpeechLLM directory with its own losses (and, if asked, its projector), any other kind
+(a plain causal LM, a Hugging Face speech-LLM) on the next-token loss of the decoder inputs its
+adapter builds.
 
 Targets (where the LoRA goes in the decoder):
 - ``receiving-mlp`` (default, as in Moumen et al., 2026): the MLP of each layer that now receives a
@@ -16,24 +17,19 @@ best. The export merges the LoRA into a standard checkpoint and keeps the adapte
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from accelerate import Accelerator, PartialState
+from accelerate import PartialState
 from torch import nn
 
 from speechprune.config import option, require, save_config
-from speechprune.console import Progress, show
+from speechprune.console import show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
-from speechprune.model.layout import IGNORE_INDEX
-from speechprune.model.speechllm import SpeechLLM
 from speechprune.prune.surgery import receiving_layers
 from speechprune.train import LoopConfig, StageConfig, StageResult, make_accelerator, run_stages
 from speechprune.train import summary as train_summary
@@ -52,7 +48,9 @@ class HealConfig:
     lr: float = option(1e-3, help="peak learning rate (warm-up, then cosine decay)")
     rank: int = option(8, help="LoRA rank r")
     alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
-    batch_size: int = option(16, help="utterances per optimiser step")
+    batch_size: int = option(16, help="utterances per optimiser step (per process)")
+    grad_accum: int = option(1, help="batches whose gradients add up to one optimiser step")
+    checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
     seed: int = option(0, help="seed of LoRA initialisation and data order")
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
@@ -61,6 +59,8 @@ class HealConfig:
     def __post_init__(self):
         require(self.target in TARGETS, f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
         require(self.steps >= 1, "--steps must be >= 1")
+        require(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
+        require(self.checkpoint_every >= 1, "--checkpoint-every must be >= 1")
         require(len(self.data) > 0, "--data needs at least one manifest")
 
 
@@ -99,91 +99,26 @@ def _mlp_linears(layer: nn.Module, index: int) -> list[nn.Module]:
     return [module for module in mlp.modules() if isinstance(module, nn.Linear)]
 
 
-def heal_in_place(model: SpeechLLM, utterances: list, targets: list[str], out: Path, steps: int, lr: float,
-                  rank: int = 8, alpha: int = 16, projector: bool = False, batch_size: int = 16, seed: int = 0,
-                  resume: bool = True) -> list:
-    """Train LoRA on ``targets`` (and the projector if asked) for ``steps``; checkpoints under
-    ``out/checkpoints``. The model stays LoRA-wrapped until it is saved (which merges)."""
-    loop = LoopConfig(batch_size=batch_size, seed=seed)
-    loop.lora.rank, loop.lora.alpha, loop.lora.decoder_targets = rank, alpha, targets
-    stage = StageConfig(steps=steps, encoder="frozen", decoder="lora", projector="full" if projector else "frozen",
-                        lr=lr)
-    out.mkdir(parents=True, exist_ok=True)
-    model.train()
-    results = run_stages(model, utterances, {"heal": stage}, loop, out, make_accelerator(loop, out), resume)
-    model.eval()
-    return results
-
-
-def heal_decoder(model: LoadedModel, utterances: list, targets: list[str], steps: int, lr: float,
-                 rank: int = 8, alpha: int = 16, batch_size: int = 16, seed: int = 0) -> dict:
-    """LoRA on ``targets`` of ``model.causal_lm``, trained for ``steps`` on the target loss of the
-    model's own decoder inputs (speech when it has speech input, else text). The model stays
-    LoRA-wrapped (:func:`merge_lora`). Data-parallel under ``accelerate launch``."""
-    import warnings
-
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-    from transformers import get_cosine_schedule_with_warmup
-
-    # peft 0.21 asks transformers 5.24 a deprecated question on every wrap; nothing for users to act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    torch.manual_seed(seed)
-    source = "speech" if "speech" in model.sources else "text"
-    model.module.requires_grad_(False)
-    config = PeftLoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
-                            target_modules="all-linear" if targets == ["all-linear"] else targets)
-    model.causal_lm = get_peft_model(model.causal_lm, config)
-    params = [p for p in model.causal_lm.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(0.1 * steps), steps)
-    wrapped, optimizer, scheduler = accelerator.prepare(model.causal_lm, optimizer, scheduler)
-    generator = torch.Generator().manual_seed(seed)
-    order: list[int] = []
-    history, started = [], time.perf_counter()
-    wrapped.train()
-    with Progress("heal", steps, "steps", enabled=accelerator.is_main_process) as progress:
-        for step in range(steps):
-            global_batch = batch_size * accelerator.num_processes
-            if len(order) < global_batch:
-                order += torch.randperm(len(utterances), generator=generator).tolist()
-            chosen, order = order[:global_batch], order[global_batch:]
-            mine = chosen[accelerator.process_index::accelerator.num_processes]
-            with torch.no_grad():
-                inputs = model.decoder_inputs([utterances[i] for i in mine], source=source).to(accelerator.device)
-            logits = wrapped(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                             position_ids=inputs.position_ids, use_cache=False).logits
-            loss = nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.flatten(),
-                                               ignore_index=IGNORE_INDEX)
-            accelerator.backward(loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            history.append({"step": step + 1, "loss": float(loss.detach())})
-            progress.advance(status=f"loss {history[-1]['loss']:.3f}")
-    model.causal_lm = accelerator.unwrap_model(wrapped).eval()
-    model.module.requires_grad_(False)
-    return {"name": "heal", "steps": steps, "seconds": time.perf_counter() - started,
-            "final_loss": history[-1]["loss"], "history": history}
-
-
 def heal_model(model: LoadedModel, utterances: list, targets: list[str], out: Path, steps: int, lr: float,
                rank: int = 8, alpha: int = 16, projector: bool = False, batch_size: int = 16, seed: int = 0,
-               resume: bool = True) -> list[dict]:
-    """Heal ``model`` in place with LoRA on ``targets`` (still wrapped on return: :func:`merge_lora`):
-    a SpeechLLM through its training loop (checkpoints under ``out/checkpoints``), any other kind
-    with :func:`heal_decoder`."""
-    out.mkdir(parents=True, exist_ok=True)
-    speechllm = getattr(model, "speechllm", None)
-    if speechllm is not None:
-        results = heal_in_place(speechllm, utterances, targets, out, steps, lr, rank, alpha, projector, batch_size,
-                                seed, resume)
-        return [r.__dict__ for r in results]
-    if projector:
+               resume: bool = True, grad_accum: int = 1, checkpoint_every: int = 200) -> list[dict]:
+    """Heal ``model`` in place with LoRA on ``targets`` (and its projector if asked) for ``steps``,
+    through the training loop of every kind (:func:`~speechprune.train.run_stages`: checkpoints
+    under ``out/checkpoints``, resume, clipping, accumulation). Speech input when the model has
+    it, else the source text. The decoder stays LoRA-wrapped until it is saved or
+    :func:`merge_lora` merges it."""
+    if projector and getattr(model, "speechllm", None) is None:
         raise UserError(f"--projector: {model.path} is a {model.kind}; only a SpeechLLM directory has a projector "
                         "this toolkit trains")
-    return [heal_decoder(model, utterances, targets, steps, lr, rank, alpha, batch_size, seed)]
+    loop = LoopConfig(batch_size=batch_size, seed=seed, grad_accum=grad_accum, checkpoint_every=checkpoint_every)
+    loop.lora.rank, loop.lora.alpha, loop.lora.decoder_targets = rank, alpha, targets
+    stage = StageConfig(steps=steps, input="speech" if "speech" in model.sources else "text", encoder="frozen",
+                        decoder="lora", projector="full" if projector else "frozen", lr=lr)
+    out.mkdir(parents=True, exist_ok=True)
+    model.module.train()
+    results = run_stages(model, utterances, {"heal": stage}, loop, out, make_accelerator(loop, out), resume)
+    model.module.eval()
+    return [result.__dict__ for result in results]
 
 
 def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
@@ -203,7 +138,8 @@ def heal(config: HealConfig) -> Path:
     targets = lora_targets(model.causal_lm, config.target, receiving)
     utterances = load_manifests(config.data, skip_bad=config.skip_bad)
     results = heal_model(model, utterances, targets, out, config.steps, config.lr, config.rank,
-                         config.alpha, config.projector, config.batch_size, config.seed, config.resume)
+                         config.alpha, config.projector, config.batch_size, config.seed, config.resume,
+                         config.grad_accum, config.checkpoint_every)
     if not PartialState().is_main_process:
         return out
     speechllm = getattr(model, "speechllm", None)

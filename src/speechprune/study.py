@@ -104,8 +104,6 @@ class SpeechLLMSettings:
     lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
     ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
-    lora_rank: int = option(16, help="LoRA rank r of the decoder in joint training (lora mode)")
-    lora_alpha: int = option(32, help="LoRA alpha (the update is scaled by alpha / rank)")
     batch_size: int = option(8, help="utterances per optimiser step of joint training")
     projector: ProjectorConfig = option(ProjectorConfig(stack=2), help="stack 2: the joint stage's token CTC "
                                                                        "needs as many speech positions as tokens")
@@ -151,7 +149,8 @@ class StudyConfig:
     base: BaseSettings = option(BaseSettings())
     speechllm: SpeechLLMSettings = option(SpeechLLMSettings())
     evaluation: EvalSettings = option(EvalSettings())
-    loop: LoopConfig = option(LoopConfig())
+    loop: LoopConfig = option(LoopConfig(lora=LoraConfig(rank=16, alpha=32)),
+                              help="every training's loop; loop.lora is the decoder's LoRA in joint training (lora mode)")
     overwrite: bool = option(False, help="replace an existing --out (else only this study's own work is resumed "
                                          "or reused)")
 
@@ -298,7 +297,6 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
     if step_needed(f"SpeechLLM {condition.name}", path / "speechllm.json"):
         s = config.speechllm
         loop = _loop(config)
-        loop.lora = LoraConfig(rank=s.lora_rank, alpha=s.lora_alpha)
         loop.batch_size = s.batch_size
         stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=s.joint_steps,
                                  lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight)

@@ -1,6 +1,8 @@
 """Training in stages on Hugging Face Accelerate: the same loop in one CPU process and under
 ``accelerate launch`` on many GPUs. Training a new SpeechLLM, text pretraining of its decoder
-and healing a pruned model all run through :func:`run_stages`.
+and healing a pruned model of any kind all run through :func:`run_stages`, which asks a model only
+for what :class:`Trainable` names (a SpeechLLM's own losses, or any other kind's decoder on its
+next-token loss).
 
 Why stages: a SpeechLLM trained jointly from step 0 learns the grammar of the targets before it
 learns to listen. The offline default therefore runs, in order,
@@ -25,15 +27,17 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, gather_object
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
 from speechprune.config import option, require, save_config
@@ -41,6 +45,9 @@ from speechprune.console import note, show, stderr, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
+from speechprune.model.decoder import next_token_loss
+from speechprune.model.interface import LoadedModel
+from speechprune.model.kinds import SpeechLLMModel
 from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 
@@ -186,52 +193,195 @@ class TrainConfig:
         return {name: self.stages[name] for name in names}
 
 
-# ----------------------------------------------------------------------------- components
-def _set_trainable(model: SpeechLLM, stage: StageConfig, lora: LoraConfig) -> list[torch.nn.Parameter]:
-    """Freeze or unfreeze each component for ``stage`` (wrapping it in LoRA the first time it asks
-    for it); returns the parameters the optimiser should see."""
-    model.requires_grad_(False)
-    for component in COMPONENTS:
-        mode = getattr(stage, component)
-        module = model.encoder.model if component == "encoder" else getattr(model, component)
-        if mode == "lora":
-            module = _with_lora(model, component, lora)
-            for name, param in module.named_parameters():
-                param.requires_grad_("lora_" in name)
-        elif mode == "full":
-            module.requires_grad_(True)
-    if stage.input != "speech":  # the encoder side is not run at all
-        model.encoder.requires_grad_(False)
-        model.projector.net.requires_grad_(False)
-    if stage.ctc_weight > 0:
-        if model.ctc_head is None:
-            raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
-        model.ctc_head.requires_grad_(True)
-    return [p for p in model.parameters() if p.requires_grad]
+# ----------------------------------------------------------------------------- what the loop trains
+class Trainable(Protocol):
+    """What :func:`run_stages` needs of a model, whatever its kind: the module that Accelerate
+    wraps and the checkpoints hold, the parameters a stage trains, its batches and its losses."""
+
+    @property
+    def module(self) -> nn.Module:
+        """Wrapped by Accelerate, saved in checkpoints and switched between train and eval."""
+
+    def set_trainable(self, stage: StageConfig, lora: LoraConfig) -> list[nn.Parameter]:
+        """Freeze or unfreeze for ``stage`` (wrapping in LoRA the first time it is asked for);
+        returns the parameters the optimiser should see."""
+
+    def param_groups(self, params: list[nn.Parameter], stage: StageConfig) -> list[dict]:
+        """The optimiser's parameter groups."""
+
+    def loader(self, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
+        """Shuffled batches (a seeded order) of the training utterances."""
+
+    def losses(self, wrapped: nn.Module, batch, stage: StageConfig) -> dict[str, torch.Tensor]:
+        """The stage's weighted losses through ``wrapped`` (:attr:`module` as Accelerate prepared
+        it); ``total`` is what the optimiser follows."""
 
 
-def _with_lora(model: SpeechLLM, component: str, lora: LoraConfig) -> torch.nn.Module:
+def trainable(model: SpeechLLM | LoadedModel, utterances: list[Utterance], loop: LoopConfig) -> Trainable:
+    """A SpeechLLM trains with its own forward (CTC, token CTC, text stages); any other
+    :class:`LoadedModel` trains its decoder on the next-token loss of its own task inputs."""
+    if isinstance(model, SpeechLLMModel):
+        model = model.speechllm
+    if isinstance(model, SpeechLLM):
+        return SpeechLLMTraining(model, utterances, loop)
+    return DecoderTraining(model, utterances)
+
+
+def with_lora(module: nn.Module, targets: list[str], lora: LoraConfig) -> nn.Module:
+    """``module`` wrapped in LoRA adapters on ``targets`` (module names, name suffixes or full-name
+    regexes, or ``["all-linear"]``); a module that is already wrapped comes back as it is. The one
+    place this toolkit wraps anything in LoRA (training and healing alike)."""
     import warnings
 
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    if hasattr(module, "peft_config"):
+        return module
     # peft 0.21 asks transformers 5.24 a deprecated question on every wrap; nothing for users to act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-
-    current = model.encoder.model if component == "encoder" else model.decoder
-    if hasattr(current, "peft_config"):
-        return current
-    targets = lora.encoder_targets if component == "encoder" else lora.decoder_targets
     # peft takes "all-linear" as a bare string; anything else as a list of names or name suffixes
     config = PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                             target_modules="all-linear" if list(targets) == ["all-linear"] else list(targets))
-    wrapped = get_peft_model(current, config)
-    if component == "encoder":
-        model.encoder.model = wrapped
-    else:
-        model.decoder = wrapped
-    return wrapped
+    return get_peft_model(module, config)
+
+
+def _train_lora_only(module: nn.Module) -> None:
+    for name, param in module.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+class SpeechLLMTraining:
+    """This toolkit's SpeechLLM: encoder, projector and decoder per stage, speech or text input."""
+
+    def __init__(self, model: SpeechLLM, utterances: list[Utterance], loop: LoopConfig):
+        self.model = model
+        self.utterances = utterances
+        self.speech_data = model.dataset(utterances, loop.max_seconds)  # caches features across epochs
+
+    @property
+    def module(self) -> nn.Module:
+        return self.model
+
+    def set_trainable(self, stage: StageConfig, lora: LoraConfig) -> list[nn.Parameter]:
+        model = self.model
+        model.requires_grad_(False)
+        for component in COMPONENTS:
+            mode = getattr(stage, component)
+            module = model.encoder.model if component == "encoder" else getattr(model, component)
+            if mode == "lora":
+                if component == "encoder":
+                    module = model.encoder.model = with_lora(module, lora.encoder_targets, lora)
+                else:
+                    module = model.decoder = with_lora(module, lora.decoder_targets, lora)
+                _train_lora_only(module)
+            elif mode == "full":
+                module.requires_grad_(True)
+        if stage.input != "speech":  # the encoder side is not run at all
+            model.encoder.requires_grad_(False)
+            model.projector.net.requires_grad_(False)
+        if stage.ctc_weight > 0:
+            if model.ctc_head is None:
+                raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
+            model.ctc_head.requires_grad_(True)
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def param_groups(self, params: list[nn.Parameter], stage: StageConfig) -> list[dict]:
+        return _param_groups(self.model, params, stage)
+
+    def loader(self, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
+        """Speech batches from the (feature-caching) speech dataset; text batches without audio."""
+        model, utterances = self.model, self.utterances
+        datasets = {"speech": lambda: self.speech_data, "text": lambda: utterances,
+                    "lm": lambda: _CorpusText(utterances)}
+        collate = (model.collate if stage.input == "speech"
+                   else partial(text_batch, model.tokenizer, prompts=model.prompts))
+        return _shuffled(datasets[stage.input](), collate, stage, loop)
+
+    def losses(self, wrapped: nn.Module, batch, stage: StageConfig) -> dict[str, torch.Tensor]:
+        return wrapped(batch, lm_weight=stage.lm_weight, ctc_weight=stage.ctc_weight, input=stage.input,
+                       token_ctc_weight=stage.token_ctc_weight)
+
+
+def _param_groups(model: nn.Module, params: list[nn.Parameter], stage: StageConfig) -> list[dict]:
+    """One group at the stage's lr, and the projector's own group when ``projector_lr`` is set."""
+    if stage.projector_lr is None:
+        return [{"params": params}]
+    projector = {id(p) for p in model.projector.parameters()}
+    groups = [{"params": [p for p in params if id(p) not in projector]},
+              {"params": [p for p in params if id(p) in projector], "lr": stage.projector_lr}]
+    return [group for group in groups if group["params"]]
+
+
+class DecoderLoss(nn.Module):
+    """The next-token loss of a :class:`LoadedModel`'s decoder on its own ``task`` inputs, logits at
+    the labelled positions only: the module Accelerate wraps and the checkpoints hold. Only LoRA
+    adapters train here, so its state is the adapters alone: everything else is the model as it
+    was loaded, the same when a run resumes (a checkpoint of a real LLM stays megabytes)."""
+
+    def __init__(self, model: LoadedModel):
+        super().__init__()
+        self.causal_lm = model.causal_lm
+        self.model = model  # not a module: its causal_lm is the one above
+
+    def forward(self, utterances: list[Utterance], source: str) -> torch.Tensor:
+        with torch.no_grad():  # the inputs' embeddings (and a speech-LLM's audio side) stay frozen
+            inputs = self.model.decoder_inputs(utterances, source=source, layout="task")
+        return next_token_loss(self.causal_lm, inputs)
+
+    def state_dict(self, *args, **kwargs) -> dict:
+        return {name: value for name, value in super().state_dict(*args, **kwargs).items() if "lora_" in name}
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        lost = [name for name in result.missing_keys if "lora_" in name]
+        if strict and (lost or result.unexpected_keys):
+            raise UserError(f"a checkpoint does not fit this model's LoRA adapters (missing {lost[:3]}, "
+                            f"unexpected {result.unexpected_keys[:3]}); remove it or pass --overwrite")
+        return result
+
+
+class DecoderTraining:
+    """Any other :class:`LoadedModel` (a plain causal LM, a Hugging Face speech-LLM): LoRA on its
+    decoder, trained on the target of its own task sequence, from speech or from the source text."""
+
+    def __init__(self, model: LoadedModel, utterances: list[Utterance]):
+        self.model = model
+        self.utterances = utterances
+        self.loss = DecoderLoss(model)
+
+    @property
+    def module(self) -> nn.Module:
+        return self.loss
+
+    def check(self, stage: StageConfig) -> None:
+        what = f"{self.model.path} is {self.model.description}"
+        if stage.encoder != "frozen" or stage.projector != "frozen":
+            raise UserError(f"{what}: only its decoder trains here; keep encoder and projector frozen")
+        if stage.ctc_weight or stage.token_ctc_weight:
+            raise UserError(f"{what}: it has no CTC head here; set ctc_weight and token_ctc_weight to 0")
+        if stage.decoder != "lora":
+            raise UserError(f"{what}: its decoder trains with LoRA only (decoder=lora, not {stage.decoder})")
+        if stage.input not in self.model.sources:
+            raise UserError(f"{what}: it has no {stage.input} input; use input {' or '.join(self.model.sources)}")
+
+    def set_trainable(self, stage: StageConfig, lora: LoraConfig) -> list[nn.Parameter]:
+        self.check(stage)
+        self.model.module.requires_grad_(False)
+        wrapped = with_lora(self.model.causal_lm, lora.decoder_targets, lora)
+        self.model.causal_lm = self.loss.causal_lm = wrapped
+        _train_lora_only(wrapped)
+        return [p for p in wrapped.parameters() if p.requires_grad]
+
+    def param_groups(self, params: list[nn.Parameter], stage: StageConfig) -> list[dict]:
+        return [{"params": params}]
+
+    def loader(self, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
+        return _shuffled(self.utterances, list, stage, loop)  # utterances: the loss builds their inputs
+
+    def losses(self, wrapped: nn.Module, batch, stage: StageConfig) -> dict[str, torch.Tensor]:
+        loss = wrapped(batch, source=stage.input)
+        return {"lm": loss, "total": stage.lm_weight * loss}
 
 
 # ----------------------------------------------------------------------------- data
@@ -250,12 +400,7 @@ class _CorpusText(torch.utils.data.Dataset):
         return self.items[index]
 
 
-def _loader(model: SpeechLLM, utterances: list[Utterance], speech_data, stage: StageConfig,
-            loop: LoopConfig) -> torch.utils.data.DataLoader:
-    """Speech batches from the (feature-caching) speech dataset; text batches without audio."""
-    datasets = {"speech": lambda: speech_data, "text": lambda: utterances, "lm": lambda: _CorpusText(utterances)}
-    dataset = datasets[stage.input]()
-    collate = model.collate if stage.input == "speech" else partial(text_batch, model.tokenizer, prompts=model.prompts)
+def _shuffled(dataset, collate: Callable, stage: StageConfig, loop: LoopConfig) -> torch.utils.data.DataLoader:
     batch_size = stage.batch_size or loop.batch_size
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, collate_fn=collate,
                                        generator=torch.Generator().manual_seed(loop.seed),
@@ -291,10 +436,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, StageConfig], loop: LoopConfig,
-               out: Path, accelerator: Accelerator | None = None, resume: bool = True,
+def run_stages(model: SpeechLLM | LoadedModel, utterances: list[Utterance], stages: dict[str, StageConfig],
+               loop: LoopConfig, out: Path, accelerator: Accelerator | None = None, resume: bool = True,
                on_log: Callable[[str, int], dict] | None = None) -> list[StageResult]:
-    """Train ``model`` in place through ``stages`` (in order). Checkpoints go to
+    """Train ``model`` in place through ``stages`` (in order): a SpeechLLM with its own losses, any
+    other :class:`LoadedModel` on its decoder's next-token loss (:func:`trainable`). Checkpoints go to
     ``out/checkpoints`` every ``loop.checkpoint_every`` steps and at each stage's end; with
     ``resume`` an interrupted run continues from the newest one with the same result.
     ``on_log(stage, step)``, when given, is called at every logged step (and at step 0 of each
@@ -303,7 +449,8 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
     seed_everything(loop.seed)
     checkpoint_dir = out / "checkpoints"
     state = _load_checkpoint_state(checkpoint_dir) if resume else None
-    speech_data = model.dataset(utterances, loop.max_seconds)
+    training = trainable(model, utterances, loop)
+    module = training.module
     results: list[StageResult] = list(_restored_results(state))
     active = [(name, stage) for name, stage in stages.items() if stage.steps > 0]
     if state and accelerator.is_main_process:
@@ -312,18 +459,18 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         accelerator.init_trackers("speechprune")
     for stage_index, (name, stage) in enumerate(active):
         if state and stage_index < state["stage_index"]:
-            _set_trainable(model, stage, loop.lora)  # re-create LoRA wrappers so weights line up
+            training.set_trainable(stage, loop.lora)  # re-create LoRA wrappers so weights line up
             continue
-        params = _set_trainable(model, stage, loop.lora)
-        loader = _loader(model, utterances, speech_data, stage, loop)
-        optimizer = torch.optim.AdamW(_param_groups(model, params, stage), lr=stage.lr,
+        params = training.set_trainable(stage, loop.lora)
+        loader = training.loader(stage, loop)
+        optimizer = torch.optim.AdamW(training.param_groups(params, stage), lr=stage.lr,
                                       weight_decay=stage.weight_decay,
                                       fused=all(p.device.type in ("cpu", "cuda") for p in params))
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(stage.warmup * stage.steps), stage.steps)
-        wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        wrapped, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
         step, history, elapsed = 0, [], 0.0
         if state and stage_index == state["stage_index"]:
-            step, history, elapsed = _restore(state, model, optimizer, scheduler, accelerator)
+            step, history, elapsed = _restore(state, module, optimizer, scheduler, accelerator)
         started = time.perf_counter()
         progress = Progress(TextColumn(f"[bold]{name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
@@ -331,14 +478,13 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
         task = progress.add_task(name, total=stage.steps, completed=step, loss=float("nan"))
         running, loss_value = [], float("nan")
         if on_log is not None and step == 0:
-            history.append({"stage": name, "step": 0, **_logged(on_log, model, name, 0)})
+            history.append({"stage": name, "step": 0, **_logged(on_log, module, name, 0)})
         batches = _endless(loader, accelerator, start_batch=step * loop.grad_accum)
         with progress:
             while step < stage.steps:
                 batch = next(batches)
                 with accelerator.accumulate(wrapped), accelerator.autocast():
-                    losses = wrapped(batch, lm_weight=stage.lm_weight, ctc_weight=stage.ctc_weight,
-                                     input=stage.input, token_ctc_weight=stage.token_ctc_weight)
+                    losses = training.losses(wrapped, batch, stage)
                     accelerator.backward(losses["total"])
                     if accelerator.sync_gradients and loop.max_grad_norm:
                         accelerator.clip_grad_norm_(params, loop.max_grad_norm)
@@ -355,7 +501,7 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                     record = {"stage": name, "step": step, "loss": loss_value, "lr": scheduler.get_last_lr()[0],
                               **{k: float(v.detach()) for k, v in losses.items() if k != "total"}}
                     if on_log is not None:
-                        record.update(_logged(on_log, model, name, step))
+                        record.update(_logged(on_log, module, name, step))
                     history.append(record)
                     if accelerator.is_main_process and not progress.console.is_terminal:
                         extra = "".join(f" {k} {v:.4g}" for k, v in record.items()
@@ -365,17 +511,17 @@ def run_stages(model: SpeechLLM, utterances: list[Utterance], stages: dict[str, 
                     if loop.log_with:
                         accelerator.log({f"{name}/{k}": v for k, v in record.items() if k != "stage"}, step=step)
                 if step % loop.checkpoint_every == 0 and step < stage.steps:
-                    _save_checkpoint(checkpoint_dir, accelerator, model, optimizer, scheduler, stage_index, step,
+                    _save_checkpoint(checkpoint_dir, accelerator, module, optimizer, scheduler, stage_index, step,
                                      history, elapsed + time.perf_counter() - started, results)
         seconds = elapsed + time.perf_counter() - started
         results.append(StageResult(name, step, seconds, loss_value, history))
-        _save_checkpoint(checkpoint_dir, accelerator, model, None, None, stage_index + 1, 0, [], 0.0, results)
+        _save_checkpoint(checkpoint_dir, accelerator, module, None, None, stage_index + 1, 0, [], 0.0, results)
         state = None
     if state:  # killed after the last stage's checkpoint: every stage is done, only the weights are needed
-        _restore(state, model, None, None, accelerator)
+        _restore(state, module, None, None, accelerator)
     if loop.log_with:
         accelerator.end_training()
-    model.requires_grad_(False)
+    module.requires_grad_(False)
     return results
 
 
@@ -394,23 +540,13 @@ def summary(title: str, results: list[StageResult]) -> object:
                  [(r.name, r.steps, f"{r.seconds:.1f}", f"{r.final_loss:.4f}") for r in results])
 
 
-def _logged(on_log: Callable[[str, int], dict], model: SpeechLLM, stage: str, step: int) -> dict:
+def _logged(on_log: Callable[[str, int], dict], model: nn.Module, stage: str, step: int) -> dict:
     """``on_log``'s numbers, measured in eval mode without gradients (training resumes after)."""
     model.eval()
     with torch.no_grad():
         numbers = on_log(stage, step)
     model.train()
     return numbers
-
-
-def _param_groups(model: SpeechLLM, params: list[torch.nn.Parameter], stage: StageConfig) -> list[dict]:
-    """One group at the stage's lr, and the projector's own group when ``projector_lr`` is set."""
-    if stage.projector_lr is None:
-        return [{"params": params}]
-    projector = {id(p) for p in model.projector.parameters()}
-    groups = [{"params": [p for p in params if id(p) not in projector]},
-              {"params": [p for p in params if id(p) in projector], "lr": stage.projector_lr}]
-    return [group for group in groups if group["params"]]
 
 
 def replica_fingerprints(model: torch.nn.Module, accelerator: Accelerator) -> list[str]:
@@ -455,7 +591,7 @@ def _endless(loader, accelerator: Accelerator, start_batch: int = 0):
         epoch, skip = epoch + 1, 0
 
 
-def _save_checkpoint(directory: Path, accelerator: Accelerator, model: SpeechLLM, optimizer, scheduler,
+def _save_checkpoint(directory: Path, accelerator: Accelerator, model: nn.Module, optimizer, scheduler,
                      stage_index: int, step: int, history: list, elapsed: float,
                      results: list[StageResult]) -> None:
     """Model weights, optimiser and scheduler (mid-stage only), RNG states and progress, in a
@@ -523,7 +659,7 @@ def _safe_load(path: Path, device) -> dict:
                         "remove it or pass --overwrite to start over") from None
 
 
-def _restore(state: dict, model: SpeechLLM, optimizer, scheduler, accelerator: Accelerator):
+def _restore(state: dict, model: nn.Module, optimizer, scheduler, accelerator: Accelerator):
     checkpoint = Path(state["path"])
     model.load_state_dict(_safe_load(checkpoint / "model.pt", accelerator.device))
     if (checkpoint / "optim.pt").exists() and state["step"] > 0:

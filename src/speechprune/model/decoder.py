@@ -1,4 +1,5 @@
-"""Where the parts of any Hugging Face causal LM live: its decoder layers and its final norm.
+"""Where the parts of any Hugging Face causal LM live: its decoder layers and its final norm; and
+the next-token loss of a decoder on its inputs.
 
 Every supported family (Llama, Qwen2/2.5/3, Mistral, Gemma 1/2/3) exposes its base model through
 ``get_decoder()``, which holds ``layers`` (an ``nn.ModuleList``) and ``norm``. Scan, prune and
@@ -7,8 +8,13 @@ heal reach the layers only through these two functions.
 
 from __future__ import annotations
 
+import inspect
+
+import torch
 from torch import nn
 from transformers import PreTrainedModel
+
+from speechprune.model.layout import IGNORE_INDEX, DecoderInputs
 
 
 def base_model(causal_lm: PreTrainedModel) -> nn.Module:
@@ -32,3 +38,25 @@ def text_config(causal_lm: PreTrainedModel):
     """The config that describes the decoder layers (``text_config`` for multimodal wrappers)."""
     config = causal_lm.config
     return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def next_token_loss(causal_lm: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
+    """Mean cross-entropy over the positions that carry a label, with logits computed at those
+    positions only: a large vocabulary's LM head (Gemma-3-270M's) costs more than the layers, and
+    most positions of a task sequence (speech, prompt) predict nothing. The model's own head code
+    runs (``logits_to_keep``), so a family's logit scaling or soft-capping still applies; a class
+    without ``logits_to_keep`` (Qwen2-Audio) computes every position and the labelled ones are kept."""
+    device = inputs.inputs_embeds.device
+    labels = inputs.labels.to(device)
+    labelled = labels != IGNORE_INDEX
+    keep = {"logits_to_keep": labelled} if _takes_logits_to_keep(causal_lm) else {}
+    logits = causal_lm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask.to(device),
+                       position_ids=inputs.position_ids.to(device), use_cache=False, **keep).logits
+    if logits.dim() == 3:  # [B, T, V]: the class computed every position
+        logits = logits[labelled]
+    return nn.functional.cross_entropy(logits.float(), labels[labelled])
+
+
+def _takes_logits_to_keep(causal_lm: nn.Module) -> bool:
+    inner = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm  # peft
+    return "logits_to_keep" in inspect.signature(type(inner).forward).parameters

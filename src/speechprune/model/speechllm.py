@@ -31,6 +31,7 @@ from speechprune.data.audio import load_audio
 from speechprune.data.manifest import Utterance
 from speechprune.errors import UserError
 from speechprune.files import staged_dir
+from speechprune.model.decoder import next_token_loss
 from speechprune.model.encoders import build_encoder, load_encoder
 from speechprune.model.layout import DecoderInputs, Segment, assemble
 from speechprune.model.projector import FrameStackProjector
@@ -247,10 +248,7 @@ class SpeechLLM(nn.Module):
                                     padding_side=padding_side)
 
     def lm_loss(self, inputs: DecoderInputs) -> torch.Tensor:
-        logits = self.decoder(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                              position_ids=inputs.position_ids, use_cache=False).logits
-        return nn.functional.cross_entropy(logits.flatten(0, 1).float(), inputs.labels.to(logits.device).flatten(),
-                                           ignore_index=-100)
+        return next_token_loss(self.decoder, inputs)
 
     def ctc_loss(self, encoded: torch.Tensor, lengths: torch.Tensor, batch: SpeechBatch) -> torch.Tensor:
         if self.ctc_head is None:
