@@ -23,7 +23,7 @@ from pathlib import Path
 from accelerate import PartialState
 from torch import nn
 
-from speechprune.config import option, require, save_config
+from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
@@ -57,7 +57,7 @@ class HealConfig:
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
-        require(self.target in TARGETS, f"--target must be one of {', '.join(TARGETS)}, not {self.target!r}")
+        require_choice(self.target, TARGETS, "--target")
         require(self.steps >= 1, "--steps must be >= 1")
         require(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
         require(self.checkpoint_every >= 1, "--checkpoint-every must be >= 1")

@@ -106,8 +106,8 @@ class LoraConfig:
 
 @dataclass
 class LoopConfig:
-    batch_size: int = option(8, help="utterances per optimiser step (per process); small batches, more steps: "
-                                     "on the offline default, batch 8 reached a lower WER in the same time than 16 or 4")
+    batch_size: int = option(8, help="utterances per optimiser step (per process); why 8: BENCHMARKS.md, "
+                                     "measured defaults")
     grad_accum: int = option(1, help="gradient accumulation steps")
     mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
     cpu: bool = option(False, help="force the CPU even when a GPU is present")
