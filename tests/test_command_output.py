@@ -156,6 +156,8 @@ def assert_help_names_the_files(capsys, command: str, out_dir) -> None:
     and every file named there is written."""
     main([command, "--help"])
     help_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--out "))
+    # what follows "; with --option" names the files of another setting of that option
+    help_line = help_line.split("; with --")[0]
     named = re.findall(r"((?:<[\w ]+>|[\w.-])+\.(?:jsonl|json|yaml|png|csv))\b", help_line)
     patterns = [re.compile(re.sub(r"<[\w ]+>", r"[\\w.-]+", re.escape(n).replace("\\<", "<").replace("\\>", ">"))
                            + "$") for n in named]

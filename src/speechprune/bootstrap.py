@@ -3,6 +3,7 @@ model against its baseline on the same utterances.
 
 Every corpus metric here is a function of summed per-utterance statistics:
 - WER: (word errors, reference words) per utterance; WER = sum(errors) / sum(words);
+- perplexity: (summed negative log-likelihood in nats, tokens) per utterance; exp(sum / sum);
 - BLEU and chrF: sacrebleu's own sufficient statistics (n-gram matches and totals per segment),
   scored by sacrebleu from their sums, so a resample costs one sum and one score, not a re-tokenising.
 
@@ -58,9 +59,10 @@ def _sacrebleu_metric(name: str):
 def utterance_statistics(metric: str, references: list[str], hypotheses: list[str],
                          wer_pairs: list[tuple[int, int]] | None = None) -> np.ndarray:
     """One row of summable statistics per utterance: ``wer`` takes ``wer_pairs`` (errors, words),
-    computed by the evaluator's normaliser; ``bleu`` and ``chrf`` are sacrebleu's segment statistics
-    (sacrebleu 2.6's ``_extract_corpus_statistics``: the same numbers its ``corpus_score`` sums)."""
-    if metric == "wer":
+    computed by the evaluator's normaliser (``perplexity`` takes its (nll, tokens) pairs the same
+    way); ``bleu`` and ``chrf`` are sacrebleu's segment statistics (sacrebleu 2.6's
+    ``_extract_corpus_statistics``: the same numbers its ``corpus_score`` sums)."""
+    if metric in ("wer", "perplexity"):
         return np.asarray(wer_pairs, dtype=np.float64).reshape(-1, 2)
     scorer = _sacrebleu_metric(metric)
     return np.asarray(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
@@ -68,6 +70,8 @@ def utterance_statistics(metric: str, references: list[str], hypotheses: list[st
 
 def corpus_value(metric: str) -> Callable[[np.ndarray], float]:
     """Summed statistics -> the corpus metric (WER as a fraction, BLEU and chrF in sacrebleu's 0-100)."""
+    if metric == "perplexity":
+        return lambda total: float(np.exp(total[0] / total[1])) if total[1] > 0 else float("nan")
     if metric == "wer":
         return lambda total: float(total[0] / total[1]) if total[1] > 0 else float(total[0] > 0)
     scorer = _sacrebleu_metric(metric)

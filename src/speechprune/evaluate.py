@@ -1,5 +1,7 @@
 """Decoding and scoring: batched greedy (or beam) decoding with the KV cache, WER for ASR with
-jiwer, BLEU and chrF for speech translation with sacrebleu (signatures recorded).
+jiwer, BLEU and chrF for speech translation with sacrebleu (signatures recorded); or, without
+decoding, the model's perplexity on the references (``--metric perplexity``: what a plain LLM is
+measured by). Every metric carries its bootstrap interval over utterances.
 
 WER normaliser (applied to hypothesis and reference alike): lower-case, strip punctuation
 (Unicode category P, so "l'homme" -> "lhomme" on both sides), collapse whitespace. Scores are
@@ -22,10 +24,13 @@ from sacrebleu.metrics import BLEU, CHRF
 from speechprune.bootstrap import Interval, interval, utterance_statistics
 from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import Progress, show, table
-from speechprune.data.manifest import Utterance, load_manifests
+from speechprune.data.manifest import Utterance
+from speechprune.data.sources import load_data, require_audio
 from speechprune.files import claims_output, staged_dir, write_json, write_text
+from speechprune.model.decoder import sequence_log_losses
 from speechprune.model.interface import LoadedModel, load_model
 
+METRICS = ("auto", "decode", "perplexity")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 WER_NORMALISER = jiwer.Compose([
@@ -41,7 +46,11 @@ WER_NORMALISER = jiwer.Compose([
 class EvalConfig:
     model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
     data: list[str] = option(help="test manifest(s), comma-separated")
-    out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, config.yaml")
+    out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, "
+                           "config.yaml; with --metric perplexity: <manifest>.losses.jsonl in place of the hypotheses")
+    metric: str = option("auto", help="decode (generate; WER, BLEU, chrF) | perplexity (of the references, "
+                                      "teacher-forced: nothing is generated) | auto (perplexity for a plain "
+                                      "causal LM, decode for a speech model)")
     batch_size: int = option(16, help="utterances decoded together")
     max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
     num_beams: int = option(1, help="1 = greedy")
@@ -53,6 +62,7 @@ class EvalConfig:
 
     def __post_init__(self):
         require_choice(self.dtype, list(DTYPES), "--dtype")
+        require_choice(self.metric, METRICS, "--metric")
         require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")
 
 
@@ -118,8 +128,11 @@ def _interval_settings(estimate: Interval) -> dict:
 
 
 def metric_statistics(task: str, rows: list[dict]) -> dict[str, np.ndarray]:
-    """The per-utterance statistics of each metric of ``task`` for ``rows`` (hypothesis rows as
-    ``decode`` writes them): what a paired bootstrap against another model's rows needs."""
+    """The per-utterance statistics of each metric of ``task`` (``asr``, ``st``, or ``lm`` for a
+    perplexity) for ``rows`` (as :func:`decode` or :func:`perplexity` give them): what a paired
+    bootstrap against another model's rows needs."""
+    if task == "lm":
+        return {"perplexity": utterance_statistics("perplexity", [], [], [(r["nll"], r["tokens"]) for r in rows])}
     refs, hyps = [r["reference"] for r in rows], [r["hypothesis"] for r in rows]
     if task == "asr":
         return {"wer": utterance_statistics("wer", refs, hyps, _wer_pairs(word_errors(refs, hyps)))}
@@ -177,6 +190,50 @@ def decode(model: LoadedModel, utterances: list[Utterance], batch_size: int = 16
     return EvalResult(metrics, rows)
 
 
+def resolve_metric(metric: str, model: LoadedModel) -> str:
+    """``auto`` -> perplexity for a model that takes text only (a plain causal LM), else decode."""
+    if metric != "auto":
+        return metric
+    return "perplexity" if "speech" not in model.sources else "decode"
+
+
+@torch.no_grad()
+def perplexity(model: LoadedModel, utterances: list[Utterance], batch_size: int = 16, progress: str = "") -> EvalResult:
+    """The model's perplexity on ``utterances`` without decoding: its own sequence (the plain layout
+    of a plain LLM: every next token of the text; a speech model's target given the speech),
+    ``exp(summed negative log-likelihood / tokens)`` over the whole set, with its bootstrap interval
+    over utterances. ``rows`` give each utterance's summed loss (nats) and token count."""
+    model.eval()
+    source = "speech" if "speech" in model.sources else "text"
+    layout = model.resolve_layout("auto")
+    rows = []
+    started = time.perf_counter()
+    starts = range(0, len(utterances), batch_size)
+    with Progress(progress, len(starts), "batches", enabled=bool(progress)) as shown:
+        for start in starts:
+            batch = utterances[start: start + batch_size]
+            inputs = model.decoder_inputs(batch, source=source, layout=layout).to(model.device)
+            losses, tokens = sequence_log_losses(model.causal_lm, inputs)
+            rows += [{"id": u.id, "nll": float(loss), "tokens": int(count)}
+                     for u, loss, count in zip(batch, losses, tokens)]
+            shown.advance()
+    statistics = utterance_statistics("perplexity", [], [], [(r["nll"], r["tokens"]) for r in rows])
+    estimate = interval("perplexity", statistics)
+    tokens = int(statistics[:, 1].sum())
+    lm = {"utterances": len(rows), "tokens": tokens, "perplexity": estimate.value,
+          "perplexity_interval": [estimate.low, estimate.high], "nll_per_token": float(statistics[:, 0].sum()) / tokens,
+          "layout": layout, "source": source, **_interval_settings(estimate)}
+    return EvalResult({"lm": lm, "decode_seconds": time.perf_counter() - started}, rows)
+
+
+def measure(model: LoadedModel, utterances: list[Utterance], metric: str, batch_size: int = 16,
+            progress: str = "", **decoding) -> EvalResult:
+    """:func:`perplexity` or :func:`decode` (``metric`` as :func:`resolve_metric` gives it)."""
+    if metric == "perplexity":
+        return perplexity(model, utterances, batch_size, progress)
+    return decode(model, utterances, batch_size, progress=progress, **decoding)
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -185,28 +242,41 @@ def resolve_device(device: str) -> str:
 
 @claims_output("eval")
 def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
-    """Decode each test manifest with a model (any kind load_model opens) and write, per manifest, the hypotheses and
-    references (``<manifest>.hypotheses.jsonl``) and one ``metrics.json`` holding WER, BLEU and
-    chrF per manifest and condition."""
+    """Evaluate a model (any kind load_model opens) on each test set: decode it and score WER, BLEU
+    and chrF, or (--metric perplexity, the default for a plain LLM) measure its perplexity on the
+    references. Writes per test set the hypotheses and references (<manifest>.hypotheses.jsonl)
+    or each utterance's loss and token count (<manifest>.losses.jsonl), and one metrics.json; every
+    metric with its 95% bootstrap interval over utterances and its counts."""
     test_sets = {}
     for path in config.data:
-        utterances = load_manifests([path], skip_bad=config.skip_bad)
-        test_sets[Path(path).name.removesuffix(".jsonl")] = utterances[: config.max_utterances]
+        utterances = load_data(path, check_audio=True, skip_bad=config.skip_bad)
+        test_sets[test_set_name(path)] = utterances[: config.max_utterances]
     model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
-    results = {name: decode(model, utterances, config.batch_size, config.max_new_tokens, config.num_beams,
-                            progress=f"eval {name}")
+    metric = resolve_metric(config.metric, model)
+    if "speech" in model.sources:  # a speech model listens, whether it decodes or is scored
+        for path, utterances in zip(config.data, test_sets.values()):
+            require_audio(utterances, path, "a speech model's evaluation")
+    results = {name: measure(model, utterances, metric, config.batch_size, progress=f"eval {name}",
+                             max_new_tokens=config.max_new_tokens, num_beams=config.num_beams)
                for name, utterances in test_sets.items()}
-    metrics = {"model": str(Path(config.model).resolve()),
-               "wer_normaliser": "lower-case, remove punctuation (Unicode P), collapse whitespace",
-               "sets": {name: result.metrics for name, result in results.items()}}
+    metrics = {"model": str(Path(config.model).resolve()) if Path(config.model).exists() else config.model,
+               "metric": metric, "sets": {name: result.metrics for name, result in results.items()}}
+    if metric == "decode":
+        metrics["wer_normaliser"] = "lower-case, remove punctuation (Unicode P), collapse whitespace"
+    rows_file = "hypotheses" if metric == "decode" else "losses"
     with staged_dir(config.out) as staging:
         for name, result in results.items():
-            write_text(staging / f"{name}.hypotheses.jsonl",
+            write_text(staging / f"{name}.{rows_file}.jsonl",
                        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
         write_json(staging / "metrics.json", metrics)
         save_config(config, staging / "config.yaml")
     show(summary(metrics, config.out))
     return results
+
+
+def test_set_name(path: str) -> str:
+    """A test set's name: its file name without .jsonl / .txt (a dataset folder's or hub id's last part)."""
+    return Path(path).name.removesuffix(".jsonl").removesuffix(".txt")
 
 
 def with_interval(entry: dict, metric: str, digits: int = 3) -> str | None:
@@ -224,9 +294,15 @@ def summary(metrics: dict, out: str) -> object:
     for set_name, entries in metrics["sets"].items():
         for condition, entry in entries.items():
             if isinstance(entry, dict) and "utterances" in entry:
-                label = condition if ":" in condition else f"{condition} ({', '.join(entry['conditions'])})"
-                rows.append((set_name, label, entry["utterances"], entry.get("words"), with_interval(entry, "wer"),
-                             with_interval(entry, "bleu", 1), with_interval(entry, "chrf", 1)))
-    return table(f"eval: {metrics['model']} -> {out}",
-                 ("test set", "condition", "utterances", "words", "WER [95% CI]", "BLEU [95% CI]", "chrF [95% CI]"),
-                 rows)
+                label = (condition if ":" in condition or "conditions" not in entry
+                         else f"{condition} ({', '.join(entry['conditions'])})")
+                rows.append((set_name, label, entry["utterances"], entry.get("words", entry.get("tokens")),
+                             with_interval(entry, "wer"), with_interval(entry, "bleu", 1),
+                             with_interval(entry, "chrf", 1), with_interval(entry, "perplexity", 2)))
+    columns = ("test set", "condition", "utterances", "words", "WER [95% CI]", "BLEU [95% CI]", "chrF [95% CI]",
+               "perplexity [95% CI]")
+    shown = [i for i, _ in enumerate(columns) if i < 4 or any(row[i] is not None for row in rows)]
+    if metrics.get("metric") == "perplexity":
+        columns = (*columns[:3], "tokens", *columns[4:])
+    return table(f"eval: {metrics['model']} -> {out}", [columns[i] for i in shown],
+                 [[row[i] for i in shown] for row in rows])

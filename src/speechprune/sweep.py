@@ -8,6 +8,8 @@ Acceptability (per test set):
   failing every pruning level over one extra word.
 - ST: BLEU >= baseline BLEU x (1 - ``bleu_drop``) (default: at most 25% relative loss, the same
   budget as for WER).
+- A plain LLM (``--metric perplexity``, its default): perplexity on the test texts <= baseline
+  perplexity x (1 + ``perplexity_rise``).
 Each rule is judged with a paired bootstrap over the test utterances (:mod:`speechprune.bootstrap`):
 a cell is ``acceptable`` when the whole 95% interval of its margin to the limit is inside it, ``not
 acceptable`` when the whole interval is outside, and ``undecided`` at this test size otherwise. The
@@ -35,11 +37,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechprune.config import option, require, require_choices, save_config
+from speechprune.config import option, require, require_choice, require_choices, save_config
 from speechprune.console import plural, show, table
-from speechprune.data.manifest import load_manifests
+from speechprune.data.sources import load_data
 from speechprune.bootstrap import verdict as bootstrap_verdict
-from speechprune.evaluate import decode, metric_statistics
+from speechprune.evaluate import METRICS, measure, metric_statistics, resolve_metric, test_set_name
 from speechprune.files import atomic_path, claims_output, read_json, write_json, write_text
 from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
@@ -56,10 +58,13 @@ PREFILL_ONLY = "prefill-only"  # a sweep column beside the healing settings: lay
 class SweepConfig:
     model: str = option(help="model to prune: SpeechLLM directory, Hugging Face speech-LLM or causal LM")
     scan: str = option(help="scan directory (scan.json) of that model")
-    train: list[str] = option(help="healing manifest(s)")
-    test: list[str] = option(help="test manifest(s); each is scored separately (e.g. in-domain and out-of-domain)")
+    train: list[str] = option(help="healing data: manifest(s), or for a plain LLM text files or text datasets")
+    test: list[str] = option(help="test data, each scored separately (e.g. in-domain and out-of-domain): manifests, "
+                                  "or for a plain LLM text files (.txt) or text datasets")
     out: str = option(help="sweep directory: cells/<cell>.json, results.csv, results.json, summary.json, "
                                 "curve_<test set>.png, config.yaml")
+    metric: str = option("auto", help="decode (WER, BLEU) | perplexity (of the test texts, nothing generated) | "
+                                      "auto (perplexity for a plain causal LM, decode for a speech model)")
     fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
     strategies: list[str] = option(["angular", "bi", "last"], help="pruning strategies, chosen from the scan: angular | bi | last")
     heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")
@@ -75,6 +80,7 @@ class SweepConfig:
     wer_rise: float = option(0.25, help="acceptable relative WER rise")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
+    perplexity_rise: float = option(0.25, help="acceptable relative perplexity rise (--metric perplexity)")
     overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -83,6 +89,7 @@ class SweepConfig:
         require(not bad, f"--fractions: {bad[0] if bad else ''} is not in [0, 1) (a fraction of decoder layers removed)")
         require_choices(self.strategies, SCAN_STRATEGIES, "--strategies")
         require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
+        require_choice(self.metric, METRICS, "--metric")
 
 
 def _cell_name(strategy: str, removed: int, heal: str) -> str:
@@ -94,15 +101,16 @@ def _model_bytes(model: LoadedModel) -> dict:
     return {"decoder_bytes": decoder, "model_bytes": sum(p.numel() * p.element_size() for p in model.module.parameters())}
 
 
-def _measure(model: LoadedModel, test_sets: dict, batch_size: int) -> dict:
-    """Decode every test set; per test set and task the per-utterance statistics its paired
-    bootstrap against the baseline needs; on CUDA also the peak memory while doing it."""
+def _measure(model: LoadedModel, test_sets: dict, batch_size: int, metric: str) -> dict:
+    """Decode (or score the perplexity of) every test set; per test set and task the per-utterance
+    statistics its paired bootstrap against the baseline needs; on CUDA also the peak memory."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    decoded = {name: decode(model, utts, batch_size) for name, utts in test_sets.items()}
-    statistics = {name: {task: {metric: rows.tolist() for metric, rows in
-                                metric_statistics(task, [r for r in result.rows if r["task"] == task]).items()}
-                         for task in ("asr", "st") if task in result.metrics}
+    decoded = {name: measure(model, utts, metric, batch_size) for name, utts in test_sets.items()}
+    statistics = {name: {task: {name_: rows.tolist() for name_, rows in
+                                metric_statistics(task, [r for r in result.rows
+                                                         if r.get("task", "lm") == task]).items()}
+                         for task in TASKS if task in result.metrics}
                   for name, result in decoded.items()}
     measured = {"sets": {name: result.metrics for name, result in decoded.items()},
                 "utterance_statistics": statistics, **_model_bytes(model)}
@@ -148,17 +156,19 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
         merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
     with prefill_skip(model.causal_lm, removed if prefill_only else []):
-        record.update(_measure(model, test_sets, config.batch_size))
+        record.update(_measure(model, test_sets, config.batch_size, resolve_metric(config.metric, model)))
     return record
 
 
-RULES = {"wer": ("asr", False), "bleu": ("st", True)}  # metric -> (task, higher is better)
+RULES = {"wer": ("asr", False), "bleu": ("st", True), "perplexity": ("lm", False)}  # metric -> (task, higher is better)
+TASKS = ("asr", "st", "lm")
 
 
 def judgements(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> dict:
-    """Per rule metric (``wer`` for ASR, ``bleu`` for ST) of one test set, the bootstrap
+    """Per rule metric (``wer`` for ASR, ``bleu`` for ST, ``perplexity`` for a plain LLM) of one test set, the bootstrap
     :class:`~speechprune.bootstrap.Verdict` of ``cell`` against ``baseline`` as a dict."""
-    limits = {"wer": lambda wer: wer_limit(wer, config), "bleu": lambda bleu: bleu_limit(bleu, config)}
+    limits = {"wer": lambda wer: wer_limit(wer, config), "bleu": lambda bleu: bleu_limit(bleu, config),
+              "perplexity": lambda perplexity: perplexity_limit(perplexity, config)}
     found = {}
     for metric, (task, higher_is_better) in RULES.items():
         if task not in baseline["sets"][set_name]:
@@ -183,8 +193,9 @@ def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -
 
 def summarise(cells: list[dict], config: SweepConfig) -> dict:
     baseline = next(c for c in cells if c["removed_count"] == 0)
-    summary = {"baseline": {name: {k: v for k, v in m.items() if k in ("asr", "st")} for name, m in baseline["sets"].items()},
+    summary = {"baseline": {name: {k: v for k, v in m.items() if k in TASKS} for name, m in baseline["sets"].items()},
                "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop,
+                         "perplexity_rise": config.perplexity_rise,
                          "judged_by": "paired bootstrap over utterances, 95% interval of the margin to the limit"},
                "largest_acceptable": {}}
     for strategy in config.strategies:
@@ -213,11 +224,12 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
 
 
 def _utterances(cell: dict, set_name: str) -> int:
-    return sum(m["utterances"] for task, m in cell["sets"][set_name].items() if task in ("asr", "st"))
+    return sum(m["utterances"] for task, m in cell["sets"][set_name].items() if task in TASKS)
 
 
 def _words(cell: dict, set_name: str) -> int:
-    return sum(m.get("words", 0) for task, m in cell["sets"][set_name].items() if task in ("asr", "st"))
+    """Words of the references (tokens for a perplexity)."""
+    return sum(m.get("words", m.get("tokens", 0)) for task, m in cell["sets"][set_name].items() if task in TASKS)
 
 
 def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]:
@@ -228,7 +240,7 @@ def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]
                 "strategy": cell["strategy"], "heal": cell["heal"], "removed": cell["removed_count"],
                 "fraction": round(cell["removed_count"] / cell["original_layers"], 4), "set": set_name,
                 "wer": metrics.get("asr", {}).get("wer"), "bleu": metrics.get("st", {}).get("bleu"),
-                "chrf": metrics.get("st", {}).get("chrf"),
+                "chrf": metrics.get("st", {}).get("chrf"), "perplexity": metrics.get("lm", {}).get("perplexity"),
                 "utterances": _utterances(cell, set_name), "words": _words(cell, set_name),
                 **_intervals(metrics), **_changes(judgements(cell, baseline, set_name, config)),
                 "verdict": verdict(cell, baseline, set_name, config),
@@ -241,7 +253,7 @@ def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]
 
 def _intervals(metrics: dict) -> dict:
     found = {}
-    for task, metric in (("asr", "wer"), ("st", "bleu"), ("st", "chrf")):
+    for task, metric in (("asr", "wer"), ("st", "bleu"), ("st", "chrf"), ("lm", "perplexity")):
         low_high = metrics.get(task, {}).get(f"{metric}_interval")
         found.update({f"{metric}_low": low_high[0], f"{metric}_high": low_high[1]} if low_high else
                      {f"{metric}_low": None, f"{metric}_high": None})
@@ -249,8 +261,8 @@ def _intervals(metrics: dict) -> dict:
 
 
 def _changes(found: dict) -> dict:
-    """The relative change of the rule metric (WER for ASR, else BLEU) with its paired interval."""
-    judged = found.get("wer") or found.get("bleu")
+    """The relative change of the rule metric (WER for ASR, else BLEU, else perplexity) with its paired interval."""
+    judged = found.get("wer") or found.get("bleu") or found.get("perplexity")
     change = judged["relative_change"] if judged else None
     return {"relative_change": change and change["value"], "relative_change_low": change and change["low"],
             "relative_change_high": change and change["high"]}
@@ -261,12 +273,19 @@ def wer_limit(baseline_wer: float, config: SweepConfig) -> float:
     return max(baseline_wer * (1 + config.wer_rise), baseline_wer + config.wer_floor)
 
 
+def perplexity_limit(baseline_perplexity: float, config: SweepConfig) -> float:
+    """The largest acceptable perplexity for a baseline perplexity (rule in the module doc)."""
+    return baseline_perplexity * (1 + config.perplexity_rise)
+
+
 def bleu_limit(baseline_bleu: float, config: SweepConfig) -> float:
     """The smallest acceptable BLEU for a baseline BLEU (rule in the module doc)."""
     return baseline_bleu * (1 - config.bleu_drop)
 
 
 WER_AXIS_TOP = 1.2  # WER can exceed 1 (insertions); beyond this a curve says nothing more
+PERPLEXITY_AXIS_TOP = 20.0  # x the baseline: a model this far gone says nothing more
+LABELS = {"wer": "WER", "bleu": "BLEU", "perplexity": "perplexity"}
 
 
 def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
@@ -280,7 +299,7 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
     model = Path(config.model).name or config.model
     for set_name in sorted({r["set"] for r in rows}):
         rows_of_set = [r for r in rows if r["set"] == set_name]
-        metrics = [m for m in ("wer", "bleu") if any(r[m] is not None for r in rows_of_set)]
+        metrics = [m for m in ("wer", "bleu", "perplexity") if any(r[m] is not None for r in rows_of_set)]
         baseline = next(r for r in rows_of_set if r["removed"] == 0)
         figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
         for axis, metric in zip(axes[0], metrics):
@@ -289,10 +308,14 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
                 limit = wer_limit(baseline["wer"], config)
                 top = min(WER_AXIS_TOP, 1.1 * max(values + [limit]))
                 rule = f"acceptable: WER <= {limit:.3f} (+{config.wer_rise:.0%} relative, at least +{config.wer_floor})"
-            else:
+            elif metric == "bleu":
                 limit = bleu_limit(baseline["bleu"], config)
                 top = 1.1 * max(values + [limit, 1.0])
                 rule = f"acceptable: BLEU >= {limit:.1f} (-{config.bleu_drop:.0%} relative)"
+            else:
+                limit = perplexity_limit(baseline["perplexity"], config)
+                top = min(PERPLEXITY_AXIS_TOP * baseline["perplexity"], 1.1 * max(values + [limit]))
+                rule = f"acceptable: perplexity <= {limit:.2f} (+{config.perplexity_rise:.0%} relative)"
             keys = sorted({(r["strategy"], r["heal"]) for r in rows_of_set if r["removed"] > 0})
             for k, key in enumerate(keys):
                 line = sorted([baseline] + [r for r in rows_of_set if (r["strategy"], r["heal"]) == key],
@@ -315,8 +338,8 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
                           bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
             axis.set_ylim(0, top)
             axis.set_xlabel("fraction of decoder layers removed")
-            axis.set_ylabel(metric.upper() + (" (lower is better)" if metric == "wer" else " (higher is better)"))
-            axis.set_title(f"{model} on {set_name}: {metric.upper()} against layers removed", fontsize=9)
+            axis.set_ylabel(LABELS[metric] + (" (higher is better)" if metric == "bleu" else " (lower is better)"))
+            axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed", fontsize=9)
             axis.legend(fontsize=7)
         figure.tight_layout()
         name = f"curve_{set_name}.png"
@@ -349,7 +372,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
     lines = []
     for set_name in sorted({r["set"] for r in rows}):
         of_set = [r for r in rows if r["set"] == set_name]
-        metric = "wer" if any(r["wer"] is not None for r in of_set) else "bleu"
+        metric = next(m for m in ("wer", "bleu", "perplexity") if any(r[m] is not None for r in of_set))
         levels = sorted({(r["removed"], r["fraction"]) for r in of_set if r["removed"] > 0})
         baseline = next(r for r in of_set if r["removed"] == 0)
         table_rows = []
@@ -360,7 +383,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
                 f"{by_level[n][metric]:.3f}{MARKS[by_level[n]['verdict']]}" if n in by_level else "-"
                 for n, _ in levels), largest_text(best)))
         lines.append(table(
-            f"sweep {set_name}: {metric.upper()} (baseline {baseline[metric]:.3f} "
+            f"sweep {set_name}: {LABELS[metric]} (baseline {baseline[metric]:.3f} "
             f"[{baseline[metric + '_low']:.3f}, {baseline[metric + '_high']:.3f}], "
             f"{baseline['utterances']} utterances, {baseline['words']} words); "
             "x = not acceptable, ? = undecided at this test size (paired bootstrap, 95%)",
@@ -378,9 +401,9 @@ def sweep(config: SweepConfig) -> dict:
     (out / "cells").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     scan = read_scan(config.scan)
-    read = lambda paths: load_manifests(paths, skip_bad=config.skip_bad)  # noqa: E731
-    test_sets = {Path(p).name.removesuffix(".jsonl"): read([p])[: config.max_test_utterances] for p in config.test}
-    train_utterances = read(config.train) if any(h != "none" for h in config.heal) else []
+    read = lambda path: load_data(path, skip_bad=config.skip_bad)  # noqa: E731
+    test_sets = {test_set_name(p): read(p)[: config.max_test_utterances] for p in config.test}
+    train_utterances = [u for p in config.train for u in read(p)] if any(h != "none" for h in config.heal) else []
     num_layers = scan.num_layers
     plan = {("none", 0, "none")}
     for fraction in config.fractions:

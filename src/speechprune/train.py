@@ -314,7 +314,8 @@ def _param_groups(model: nn.Module, params: list[nn.Parameter], stage: StageConf
 
 
 class DecoderLoss(nn.Module):
-    """The next-token loss of a :class:`LoadedModel`'s decoder on its own ``task`` inputs, logits at
+    """The next-token loss of a :class:`LoadedModel`'s decoder on its own inputs (the ``task`` layout
+    of a speech model, the ``plain`` layout of a plain LLM: what it is scanned on), logits at
     the labelled positions only: the module Accelerate wraps and the checkpoints hold. Only LoRA
     adapters train here, so its state is the adapters alone: everything else is the model as it
     was loaded, the same when a run resumes (a checkpoint of a real LLM stays megabytes)."""
@@ -323,10 +324,12 @@ class DecoderLoss(nn.Module):
         super().__init__()
         self.causal_lm = model.causal_lm
         self.model = model  # not a module: its causal_lm is the one above
+        # the model's own sequence: the task layout of a speech model, the text alone for a plain LLM
+        self.layout = model.resolve_layout("auto")
 
     def forward(self, utterances: list[Utterance], source: str) -> torch.Tensor:
         with torch.no_grad():  # the inputs' embeddings (and a speech-LLM's audio side) stay frozen
-            inputs = self.model.decoder_inputs(utterances, source=source, layout="task")
+            inputs = self.model.decoder_inputs(utterances, source=source, layout=self.layout)
         return next_token_loss(self.causal_lm, inputs)
 
     def state_dict(self, *args, **kwargs) -> dict:

@@ -40,12 +40,8 @@ def text_config(causal_lm: PreTrainedModel):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def next_token_loss(causal_lm: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
-    """Mean cross-entropy over the positions that carry a label, with logits computed at those
-    positions only: a large vocabulary's LM head (Gemma-3-270M's) costs more than the layers, and
-    most positions of a task sequence (speech, prompt) predict nothing. The model's own head code
-    runs (``logits_to_keep``), so a family's logit scaling or soft-capping still applies; a class
-    without ``logits_to_keep`` (Qwen2-Audio) computes every position and the labelled ones are kept."""
+def _labelled_logits(causal_lm: nn.Module, inputs: DecoderInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits [N, V] at the N labelled positions, their labels [N] and the [B, T] mask of them."""
     device = inputs.inputs_embeds.device
     labels = inputs.labels.to(device)
     labelled = labels != IGNORE_INDEX
@@ -54,7 +50,27 @@ def next_token_loss(causal_lm: nn.Module, inputs: DecoderInputs) -> torch.Tensor
                        position_ids=inputs.position_ids.to(device), use_cache=False, **keep).logits
     if logits.dim() == 3:  # [B, T, V]: the class computed every position
         logits = logits[labelled]
-    return nn.functional.cross_entropy(logits.float(), labels[labelled])
+    return logits, labels[labelled], labelled
+
+
+def next_token_loss(causal_lm: nn.Module, inputs: DecoderInputs) -> torch.Tensor:
+    """Mean cross-entropy over the positions that carry a label, with logits computed at those
+    positions only: a large vocabulary's LM head (Gemma-3-270M's) costs more than the layers, and
+    most positions of a task sequence (speech, prompt) predict nothing. The model's own head code
+    runs (``logits_to_keep``), so a family's logit scaling or soft-capping still applies; a class
+    without ``logits_to_keep`` (Qwen2-Audio) computes every position and the labelled ones are kept."""
+    logits, labels, _ = _labelled_logits(causal_lm, inputs)
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def sequence_log_losses(causal_lm: nn.Module, inputs: DecoderInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence of the batch: the summed negative log-likelihood (nats, float64) of its labelled
+    tokens and their number; what a perplexity and its bootstrap over sequences are made of."""
+    logits, labels, labelled = _labelled_logits(causal_lm, inputs)
+    losses = nn.functional.cross_entropy(logits.float(), labels, reduction="none").double()
+    rows = labelled.nonzero()[:, 0]  # the sequence each labelled position belongs to, in order
+    sums = torch.zeros(labelled.shape[0], dtype=torch.float64, device=losses.device).index_add_(0, rows, losses)
+    return sums.cpu(), labelled.sum(dim=1).cpu()
 
 
 def _takes_logits_to_keep(causal_lm: nn.Module) -> bool:
