@@ -186,11 +186,17 @@ def supported_config_classes() -> list[str]:
 
 def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                device_map: str | None = None) -> LoadedModel:
-    """Open ``path`` (a local directory or a hub id) as the kind it is: a SpeechLLM directory, a
-    registered Hugging Face speech-LLM family, or a plain causal LM."""
+    """Open ``path`` (a local directory, a hub id, a ``.gguf`` file or the short name of a GGUF LLM)
+    as the kind it is: a SpeechLLM directory, a registered Hugging Face speech-LLM family, a plain
+    causal LM, or a GGUF causal LM (dequantised once into a cache)."""
     _register_builtin()
+    from speechprune.model.gguf import is_gguf
     from speechprune.model.speechllm import is_speechllm_dir
 
+    if is_gguf(path):
+        from speechprune.model.kinds import GGUFModel
+
+        return GGUFModel.open(path, dtype=dtype, device=device, device_map=device_map)
     if is_speechllm_dir(path):
         from speechprune.model.kinds import SpeechLLMModel
 
