@@ -30,6 +30,8 @@ from speechprune.errors import UserError
 CACHE_ENV = "SPEECHPRUNE_CACHE"
 CACHE_FORMAT = 1  # bump when what a cache folder holds changes: old folders are then ignored
 SOURCE_FILE = ".gguf-source.json"  # inside a cache folder; hidden, so exports do not copy it
+TOKENIZER_PROBES = ("The capital of France is Paris.", "  two  spaces, digits 12345 and accents: éàü ñ ß",
+                    "Le chat noir dort sur le toit.\nEl perro come.")
 
 
 # ----------------------------------------------------------------------------- short names
@@ -200,6 +202,11 @@ def _write_checkpoint(file: Path, architecture: str, out: Path) -> None:
     del loaded
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    saved = AutoTokenizer.from_pretrained(out)
+    for text in TOKENIZER_PROBES:
+        if saved(text).input_ids != tokenizer(text).input_ids:
+            raise UserError(f"{file}: its tokenizer encodes {text!r} differently once saved as a Hugging Face "
+                            "tokenizer; not caching a model that would read text differently")
 
 
 def decoder_checkpoint(path: str) -> str:

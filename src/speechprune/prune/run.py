@@ -6,6 +6,7 @@ Hugging Face causal LM; everything else is copied as it is, only ``decoder/`` is
 Hugging Face causal-LM directory (weights, config and tokenizer files).
 Output: the pruned directory, plus ``pruning.json`` (what was removed and why) and
 ``mergekit.yaml`` (a mergekit passthrough recipe that rebuilds the pruned decoder from the original).
+A GGUF input can also be written as a GGUF file, still quantized (``prune/gguf_export.py``).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from speechprune.prune.surgery import (
 @dataclass
 class PruneConfig:
     model: str = option(help="SpeechLLM directory (speechllm.json + decoder/), Hugging Face speech-LLM or causal LM "
-                             "(directory or hub id)")
-    out: str = option(help="output directory, of the same kind as --model")
+                             "(directory or hub id), or a GGUF causal LM (a .gguf file, or smollm2-135m / gemma3-270m)")
+    out: str = option(help="output directory, of the same kind as --model; or, for a GGUF --model, a .gguf file")
     drop: str = option("", help="layers to remove: 0-based, end-exclusive START:END blocks, e.g. 10:14,20:22")
     remove: int | None = option(None, help="number of layers to remove, chosen by --strategy")
     fraction: float | None = option(None, help="fraction of layers to remove, chosen by --strategy: "
@@ -61,10 +62,18 @@ class PruneConfig:
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
     overwrite: bool = option(False, help="replace an existing --out")
+    format: str = option("auto", help="hf (a Hugging Face checkpoint directory) | gguf (a GGUF --model pruned into a "
+                                      "GGUF file: kept blocks copied in their own quantization) | auto (gguf when "
+                                      "--out ends in .gguf)")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "--model is empty")
         require(bool(self.out), "--out is empty")
+        require(self.format in ("auto", "hf", "gguf"), f"--format must be hf, gguf or auto, not {self.format!r}")
+        require(self.format != "hf" or not self.out.lower().endswith(".gguf"),
+                f"--format hf writes a directory; --out {self.out} ends in .gguf")
+        require(self.format != "gguf" or self.out.lower().endswith(".gguf"),
+                f"--format gguf writes a file: give an --out ending in .gguf, not {self.out}")
         self.drop = _normalise_drop(self.drop)
         if self.drop:
             require(self.remove is None and self.fraction is None and not self.scan and not self.data,
@@ -83,6 +92,10 @@ class PruneConfig:
         require(self.layout in ("auto",) + LAYOUTS, f"--layout must be plain, task or auto, not {self.layout!r}")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+
+    @property
+    def writes_gguf(self) -> bool:
+        return self.format == "gguf" or (self.format == "auto" and self.out.lower().endswith(".gguf"))
 
 
 def _normalise_drop(drop: Any) -> str:
@@ -318,7 +331,7 @@ def verify_export(reload: Callable[[Path], tuple[Any, dict]], path: Path, num_la
     return {"logits_max_abs_error": logits_error, "cached_max_abs_error": cache_error, "tolerance": tolerance}
 
 
-@claims_output("prune")
+@claims_output("prune", directory=lambda config: not config.writes_gguf)
 def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
           score: Callable[[Any], float] | None = None) -> dict[str, Any]:
     """Remove decoder layers and export a standard checkpoint of the same kind as the input.
@@ -335,6 +348,10 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     root = Path(config.model)
     if root.exists() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise UserError(f"--out {config.out} must not be --model or lie inside it")
+    if config.writes_gguf:
+        from speechprune.prune import gguf_export
+
+        gguf_plan = gguf_export.plan(config.model)  # refuses what it cannot rewrite, before any work
     model = load_model(config.model)
     _refuse_unsafe(model)
     num_layers = len(decoder_layers(model.causal_lm))
@@ -349,7 +366,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     previous = root / "pruning.json"
     pruning = {
         "index_convention": INDEX_CONVENTION + " Only receiving_layers index the pruned decoder.",
-        "model": str(root.resolve()) if root.exists() else config.model,
+        "model": str(Path(model.path).resolve()) if Path(model.path).exists() else config.model,
         "kind": model.kind,
         "class": type(model.module).__name__,
         "original_num_layers": num_layers,
@@ -368,6 +385,10 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     }
     if previous.is_file():
         pruning["previous_pruning"] = read_json(previous)
+    if config.writes_gguf:
+        pruning.update(gguf_export.export(gguf_plan, model, removed, pruning, out, reference, probe))
+        show(summary(pruning, out))
+        return pruning
 
     with staged_dir(out) as stage:
         checkpoint = model.save_pruned(stage)
@@ -396,11 +417,17 @@ def summary(pruning: dict[str, Any], out: Path) -> Any:
                 f"{check['logits_max_abs_error']:.2g} (tolerance {check['tolerance']:.2g})" if check
                 else "not run (--verify false)")
     how = pruning["strategy"] + "".join(f", {key} {pruning[key]}" for key in ("input", "region") if key in pruning)
+    sizes = []
+    if pruning.get("format") == "gguf":
+        from speechprune.prune.gguf_export import summary_rows
+
+        sizes = summary_rows(pruning)
     return table(f"prune: {pruning['original_num_layers']} -> {pruning['num_layers']} decoder layers -> {out}",
                  ("", ""), [
                      ("removed layers (0-based)", f"{' '.join(map(str, pruning['removed'])) or 'none'}  blocks {blocks}"),
                      ("chosen by", how),
                      ("decoder parameters", f"{params['before']:,} -> {params['after']:,} "
                                             f"({params['after'] / params['before']:.1%})"),
+                     *sizes,
                      ("reload check", verified),
                  ], header=False)
