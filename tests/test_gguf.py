@@ -15,22 +15,21 @@ import sys
 import types
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
+from gguf import GGMLQuantizationType as Q
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-gguf = pytest.importorskip("gguf")
-from gguf import GGMLQuantizationType as Q  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
-from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
-
-from speechprune.cli import main  # noqa: E402
-from speechprune.errors import UserError  # noqa: E402
-from speechprune.model import gguf as model_gguf  # noqa: E402
-from speechprune.model.decoder import decoder_layers  # noqa: E402
-from speechprune.model.interface import load_model  # noqa: E402
-from speechprune.prune import gguf_export  # noqa: E402
-from speechprune.prune.run import PruneConfig, prune, reference_logits  # noqa: E402
+from speechprune.cli import main
+from speechprune.errors import UserError
+from speechprune.model import gguf as model_gguf
+from speechprune.model.decoder import decoder_layers
+from speechprune.model.interface import load_model
+from speechprune.prune import gguf_export
+from speechprune.prune.run import PruneConfig, prune, reference_logits
 
 HIDDEN, HEADS, KV_HEADS, FFN = 64, 4, 2, 128
 QUANTS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)  # cycled over the blocks: every block type is copied in the tests
@@ -367,6 +366,19 @@ def test_gguf_to_gguf_copies_the_kept_blocks_exactly(files, tmp_path, arch, drop
         torch.testing.assert_close(written(ids).logits, reference_logits(reference, removed, ids), rtol=0, atol=1e-5)
     assert written_tokenizer(TEXT).input_ids == tokenizer(TEXT).input_ids
     assert pruning["verification"]["logits_max_abs_error"] <= 1e-5
+
+
+def test_a_failed_gguf_export_leaves_nothing(files, tmp_path, monkeypatch):
+    real = gguf_export.write_pruned
+
+    def writes_then_dies(*args):
+        real(*args)
+        raise KeyboardInterrupt  # after the whole file was written, before its check
+
+    monkeypatch.setattr(gguf_export, "write_pruned", writes_then_dies)
+    with pytest.raises(KeyboardInterrupt):
+        prune(PruneConfig(model=str(files["llama"]), out=str(tmp_path / "pruned.gguf"), drop="1:2"))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_gemma3_layers_that_would_change_attention_kind_are_refused(files, tmp_path):

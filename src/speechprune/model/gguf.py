@@ -151,20 +151,20 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "speechprune").expanduser()
 
 
-def cache_dir(header: GGUFHeader) -> Path:
-    stat = header.path.stat()
-    identity = f"{CACHE_FORMAT}\0{header.path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+def cache_dir(file: Path) -> Path:
+    stat = file.stat()
+    identity = f"{CACHE_FORMAT}\0{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return cache_root() / "gguf" / f"{header.path.stem}-{digest}"
+    return cache_root() / "gguf" / f"{file.stem}-{digest}"
 
 
 def dequantised(path: str) -> Path:
     """The cached Hugging Face checkpoint of the GGUF model ``path`` names, built on first use."""
     file = gguf_path(path)
-    _, header = read_header(file)
-    target = cache_dir(header)
+    target = cache_dir(file)
     if (target / SOURCE_FILE).is_file():
         return target
+    _, header = read_header(file)  # a cut or corrupt file is one line, before transformers reads it
     from speechprune.files import staged_dir, write_json
 
     print(f"speechprune: dequantising {file.name} once into {target} ...", file=sys.stderr, flush=True)

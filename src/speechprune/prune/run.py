@@ -334,7 +334,8 @@ def verify_export(reload: Callable[[Path], tuple[Any, dict]], path: Path, num_la
 @claims_output("prune", directory=lambda config: not config.writes_gguf)
 def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
           score: Callable[[Any], float] | None = None) -> dict[str, Any]:
-    """Remove decoder layers and export a standard checkpoint of the same kind as the input.
+    """Remove decoder layers and export a standard checkpoint of the same kind as the input (from a
+    GGUF model, also a GGUF file in its own quantization: --format gguf or an --out ending in .gguf).
 
     Layers come from --drop, or --remove/--fraction with --strategy: angular and bi choose from
     --scan, last needs nothing, iterative and greedy-score measure the model on --data (encoded once).
