@@ -205,12 +205,23 @@ def test_a_killed_dequantisation_leaves_no_cache(files, cache, monkeypatch):
     assert list((cache / "gguf").iterdir()) == []
 
 
-def test_a_decoder_config_takes_a_gguf_file(files):
-    from speechprune.model.gguf import decoder_checkpoint
+def test_a_speechllm_is_built_on_a_gguf_decoder(files, tmp_path):
+    from dataclasses import replace
 
-    checkpoint = decoder_checkpoint(str(files["llama"]))
-    assert (Path(checkpoint) / "config.json").is_file()
+    from speechprune.model.gguf import decoder_checkpoint
+    from speechprune.model.speechllm import DecoderConfig, SpeechLLM
+    from tests.conftest import tiny_model_config
+
     assert decoder_checkpoint("some/hub-id") == "some/hub-id"
+    config = replace(tiny_model_config(), decoder=DecoderConfig(pretrained=str(files["llama"])))
+    speechllm = SpeechLLM.build(config, texts=["the cat"], ctc_texts=["the cat"])
+    reference, tokenizer = gguf_loaded(files["llama"])
+    ids = probe_ids(reference.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(speechllm.decoder(ids).logits, reference(ids).logits, rtol=0, atol=1e-5)
+    assert speechllm.tokenizer(TEXT).input_ids == tokenizer(TEXT).input_ids
+    saved = speechllm.save(tmp_path / "speechllm")
+    assert load_model(str(saved)).kind == "speechllm"
 
 
 # ----------------------------------------------------------------------------- short names
