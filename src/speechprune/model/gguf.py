@@ -175,7 +175,8 @@ def dequantised(path: str) -> Path:
             write_json(stage / SOURCE_FILE, {"gguf": str(file.resolve()), "size": header.size,
                                              "architecture": header.architecture, "format": CACHE_FORMAT})
     except FileExistsError:  # another run finished the same cache first: use it
-        pass
+        if not (target / SOURCE_FILE).is_file():
+            raise UserError(f"{target} is in the way of the GGUF cache and was not made by it; remove it") from None
     print(f"speechprune: dequantised {file.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr,
           flush=True)
     return target
@@ -196,9 +197,10 @@ def _write_checkpoint(file: Path, architecture: str, out: Path) -> None:
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the quantizer would stay attached and refuse save_pretrained
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    result = model.load_state_dict(loaded.state_dict(), strict=True)
-    if result.missing_keys or result.unexpected_keys:  # strict=True raises first; kept as a guard
-        raise UserError(f"{file}: its dequantised weights do not fit {type(model).__name__}")
+    result = model.load_state_dict(loaded.state_dict(), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{file}: its dequantised weights do not fit {type(model).__name__} (missing "
+                        f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
     del loaded
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
