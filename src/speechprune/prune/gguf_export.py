@@ -32,6 +32,7 @@ import torch
 
 from speechprune.errors import UserError
 from speechprune.files import atomic_path
+from speechprune.model.gguf import GGUFHeader, gguf_path, is_gguf, read_header
 
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 RECORD_PREFIX = "speechprune.pruning."
@@ -65,7 +66,7 @@ class GGUFPlan:
     """An input GGUF file read and checked for pruning; nothing written yet."""
 
     reader: Any
-    header: Any  # model.gguf.GGUFHeader
+    header: GGUFHeader
     layout: BlockLayout
     per_layer: list[str] = field(default_factory=list)  # full keys of the per-layer arrays present
 
@@ -74,8 +75,6 @@ def plan(model: str) -> GGUFPlan:
     """Read the GGUF file that ``--model`` names and refuse, in one line, what this export cannot
     rewrite faithfully: before the model is loaded (or dequantised) and before anything is written."""
     from gguf import GGUFValueType
-
-    from speechprune.model.gguf import gguf_path, is_gguf, read_header
 
     if not is_gguf(model):
         raise UserError(f"--model {model}: GGUF output (--format gguf, or an --out ending in .gguf) needs a GGUF "
@@ -217,8 +216,6 @@ def _check_metadata(path: Path, gguf_plan: GGUFPlan, kept: list[int]) -> None:
     """Read the written file back: every metadata field equals the input's (tokenizer, chat template,
     rope settings, general.*) but the block count and the per-layer arrays, which hold the kept
     layers' values. (Loading the tokenizer instead would cost minutes for Gemma's 262k pieces.)"""
-    from speechprune.model.gguf import read_header
-
     reader, header = read_header(path)
     arch = header.architecture
     for key, entry in gguf_plan.reader.fields.items():
