@@ -394,7 +394,8 @@ def test_a_failed_gguf_export_leaves_nothing(files, tmp_path, monkeypatch):
 
 def test_gemma3_layers_that_would_change_attention_kind_are_refused(files, tmp_path):
     out = tmp_path / "pruned.gguf"
-    with pytest.raises(UserError, match=r"would move layer 5 \(global attention\) to position 3"):
+    with pytest.raises(UserError, match=r"would move layer 5 \(global attention\) to position 3, .* single "
+                                        r"blocks of 2 that keep every layer's kind: \[10, 12\) \(--drop\)"):
         prune(PruneConfig(model=str(files["gemma3"]), out=str(out), drop="1:3"))
     assert list(tmp_path.iterdir()) == []
 

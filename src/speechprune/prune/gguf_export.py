@@ -110,20 +110,30 @@ def plan(model: str) -> GGUFPlan:
     return GGUFPlan(reader=reader, header=header, layout=layout, per_layer=per_layer)
 
 
+def _moved_layer(kind_of: Callable[[int], str], layers: int, removed: list[int]) -> tuple[int, int] | None:
+    """``(old, new)`` position of the first kept layer whose position-given kind would change."""
+    kept = [i for i in range(layers) if i not in set(removed)]
+    return next(((old, new) for new, old in enumerate(kept) if kind_of(new) != kind_of(old)), None)
+
+
 def check_positions(gguf_plan: GGUFPlan, removed: list[int]) -> None:
-    """Refuse a removal after which a kept layer would change its position-given attention kind."""
+    """Refuse a removal after which a kept layer would change its position-given attention kind,
+    naming the single blocks of the same size that would be written."""
     kind_of = gguf_plan.layout.positional_attention
-    if kind_of is None:
+    layers = gguf_plan.header.block_count
+    moved = _moved_layer(kind_of, layers, removed) if kind_of is not None else None
+    if moved is None:
         return
-    kept = [i for i in range(gguf_plan.header.block_count) if i not in set(removed)]
-    for new, old in enumerate(kept):
-        if kind_of(new) != kind_of(old):
-            raise UserError(
-                f"{gguf_plan.header.path}: removing layers {_blocks(removed)} would move layer {old} "
-                f"({kind_of(old)} attention) to position {new}, which llama.cpp and transformers run as "
-                f"{kind_of(new)} attention for {gguf_plan.header.architecture}; keep whole groups of 6 layers, "
-                "remove layers at the end, or write a Hugging Face checkpoint (--format hf), whose config lists "
-                "each layer's attention")
+    old, new = moved
+    n = len(removed)
+    fitting = [f"[{start}, {start + n})" for start in range(layers - n + 1)
+               if _moved_layer(kind_of, layers, list(range(start, start + n))) is None]
+    raise UserError(
+        f"{gguf_plan.header.path}: removing layers {_blocks(removed)} would move layer {old} ({kind_of(old)} "
+        f"attention) to position {new}, which llama.cpp and transformers run as {kind_of(new)} attention for "
+        f"{gguf_plan.header.architecture}; single blocks of {n} that keep every layer's kind: "
+        f"{', '.join(fitting) or 'none'} (--drop); or write a Hugging Face checkpoint (--format hf), whose config "
+        "lists each layer's attention")
 
 
 def _blocks(removed: list[int]) -> str:
