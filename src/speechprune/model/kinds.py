@@ -1,5 +1,6 @@
-"""The two kinds of model this toolkit had before Hugging Face speech-LLMs: its own SpeechLLM
-directory and a plain Hugging Face causal LM, behind :class:`~speechprune.model.loaded.LoadedModel`."""
+"""The kinds of model this toolkit had before Hugging Face speech-LLMs: its own SpeechLLM directory,
+a plain Hugging Face causal LM, and a GGUF file read as one (``model/gguf.py``), behind
+:class:`~speechprune.model.loaded.LoadedModel`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from speechprune.data.manifest import Utterance
+from speechprune.model.gguf import dequantised, gguf_path
 from speechprune.model.loaded import (LoadedModel, copy_files, copy_non_weight_files, from_pretrained, local_dir,
                                       place)
 from speechprune.model.layout import DecoderInputs
@@ -140,4 +142,36 @@ class CausalLMModel(LoadedModel):
         return local_dir(self.path)
 
 
-__all__ = ["SpeechLLMModel", "CausalLMModel", "SPEECHLLM_FILE", "DECODER_DIR"]
+class GGUFModel(CausalLMModel):
+    """A GGUF file (or a short name, ``model/gguf.py``) opened as a plain causal LM from its
+    dequantised cache. ``path`` and every record name the GGUF file; ``checkpoint`` is the cache."""
+
+    kind = "gguf"
+    description = "a GGUF causal LM"
+    mergekit_note = "does not apply: the original is a GGUF file, mergekit reads Hugging Face checkpoints"
+
+    def __init__(self, path: str, causal_lm: nn.Module, tokenizer: Any, checkpoint: Path):
+        super().__init__(path, causal_lm, tokenizer)
+        self.checkpoint = checkpoint
+
+    @classmethod
+    def open(cls, path: str, config: Any = None, dtype: torch.dtype | None = None,
+             device: str | torch.device = "cpu", device_map: str | None = None) -> "GGUFModel":
+        from transformers import AutoModelForCausalLM
+
+        file = gguf_path(path)
+        checkpoint = dequantised(str(file))
+        causal_lm = from_pretrained(AutoModelForCausalLM, checkpoint, "causal LM", dtype=dtype, device_map=device_map)
+        return cls(str(file), place(causal_lm, device, dtype, device_map), load_tokenizer(str(checkpoint)), checkpoint)
+
+    def save_pruned(self, out: Path) -> Path:
+        self.causal_lm.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        copy_non_weight_files(self.checkpoint, out)
+        return out
+
+    def source_checkpoint(self) -> Path | None:
+        return None
+
+
+__all__ = ["SpeechLLMModel", "CausalLMModel", "GGUFModel", "SPEECHLLM_FILE", "DECODER_DIR"]

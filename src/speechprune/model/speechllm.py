@@ -74,7 +74,9 @@ class ProjectorConfig:
 
 @dataclass
 class DecoderConfig:
-    pretrained: str | None = option(None, help="causal LM checkpoint (local path or hub id); empty: build one from --model.decoder.config")
+    pretrained: str | None = option(None, help="causal LM checkpoint (local path, hub id, .gguf file, or a GGUF short "
+                                               "name: smollm2-135m, gemma3-270m); empty: build one from "
+                                               "--model.decoder.config")
     config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
                            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
                            "max_position_embeddings": 512, "tie_word_embeddings": True},
@@ -157,8 +159,12 @@ class SpeechLLM(nn.Module):
                    else build_encoder(config.encoder.config, config.encoder.window, config.encoder.hop_length))
         prompts = [p.format(target_language=name) for p in config.prompts.values() for name in LANGUAGE_NAMES.values()]
         if config.decoder.pretrained:
-            decoder = _load_decoder(config.decoder.pretrained)
-            tokenizer = load_tokenizer(config.decoder.tokenizer or config.decoder.pretrained)
+            from speechprune.model.gguf import decoder_checkpoint
+
+            checkpoint = decoder_checkpoint(config.decoder.pretrained)  # a GGUF model: its dequantised cache
+            decoder = _load_decoder(checkpoint)
+            tokenizer = load_tokenizer(decoder_checkpoint(config.decoder.tokenizer) if config.decoder.tokenizer
+                                       else checkpoint)
         else:
             tokenizer = (load_tokenizer(config.decoder.tokenizer) if config.decoder.tokenizer
                          else train_bpe_tokenizer(list(texts) + prompts, config.decoder.bpe_vocab_size))

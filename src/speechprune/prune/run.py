@@ -7,6 +7,7 @@ Hugging Face causal LM; everything else is copied as it is, only ``decoder/`` is
 Hugging Face causal-LM directory (weights, config and tokenizer files).
 Output: the pruned directory, plus ``pruning.json`` (what was removed and why) and
 ``mergekit.yaml`` (a mergekit passthrough recipe that rebuilds the pruned decoder from the original).
+A GGUF input can also be written as a GGUF file, still quantized (``prune/gguf_export.py``).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from speechprune.files import claims_output, read_json, staged_dir, write_json, 
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS
 from speechprune.prune import strategies
 from speechprune.prune.apply import Measurement, Selection, parse_drop, prune_model, read_scan
+from speechprune.prune.verify import probe_ids, reference_logits, verify_export
 
 @dataclass
 class PruneConfig:
     model: str = option(help="SpeechLLM directory (speechllm.json + decoder/), Hugging Face speech-LLM or causal LM "
-                             "(directory or hub id)")
-    out: str = option(help="output directory, of the same kind as --model")
+                             "(directory or hub id), or a GGUF causal LM (a .gguf file, or smollm2-135m / gemma3-270m)")
+    out: str = option(help="output directory, of the same kind as --model; or, for a GGUF --model, a .gguf file")
     drop: str = option("", help="layers to remove: 0-based, end-exclusive START:END blocks, e.g. 10:14,20:22")
     remove: int | None = option(None, help="number of layers to remove, chosen by --strategy")
     fraction: float | None = option(None, help="fraction of layers to remove, chosen by --strategy: "
@@ -56,10 +58,18 @@ class PruneConfig:
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
     overwrite: bool = option(False, help="replace an existing --out")
+    format: str = option("auto", help="hf (a Hugging Face checkpoint directory) | gguf (a GGUF --model pruned into a "
+                                      "GGUF file: kept blocks copied in their own quantization) | auto (gguf when "
+                                      "--out ends in .gguf)")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "--model is empty")
         require(bool(self.out), "--out is empty")
+        require(self.format in ("auto", "hf", "gguf"), f"--format must be hf, gguf or auto, not {self.format!r}")
+        require(self.format != "hf" or not self.out.lower().endswith(".gguf"),
+                f"--format hf writes a directory; --out {self.out} ends in .gguf")
+        require(self.format != "gguf" or self.out.lower().endswith(".gguf"),
+                f"--format gguf writes a file: give an --out ending in .gguf, not {self.out}")
         self.drop = _normalise_drop(self.drop)
         if self.drop:
             require(self.remove is None and self.fraction is None and not self.scan and not self.data,
@@ -77,6 +87,10 @@ class PruneConfig:
         require_choice(self.layout, LAYOUTS + ("auto",), "--layout")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+
+    @property
+    def writes_gguf(self) -> bool:
+        return self.format == "gguf" or (self.format == "auto" and self.out.lower().endswith(".gguf"))
 
 
 def _normalise_drop(drop: Any) -> str:
@@ -155,79 +169,11 @@ def _yaml_string(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _probe_ids(model: Any) -> torch.Tensor:
-    """Random token ids for the export check, avoiding the speech placeholder (whose embedding a
-    speech-LLM replaces by audio features)."""
-    from speechprune.model.decoder import text_config
-
-    causal_lm = model.causal_lm
-    vocab = int(getattr(text_config(causal_lm), "vocab_size", 0) or causal_lm.get_input_embeddings().num_embeddings)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (2, 16), generator=generator)
-    reserved = getattr(model, "speech_token_id", None)
-    return ids if reserved is None else torch.where(ids == reserved, (ids + 1) % vocab, ids)
-
-
-@torch.no_grad()
-def reference_logits(causal_lm: Any, skip: list[int], input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of the untouched model with the layers ``skip`` made identities by forward hooks (a
-    different mechanism from the surgery, so it checks it)."""
-    from speechprune.model.decoder import decoder_layers
-
-    def identity(module, args, kwargs, output):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    layers = decoder_layers(causal_lm)
-    handles = [layers[i].register_forward_hook(identity, with_kwargs=True) for i in skip]
-    try:
-        device = next(causal_lm.parameters()).device
-        return causal_lm(input_ids.to(device), use_cache=False).logits.float().cpu()
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _tolerance(reference: torch.Tensor, dtype: torch.dtype) -> float:
-    scale = max(1.0, float(reference.abs().max()))
-    return scale * (1e-5 if dtype in (torch.float32, torch.float64) else 2e-2)
-
-
-@torch.no_grad()
-def verify_export(reload: Callable[[Path], tuple[Any, dict]], path: Path, num_layers: int, reference: torch.Tensor,
-                  input_ids: torch.Tensor) -> dict[str, Any]:
-    """Reload ``path`` with ``reload`` (``from_pretrained`` of the original's class) and check: no
-    weight missing or newly initialised, ``num_layers`` layers, logits equal ``reference`` and cached
-    decoding equals uncached. UserError if not."""
-    from speechprune.model.decoder import decoder_layers
-
-    model, info = reload(path)
-    model.eval()
-    problems = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if problems:
-        raise UserError(f"export check: {path} reloads with {problems}; refusing to write it")
-    if len(decoder_layers(model)) != num_layers:
-        raise UserError(f"export check: {path} reloads with {len(decoder_layers(model))} layers, not {num_layers}")
-    dtype = next(model.parameters()).dtype
-    tolerance = _tolerance(reference, dtype)
-    logits = model(input_ids, use_cache=False).logits.float()
-    logits_error = float((logits - reference).abs().max())
-    if not logits_error <= tolerance:
-        raise UserError(f"export check: the pruned {type(model).__name__} differs from the original with the layers "
-                        f"skipped by {logits_error:.3g} (tolerance {tolerance:.3g}); this architecture is not supported")
-    prefix = model(input_ids[:, :-1], use_cache=True)
-    step = model(input_ids[:, -1:], cache=prefix.cache, use_cache=True).logits[:, -1].float()
-    cache_error = float((step - logits[:, -1]).abs().max())
-    if not cache_error <= tolerance:
-        raise UserError(f"export check: cached decoding of the pruned {type(model).__name__} differs from uncached "
-                        f"by {cache_error:.3g} (tolerance {tolerance:.3g})")
-    return {"logits_max_abs_error": logits_error, "cached_max_abs_error": cache_error, "tolerance": tolerance}
-
-
-@claims_output("prune")
+@claims_output("prune", directory=lambda config: not config.writes_gguf)
 def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
           score: Callable[[Any], float] | None = None) -> dict[str, Any]:
-    """Remove decoder layers and export a standard checkpoint of the same kind as the input.
+    """Remove decoder layers and export a standard checkpoint of the same kind as the input (from a
+    GGUF model, also a GGUF file in its own quantization: --format gguf or an --out ending in .gguf).
 
     Layers come from --drop, or --remove/--fraction with --strategy: angular and bi choose from
     --scan, last needs nothing, iterative and greedy-score measure the model on --data (encoded once).
@@ -241,8 +187,12 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     if root.exists() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise UserError(f"--out {config.out} must not be --model or lie inside it")
     selection = _selection(config)
+    if config.writes_gguf:
+        from speechprune.prune import gguf_export
+
+        gguf_plan = gguf_export.plan(config.model)  # refuses what it cannot rewrite, before any work
     model = load_model(config.model)
-    probe = _probe_ids(model)
+    probe = probe_ids(model)
     reference = None
 
     def take_reference(removed: list[int]) -> None:
@@ -257,6 +207,10 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     previous = root / "pruning.json"
     if previous.is_file():
         pruning["previous_pruning"] = read_json(previous)
+    if config.writes_gguf:
+        pruning.update(gguf_export.export(gguf_plan, model, pruning["removed"], pruning, out, reference, probe))
+        show(summary(pruning, out))
+        return pruning
 
     with staged_dir(out) as stage:
         checkpoint = model.save_pruned(stage)
@@ -285,11 +239,17 @@ def summary(pruning: dict[str, Any], out: Path) -> Any:
                 f"{check['logits_max_abs_error']:.2g} (tolerance {check['tolerance']:.2g})" if check
                 else "not run (--verify false)")
     how = pruning["strategy"] + "".join(f", {key} {pruning[key]}" for key in ("input", "region") if key in pruning)
+    sizes = []
+    if pruning.get("format") == "gguf":
+        from speechprune.prune.gguf_export import summary_rows
+
+        sizes = summary_rows(pruning)
     return table(f"prune: {pruning['original_num_layers']} -> {pruning['num_layers']} decoder layers -> {out}",
                  ("", ""), [
                      ("removed layers (0-based)", f"{' '.join(map(str, pruning['removed'])) or 'none'}  blocks {blocks}"),
                      ("chosen by", how),
                      ("decoder parameters", f"{params['before']:,} -> {params['after']:,} "
                                             f"({params['after'] / params['before']:.1%})"),
+                     *sizes,
                      ("reload check", verified),
                  ], header=False)

