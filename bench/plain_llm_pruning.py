@@ -75,8 +75,9 @@ def main() -> None:
     seconds = {}
     for model in args.models.split(","):
         folder = out / model
-        seconds[f"{model} scan"] = run(["scan", "--model", model, "--data", str(texts["calibration"]),
-                                        "--out", str(folder / "scan")])
+        if not (folder / "scan" / "scan.json").is_file():  # a rerun continues where it stopped
+            seconds[f"{model} scan"] = run(["scan", "--model", model, "--data", str(texts["calibration"]),
+                                            "--out", str(folder / "scan")])
         seconds[f"{model} sweep"] = run([
             "sweep", "--model", model, "--scan", str(folder / "scan"), "--train", str(texts["healing"]),
             "--test", str(texts["heldout"]), "--metric", "perplexity", "--fractions", args.fractions,

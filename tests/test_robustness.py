@@ -23,6 +23,7 @@ from speechprune.cli import main
 from speechprune.config import to_yaml
 from speechprune.data.audio import MAX_AUDIO_SECONDS, load_audio
 from speechprune.data.manifest import load_manifest
+from speechprune.errors import UserError
 from speechprune.model.speechllm import SpeechLLM
 from tests.conftest import SENTENCES, build_tiny_speechllm, write_tiny_manifest
 from tests.test_base_llm import tiny_base_llm_config
@@ -381,14 +382,19 @@ def test_pickled_weights_need_allow_pickle_and_remote_code_needs_its_flag(world,
     torch.save(decoder.state_dict(), model / "decoder" / "pytorch_model.bin")
     assert (model / "decoder" / "pytorch_model.bin").is_file()
     fails_with(capsys, eval_argv(world, model, tmp_path / "out"), "pytorch_model.bin", "--allow-pickle")
-    # with the flag the check lets it through (the model then loads and is evaluated)
-    from speechprune.model.safety import POLICY, check_weights
+    # with the flag the model loads and is evaluated; the policy is the command's, not the process's
+    assert main(eval_argv(world, model, tmp_path / "allowed") + ["--allow-pickle"]) == 0
+    assert yaml_field(tmp_path / "allowed" / "config.yaml", "loading") == {"trust_remote_code": False,
+                                                                            "allow_pickle": True}
+    fails_with(capsys, eval_argv(world, model, tmp_path / "out"), "pytorch_model.bin", "--allow-pickle")
+    from speechprune.model.interface import load_model
+    from speechprune.model.safety import LoadingPolicy
 
-    POLICY.allow_pickle = True
-    try:
-        check_weights(model / "decoder")
-    finally:
-        POLICY.allow_pickle = False
+    assert load_model(str(model), loading=LoadingPolicy(allow_pickle=True)).describe()["num_layers"] == 4
+    with pytest.raises(UserError, match="--allow-pickle"):
+        load_model(str(model))
+    fails_with(capsys, ["compare", str(world["root"] / "scan"), "--out", str(tmp_path / "c"), "--allow-pickle"],
+               "--allow-pickle: speechprune compare loads no model")
     (model / "decoder" / "pytorch_model.bin").unlink()
     shutil.copy(world["model"] / "decoder" / "model.safetensors", model / "decoder")
     config = json.loads((model / "decoder" / "config.json").read_text())
@@ -397,6 +403,12 @@ def test_pickled_weights_need_allow_pickle_and_remote_code_needs_its_flag(world,
                                                          "AutoModelForCausalLM": "modeling_custom.CustomLM"}}))
     (model / "decoder" / "configuration_custom.py").write_text("raise SystemExit('remote code ran')\n")
     fails_with(capsys, eval_argv(world, model, tmp_path / "out"), "--trust-remote-code")
+
+
+def yaml_field(path: Path, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))[key]
 
 
 class _RunsCode:

@@ -6,6 +6,7 @@ command line and calls the Python function behind it. Bad input ends in one line
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -56,7 +57,8 @@ COMMANDS: dict[str, Command] = {
 }
 
 
-# Flags of every command: what a model directory is trusted to do when it is loaded.
+# Short flags for the fields of a command's LoadingPolicy (``loading``): what a model from elsewhere
+# may do while it loads. They are fields like any other (``loading.allow-pickle=true`` alike).
 LOADING_FLAGS = {"--trust-remote-code": ("trust_remote_code", "run Python code shipped with a model (never by default)"),
                  "--allow-pickle": ("allow_pickle", "load pickled .bin/.pt weights, which can run code (safetensors only by default)")}
 
@@ -68,7 +70,8 @@ def _usage(group: str = "") -> str:
     lines = [f"usage: {head} [--option value ...] [name=value ...] [--config FILE]", "",
              f"{group} subcommands:" if group else "commands:"]
     lines += [f"  {name:<12} {COMMANDS[name].summary}" for name in names]
-    lines += ["", "for every command:"] + [f"  {flag:<20} {text}" for flag, (_, text) in LOADING_FLAGS.items()]
+    lines += ["", "for every command that loads a model:"] + [f"  {flag:<20} {text}"
+                                                            for flag, (_, text) in LOADING_FLAGS.items()]
     lines += ["", f"{head} --help lists its options."]
     return "\n".join(lines)
 
@@ -130,12 +133,13 @@ def _take_positional(tokens: list[str]) -> tuple[list[str], list[str]]:
     return options, positional
 
 
-def _take_loading_flags(tokens: list[str]) -> list[str]:
-    from speechprune.model.safety import POLICY, LoadingPolicy
-
-    given = {LOADING_FLAGS[token][0] for token in tokens if token in LOADING_FLAGS}
-    POLICY.__dict__.update(vars(LoadingPolicy(**{key: True for key in given})))
-    return [token for token in tokens if token not in LOADING_FLAGS]
+def _take_loading_flags(tokens: list[str], config_cls: type, name: str) -> list[str]:
+    """``--allow-pickle`` -> ``loading.allow_pickle=true`` for a command whose config has ``loading``."""
+    given = [token for token in tokens if token in LOADING_FLAGS]
+    if given and "loading" not in {field.name for field in dataclasses.fields(config_cls)}:
+        raise UserError(f"{given[0]}: speechprune {name} loads no model from elsewhere")
+    return ([token for token in tokens if token not in LOADING_FLAGS]
+            + [f"loading.{LOADING_FLAGS[token][0]}=true" for token in given])
 
 
 def run(argv: list[str]) -> object:
@@ -147,10 +151,10 @@ def run(argv: list[str]) -> object:
         print(_usage(argv[0]))
         return None
     name, rest = _split_command(argv)
-    rest = _take_loading_flags(rest)
     command = COMMANDS[name]
     module = importlib.import_module(command.module)
     config_cls = getattr(module, command.config)
+    rest = _take_loading_flags(rest, config_cls, name)
     if any(token in ("-h", "--help") for token in rest):
         print(_help(name, config_cls))
         return None

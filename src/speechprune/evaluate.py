@@ -29,6 +29,7 @@ from speechprune.data.sources import load_data, require_audio
 from speechprune.files import claims_output, staged_dir, write_json, write_text
 from speechprune.model.decoder import sequence_log_losses
 from speechprune.model.interface import LoadedModel, load_model
+from speechprune.model.safety import LoadingPolicy
 
 METRICS = ("auto", "decode", "perplexity")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -57,6 +58,7 @@ class EvalConfig:
     dtype: str = option("float32", help="float32 | bfloat16 | float16")
     device: str = option("auto", help="auto | cpu | cuda | cuda:N")
     max_utterances: int | None = option(None, help="evaluate only the first N utterances")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -251,7 +253,8 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
     for path in config.data:
         utterances = load_data(path, check_audio=True, skip_bad=config.skip_bad)
         test_sets[test_set_name(path)] = utterances[: config.max_utterances]
-    model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype])
+    model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype],
+                       loading=config.loading)
     metric = resolve_metric(config.metric, model)
     if "speech" in model.sources:  # a speech model listens, whether it decodes or is scored
         for path, utterances in zip(config.data, test_sets.values()):

@@ -30,6 +30,7 @@ from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
+from speechprune.model.safety import LoadingPolicy
 from speechprune.prune.surgery import receiving_layers
 from speechprune.train import LoopConfig, StageConfig, StageResult, make_accelerator, run_stages
 from speechprune.train import summary as train_summary
@@ -53,6 +54,7 @@ class HealConfig:
     checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
     seed: int = option(0, help="seed of LoRA initialisation and data order")
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -133,7 +135,7 @@ def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
 def heal(config: HealConfig) -> Path:
     """LoRA-heal a pruned model on --data and export it (LoRA merged, adapter kept)."""
     out = Path(config.out)
-    model = load_model(config.model)
+    model = load_model(config.model, loading=config.loading)
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
     targets = lora_targets(model.causal_lm, config.target, receiving)
     utterances = load_manifests(config.data, skip_bad=config.skip_bad)

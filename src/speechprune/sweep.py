@@ -47,6 +47,7 @@ from speechprune.heal import TARGETS as HEAL_TARGETS
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
+from speechprune.model.safety import LoadingPolicy
 from speechprune.prune.apply import Selection, choose_layers, prune_model, read_scan
 from speechprune.prune.strategies import SCAN_STRATEGIES, layers_for_fraction
 from speechprune.prune.prefill import prefill_skip
@@ -81,6 +82,7 @@ class SweepConfig:
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
     perplexity_rise: float = option(0.25, help="acceptable relative perplexity rise (--metric perplexity)")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -125,7 +127,7 @@ def pruned_model(config: SweepConfig, scan: dict, strategy: str, fraction: float
     takes (same choice, same surgery, same refusals). The baseline (fraction 0) removes nothing;
     ``prefill_only`` chooses the same layers but leaves the model whole (they are skipped while the
     prefix is read)."""
-    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu", loading=config.loading)
     # at fraction 0 every strategy removes nothing; "last" is the one that reads nothing from the scan
     selection = Selection(strategy=strategy if fraction else "last", fraction=fraction, scan=scan,
                           scan_path=config.scan, input=config.input, region=config.region)

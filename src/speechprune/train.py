@@ -48,6 +48,7 @@ from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import next_token_loss
 from speechprune.model.interface import LoadedModel
 from speechprune.model.kinds import SpeechLLMModel
+from speechprune.model.safety import LoadingPolicy
 from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 
@@ -178,6 +179,7 @@ class TrainConfig:
                                              "adds a stage appends it after the default ones)")
     loop: LoopConfig = option(LoopConfig())
     resume: bool = option(True, help="continue from OUT/checkpoints when present")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what pretrained parts (--model.decoder.pretrained, --model.encoder.pretrained, --init) may do while they load")
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -687,12 +689,13 @@ def train(config: TrainConfig) -> Path:
     utterances = load_manifests(config.train, skip_bad=config.skip_bad)
     seed_everything(config.loop.seed)
     if config.init:
-        model = SpeechLLM.load(config.init)
+        model = SpeechLLM.load(config.init, loading=config.loading)
     else:
         texts = decoder_texts(config.model.prompts, utterances)
-        model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None)
+        model = SpeechLLM.build(config.model, texts, ctc_texts=[u.text for u in utterances if u.task == "asr"] or None,
+                                loading=config.loading)
         if config.encoder_from:
-            model.take_encoder(SpeechLLM.load(config.encoder_from))
+            model.take_encoder(SpeechLLM.load(config.encoder_from, loading=config.loading))
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out)

@@ -30,7 +30,7 @@ from transformers import (
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from speechprune.errors import UserError
-from speechprune.model.safety import pretrained
+from speechprune.model.safety import SAFE, LoadingPolicy, pretrained
 
 SAMPLE_RATE = 16000
 
@@ -67,12 +67,12 @@ class WhisperSpeechEncoder(nn.Module):
         return cls(WhisperEncoder(whisper_config), extractor, window)
 
     @classmethod
-    def from_pretrained(cls, path: str, window: str = "dynamic") -> "WhisperSpeechEncoder":
-        config = pretrained(AutoConfig, path, "speech encoder config", weights=False)
+    def from_pretrained(cls, path: str, window: str = "dynamic", loading: LoadingPolicy = SAFE) -> "WhisperSpeechEncoder":
+        config = pretrained(AutoConfig, path, "speech encoder config", weights=False, loading=loading)
         if "WhisperEncoder" in (config.architectures or []):
-            encoder = pretrained(WhisperEncoder, path, "speech encoder")
+            encoder = pretrained(WhisperEncoder, path, "speech encoder", loading=loading)
         else:  # a full Whisper checkpoint: keep the encoder, drop the text decoder
-            encoder = pretrained(WhisperModel, path, "speech encoder").get_encoder()
+            encoder = pretrained(WhisperModel, path, "speech encoder", loading=loading).get_encoder()
         return cls(encoder, WhisperFeatureExtractor.from_pretrained(path), window)
 
     def save(self, directory: Path) -> None:
@@ -141,8 +141,9 @@ class WaveformSpeechEncoder(nn.Module):
         return cls(AutoModel.from_config(model_config), extractor, window)
 
     @classmethod
-    def from_pretrained(cls, path: str, window: str = "dynamic") -> "WaveformSpeechEncoder":
-        return cls(pretrained(AutoModel, path, "speech encoder"), AutoFeatureExtractor.from_pretrained(path), window)
+    def from_pretrained(cls, path: str, window: str = "dynamic", loading: LoadingPolicy = SAFE) -> "WaveformSpeechEncoder":
+        return cls(pretrained(AutoModel, path, "speech encoder", loading=loading),
+                   AutoFeatureExtractor.from_pretrained(path), window)
 
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
@@ -195,7 +196,7 @@ def build_encoder(config: dict, window: str = "dynamic", hop_length: int = 160) 
     return cls.from_config(config, window, hop_length)
 
 
-def load_encoder(path: str, window: str = "dynamic") -> nn.Module:
+def load_encoder(path: str, window: str = "dynamic", loading: LoadingPolicy = SAFE) -> nn.Module:
     """An encoder from a local checkpoint directory or hub id."""
-    model_type = pretrained(AutoConfig, path, "speech encoder config", weights=False).model_type
-    return _encoder_class(model_type).from_pretrained(path, window)
+    model_type = pretrained(AutoConfig, path, "speech encoder config", weights=False, loading=loading).model_type
+    return _encoder_class(model_type).from_pretrained(path, window, loading)

@@ -16,6 +16,7 @@ import torch
 
 from speechprune.errors import UserError
 from speechprune.model.loaded import LoadedModel
+from speechprune.model.safety import SAFE, LoadingPolicy
 
 __all__ = ["LoadedModel", "load_model", "supported_config_classes"]
 
@@ -27,27 +28,28 @@ def supported_config_classes() -> list[str]:
 
 
 def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-               device_map: str | None = None) -> LoadedModel:
+               device_map: str | None = None, loading: LoadingPolicy = SAFE) -> LoadedModel:
     """Open ``path`` (a local directory, a hub id, a ``.gguf`` file or the short name of a GGUF LLM)
     as the kind it is: a SpeechLLM directory, a supported Hugging Face speech-LLM family, a plain
-    causal LM, or a GGUF causal LM (dequantised once into a cache)."""
+    causal LM, or a GGUF causal LM (dequantised once into a cache). ``loading`` says whether its
+    own code may run and pickled weights may load (:class:`~speechprune.model.safety.LoadingPolicy`)."""
     from speechprune.model.gguf import is_gguf
     from speechprune.model.speechllm import is_speechllm_dir
 
     if is_gguf(path):
         from speechprune.model.kinds import GGUFModel
 
-        return GGUFModel.open(path, dtype=dtype, device=device, device_map=device_map)
+        return GGUFModel.open(path, dtype=dtype, device=device, device_map=device_map, loading=loading)
     if is_speechllm_dir(path):
         from speechprune.model.kinds import SpeechLLMModel
 
-        return SpeechLLMModel.open(path, dtype=dtype, device=device, device_map=device_map)
+        return SpeechLLMModel.open(path, dtype=dtype, device=device, device_map=device_map, loading=loading)
     from transformers import AutoConfig
 
     from speechprune.model.hf import FAMILIES, REFUSED
 
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=loading.trust_remote_code)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"cannot load {path!r}: neither a SpeechLLM directory nor a Hugging Face model "
                         f"({str(error).splitlines()[0]})") from None
@@ -56,10 +58,10 @@ def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.
         raise UserError(f"{path}: {REFUSED[model_type]}")
     family = next((FAMILIES[cls] for cls in type(config).__mro__ if cls in FAMILIES), None)
     if family is not None:
-        return family.open(path, config, dtype=dtype, device=device, device_map=device_map)
+        return family.open(path, config, dtype=dtype, device=device, device_map=device_map, loading=loading)
     from speechprune.model.kinds import CausalLMModel
 
     if not CausalLMModel.accepts(config):
         raise UserError(f"{path}: {type(config).__name__} (model_type {model_type}) is neither a causal LM nor a "
                         f"supported speech-LLM family ({', '.join(supported_config_classes())})")
-    return CausalLMModel.open(path, config, dtype=dtype, device=device, device_map=device_map)
+    return CausalLMModel.open(path, config, dtype=dtype, device=device, device_map=device_map, loading=loading)

@@ -15,6 +15,7 @@ from speechprune.model.gguf import dequantised, gguf_path
 from speechprune.model.loaded import (LoadedModel, copy_files, copy_non_weight_files, from_pretrained, local_dir,
                                       place)
 from speechprune.model.layout import DecoderInputs
+from speechprune.model.safety import SAFE, LoadingPolicy
 from speechprune.model.speechllm import SPEECHLLM_FILE, SpeechLLM, generate_text
 from speechprune.model.text import text_batch, text_decoder_inputs
 from speechprune.model.tokenizer import load_tokenizer
@@ -52,8 +53,8 @@ class SpeechLLMModel(LoadedModel):
 
     @classmethod
     def open(cls, path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-             device_map: str | None = None) -> "SpeechLLMModel":
-        return cls(path, SpeechLLM.load(path, device=device, dtype=dtype, device_map=device_map))
+             device_map: str | None = None, loading: LoadingPolicy = SAFE) -> "SpeechLLMModel":
+        return cls(path, SpeechLLM.load(path, device=device, dtype=dtype, device_map=device_map, loading=loading))
 
     def task_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
                     padding_side: str = "right") -> DecoderInputs:
@@ -114,10 +115,12 @@ class CausalLMModel(LoadedModel):
 
     @classmethod
     def open(cls, path: str, config: Any = None, dtype: torch.dtype | None = None,
-             device: str | torch.device = "cpu", device_map: str | None = None) -> "CausalLMModel":
+             device: str | torch.device = "cpu", device_map: str | None = None,
+             loading: LoadingPolicy = SAFE) -> "CausalLMModel":
         from transformers import AutoModelForCausalLM
 
-        causal_lm = from_pretrained(AutoModelForCausalLM, path, "causal LM", dtype=dtype, device_map=device_map)
+        causal_lm = from_pretrained(AutoModelForCausalLM, path, "causal LM", loading, dtype=dtype,
+                                    device_map=device_map)
         return cls(path, place(causal_lm, device, dtype, device_map), load_tokenizer(path))
 
     def task_inputs(self, utterances: list[Utterance], source: str = "text", with_target: bool = True,
@@ -156,11 +159,12 @@ class GGUFModel(CausalLMModel):
 
     @classmethod
     def open(cls, path: str, config: Any = None, dtype: torch.dtype | None = None,
-             device: str | torch.device = "cpu", device_map: str | None = None) -> "GGUFModel":
+             device: str | torch.device = "cpu", device_map: str | None = None,
+             loading: LoadingPolicy = SAFE) -> "GGUFModel":
         from transformers import AutoModelForCausalLM
 
         file = gguf_path(path)
-        checkpoint = dequantised(str(file))
+        checkpoint = dequantised(str(file))  # written by this toolkit: safetensors, no code to run
         causal_lm = from_pretrained(AutoModelForCausalLM, checkpoint, "causal LM", dtype=dtype, device_map=device_map)
         return cls(str(file), place(causal_lm, device, dtype, device_map), load_tokenizer(str(checkpoint)), checkpoint)
 

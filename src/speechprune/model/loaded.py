@@ -31,6 +31,7 @@ from torch import nn
 from speechprune.data.manifest import Utterance
 from speechprune.errors import UserError
 from speechprune.model.layout import DecoderInputs, plain_layout, resolve_layout
+from speechprune.model.safety import SAFE, LoadingPolicy, pretrained
 
 # Files that save_pretrained writes itself, or that describe the old weights: never copied over.
 NOT_COPIED = re.compile(
@@ -166,12 +167,11 @@ def unsafe_to_prune(text_config: Any) -> str | None:
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def from_pretrained(model_class: Any, path: str | Path, what: str, **kwargs) -> Any:
-    """``model_class.from_pretrained`` with a one-line UserError for a path that is not such a model."""
-    from speechprune.model.safety import pretrained
-
+def from_pretrained(model_class: Any, path: str | Path, what: str, loading: LoadingPolicy = SAFE, **kwargs) -> Any:
+    """``model_class.from_pretrained`` under ``loading``, with a one-line UserError for a path that
+    is not such a model."""
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
-    return pretrained(model_class, str(path), what, **kwargs)
+    return pretrained(model_class, str(path), what, loading=loading, **kwargs)
 
 
 def place(module: nn.Module, device: str | torch.device, dtype: torch.dtype | None, device_map: str | None) -> nn.Module:

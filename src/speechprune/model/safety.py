@@ -1,5 +1,7 @@
 """How models are read: weights through safetensors only and no code from a model directory,
-unless the user says otherwise (``speechprune --allow-pickle`` / ``--trust-remote-code``).
+unless the user says otherwise: a :class:`LoadingPolicy`, the ``loading`` field of every command
+that loads a model (``--trust-remote-code`` / ``--allow-pickle`` on the command line, or
+``load_model(path, loading=LoadingPolicy(allow_pickle=True))`` from Python).
 
 Pickled weights (``pytorch_model.bin``, ``.pt``) can run any code when they are loaded, and so can
 a model's own Python files (``trust_remote_code``): a model from elsewhere must not do either.
@@ -11,41 +13,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from speechprune.config import option
 from speechprune.errors import UserError
 
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadingPolicy:
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
+    """What a model from elsewhere may do while it is loaded."""
+
+    trust_remote_code: bool = option(False, help="run Python code shipped with a model (never by default)")
+    allow_pickle: bool = option(False, help="load pickled .bin/.pt weights, which can run code (safetensors only "
+                                            "by default)")
 
 
-POLICY = LoadingPolicy()  # set once by the CLI from its global flags
+SAFE = LoadingPolicy()
 
 
-def check_weights(path: str | Path) -> None:
+def check_weights(path: str | Path, loading: LoadingPolicy = SAFE) -> None:
     """Refuse, naming the file, a local model directory whose weights exist only pickled (unless
     allowed), or that has a config but no weights at all."""
     root = Path(path)
     if not root.is_dir() or any(root.glob("*.safetensors")) or any(root.glob("*.safetensors.index.json")):
         return
     pickled = sorted(p.name for p in root.iterdir() if p.suffix in PICKLED)
-    if pickled and not POLICY.allow_pickle:
+    if pickled and not loading.allow_pickle:
         raise UserError(f"{root / pickled[0]}: pickled weights can run code when loaded; convert them to "
                         "safetensors, or pass --allow-pickle if you trust where they came from")
     if not pickled and (root / "config.json").is_file():
         raise UserError(f"{root}: config.json but no weights (*.safetensors) beside it")
 
 
-def pretrained(loader: Any, path: str | Path, what: str, weights: bool = True, **kwargs: Any) -> Any:
-    """``loader.from_pretrained(path, **kwargs)`` under the policy (``weights=False`` for a
+def pretrained(loader: Any, path: str | Path, what: str, weights: bool = True, loading: LoadingPolicy = SAFE,
+               **kwargs: Any) -> Any:
+    """``loader.from_pretrained(path, **kwargs)`` under ``loading`` (``weights=False`` for a
     config); any failure to read the model is one line naming ``what`` and ``path``."""
-    kwargs.setdefault("trust_remote_code", POLICY.trust_remote_code)
+    kwargs.setdefault("trust_remote_code", loading.trust_remote_code)
     if weights:
-        check_weights(path)
-        if not POLICY.allow_pickle:
+        check_weights(path, loading)
+        if not loading.allow_pickle:
             kwargs.setdefault("use_safetensors", True)
     try:
         return loader.from_pretrained(path, **kwargs)

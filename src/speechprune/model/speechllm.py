@@ -35,7 +35,7 @@ from speechprune.model.decoder import next_token_loss
 from speechprune.model.encoders import build_encoder, load_encoder
 from speechprune.model.layout import DecoderInputs, Segment, assemble
 from speechprune.model.projector import FrameStackProjector
-from speechprune.model.safety import pretrained
+from speechprune.model.safety import SAFE, LoadingPolicy, pretrained
 from speechprune.model.tokenizer import load_tokenizer, separator_id, train_bpe_tokenizer
 
 SPEECHLLM_FILE = "speechllm.json"
@@ -151,18 +151,20 @@ class SpeechLLM(nn.Module):
 
     # ---- construction
     @classmethod
-    def build(cls, config: ModelConfig, texts: list[str], ctc_texts: list[str] | None = None) -> "SpeechLLM":
+    def build(cls, config: ModelConfig, texts: list[str], ctc_texts: list[str] | None = None,
+              loading: LoadingPolicy = SAFE) -> "SpeechLLM":
         """A new SpeechLLM: pretrained parts loaded, the others built from their configs.
         ``texts`` trains the BPE when the decoder has no tokenizer, each as often as it occurs
-        (:func:`decoder_texts` lists them for a corpus); ``ctc_texts`` give the alphabet."""
-        encoder = (load_encoder(config.encoder.pretrained, config.encoder.window) if config.encoder.pretrained
+        (:func:`decoder_texts` lists them for a corpus); ``ctc_texts`` give the alphabet; ``loading``
+        governs the pretrained parts."""
+        encoder = (load_encoder(config.encoder.pretrained, config.encoder.window, loading) if config.encoder.pretrained
                    else build_encoder(config.encoder.config, config.encoder.window, config.encoder.hop_length))
         prompts = [p.format(target_language=name) for p in config.prompts.values() for name in LANGUAGE_NAMES.values()]
         if config.decoder.pretrained:
             from speechprune.model.gguf import decoder_checkpoint
 
             checkpoint = decoder_checkpoint(config.decoder.pretrained)  # a GGUF model: its dequantised cache
-            decoder = _load_decoder(checkpoint)
+            decoder = _load_decoder(checkpoint, loading=loading)
             tokenizer = load_tokenizer(decoder_checkpoint(config.decoder.tokenizer) if config.decoder.tokenizer
                                        else checkpoint)
         else:
@@ -356,7 +358,8 @@ class SpeechLLM(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu",
-             dtype: torch.dtype | None = None, device_map: str | None = None) -> "SpeechLLM":
+             dtype: torch.dtype | None = None, device_map: str | None = None,
+             loading: LoadingPolicy = SAFE) -> "SpeechLLM":
         """Load a SpeechLLM directory. ``device_map="auto"`` spreads a decoder too large for one
         device over all of them (Accelerate); encoder and projector then sit with its first layer."""
         directory = Path(directory)
@@ -366,8 +369,8 @@ class SpeechLLM(nn.Module):
             spec = json.loads((directory / SPEECHLLM_FILE).read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError) as error:
             raise UserError(f"{directory / SPEECHLLM_FILE}: not valid JSON ({error})".splitlines()[0]) from None
-        encoder = load_encoder(str(directory / "encoder"), spec["encoder"]["window"])
-        decoder = _load_decoder(str(directory / "decoder"), dtype=dtype, device_map=device_map)
+        encoder = load_encoder(str(directory / "encoder"), spec["encoder"]["window"], loading)
+        decoder = _load_decoder(str(directory / "decoder"), dtype=dtype, device_map=device_map, loading=loading)
         tokenizer = load_tokenizer(str(directory / "tokenizer"))
         projector_config = ProjectorConfig(**spec["projector"])
         projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
@@ -428,9 +431,10 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().contiguous() for name, tensor in state.items()}
 
 
-def _load_decoder(path: str, dtype: torch.dtype | None = None, device_map: str | None = None) -> PreTrainedModel:
+def _load_decoder(path: str, dtype: torch.dtype | None = None, device_map: str | None = None,
+                  loading: LoadingPolicy = SAFE) -> PreTrainedModel:
     kwargs = {key: value for key, value in (("dtype", dtype), ("device_map", device_map)) if value is not None}
-    return pretrained(AutoModelForCausalLM, path, "decoder", **kwargs)
+    return pretrained(AutoModelForCausalLM, path, "decoder", loading=loading, **kwargs)
 
 
 def _load_part(module: nn.Module, path: Path, directory: Path) -> None:

@@ -25,6 +25,7 @@ from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS
+from speechprune.model.safety import LoadingPolicy
 from speechprune.prune import strategies
 from speechprune.prune.apply import Measurement, Selection, parse_drop, prune_model, read_scan
 from speechprune.prune.verify import probe_ids, reference_logits, verify_export
@@ -57,6 +58,7 @@ class PruneConfig:
     device: str = option("auto", help="where --data is run: auto | cpu | cuda | cuda:N (the export itself is on CPU)")
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out")
     format: str = option("auto", help="hf (a Hugging Face checkpoint directory) | gguf (a GGUF --model pruned into a "
                                       "GGUF file: kept blocks copied in their own quantization) | auto (gguf when "
@@ -191,7 +193,7 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
         from speechprune.prune import gguf_export
 
         gguf_plan = gguf_export.plan(config.model)  # refuses what it cannot rewrite, before any work
-    model = load_model(config.model)
+    model = load_model(config.model, loading=config.loading)
     probe = probe_ids(model)
     reference = None
 

@@ -20,6 +20,7 @@ from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
 from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS, REGIONS
+from speechprune.model.safety import LoadingPolicy
 from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
 from speechprune.scan.result import SCAN_FILE, RegionResult, ScanResult
 from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
@@ -58,6 +59,7 @@ class ScanConfig:
     checkpoint_every: int = option(20, help="save the sums and the data position every N batches (0 = never)")
     fresh: bool = option(False, help="ignore an existing checkpoint in OUT and start over")
     plots: bool = option(True, help="write PNG figures")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out (else only this scan's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -78,7 +80,7 @@ def _load(config: ScanConfig, device: torch.device):
     from speechprune.model.interface import load_model
 
     return load_model(config.model, dtype=DTYPES[config.dtype], device=str(device),
-                      device_map="auto" if config.device_map else None)
+                      device_map="auto" if config.device_map else None, loading=config.loading)
 
 
 def _resolve_device(config: ScanConfig):

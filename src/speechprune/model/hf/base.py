@@ -31,6 +31,7 @@ from speechprune.errors import UserError
 from speechprune.model.decoder import base_model
 from speechprune.model.loaded import LoadedModel, copy_non_weight_files, from_pretrained, local_dir, place
 from speechprune.model.layout import DecoderInputs, Segment, assemble
+from speechprune.model.safety import SAFE, LoadingPolicy
 from speechprune.model.speechllm import DEFAULT_PROMPTS, generate_text, prompt_text
 
 
@@ -84,14 +85,15 @@ class HFSpeechLLM(LoadedModel):
 
     @classmethod
     def open(cls, path: str, config: Any = None, dtype: torch.dtype | None = None,
-             device: str | torch.device = "cpu", device_map: str | None = None) -> "HFSpeechLLM":
+             device: str | torch.device = "cpu", device_map: str | None = None,
+             loading: LoadingPolicy = SAFE) -> "HFSpeechLLM":
         from transformers import AutoProcessor
 
         from speechprune.model.tokenizer import load_tokenizer
 
-        model = from_pretrained(cls.load_class(), path, cls.family, dtype=dtype, device_map=device_map)
+        model = from_pretrained(cls.load_class(), path, cls.family, loading, dtype=dtype, device_map=device_map)
         try:
-            processor, error = AutoProcessor.from_pretrained(path), ""
+            processor, error = AutoProcessor.from_pretrained(path, trust_remote_code=loading.trust_remote_code), ""
         except (ImportError, OSError, ValueError, TypeError) as problem:
             processor, error = None, str(problem).splitlines()[0] if str(problem) else type(problem).__name__
         tokenizer = processor.tokenizer if processor is not None else load_tokenizer(path)
