@@ -65,9 +65,9 @@ def main() -> None:
     parser.add_argument("--out", default="runs/plain-llm")
     parser.add_argument("--models", default="smollm2-135m,gemma3-270m")
     parser.add_argument("--fractions", default="0,0.1,0.2,0.3,0.4,0.5")
-    parser.add_argument("--strategies", default="angular,bi,last")
-    parser.add_argument("--heal", default="none,receiving-mlp")
-    parser.add_argument("--heal-steps", default="40")
+    parser.add_argument("--strategies", default="angular,bi,last", help="compared without healing")
+    parser.add_argument("--healed-strategies", default="angular", help="also healed (LoRA on the receiving MLP)")
+    parser.add_argument("--heal-steps", default="20")
     args = parser.parse_args()
     out = Path(args.out)
     (out / "texts").mkdir(parents=True, exist_ok=True)
@@ -78,11 +78,17 @@ def main() -> None:
         if not (folder / "scan" / "scan.json").is_file():  # a rerun continues where it stopped
             seconds[f"{model} scan"] = run(["scan", "--model", model, "--data", str(texts["calibration"]),
                                             "--out", str(folder / "scan")])
-        seconds[f"{model} sweep"] = run([
-            "sweep", "--model", model, "--scan", str(folder / "scan"), "--train", str(texts["healing"]),
-            "--test", str(texts["heldout"]), "--metric", "perplexity", "--fractions", args.fractions,
-            "--strategies", args.strategies, "--heal", args.heal, "--heal-steps", args.heal_steps,
-            "--batch-size", "16", "--out", str(folder / "sweep")])
+        common = ["--model", model, "--scan", str(folder / "scan"), "--train", str(texts["healing"]),
+                  "--test", str(texts["heldout"]), "--metric", "perplexity", "--fractions", args.fractions,
+                  "--batch-size", "16"]
+        # healing backpropagates through every layer above the healed one: the costly half, so it runs
+        # for the strategies named, the plain comparison for all
+        seconds[f"{model} sweep"] = run(["sweep", *common, "--strategies", args.strategies, "--heal", "none",
+                                         "--out", str(folder / "sweep")])
+        if args.healed_strategies:
+            seconds[f"{model} sweep healed"] = run([
+                "sweep", *common, "--strategies", args.healed_strategies, "--heal", "receiving-mlp",
+                "--heal-steps", args.heal_steps, "--out", str(folder / "sweep-healed")])
     for name, value in seconds.items():
         print(f"{name}: {value:.0f} s")
 
