@@ -9,7 +9,7 @@ documents (:func:`documents`), not one sentence at a time: real LLMs learn from 
 which phrases recur to read and copy from their context, and a SpeechLLM's decoder needs exactly
 that to read its speech segment. Measured: a decoder pretrained on single sentences, then adapted
 with LoRA, kept its text-only loss for 800 joint steps (WER 0.68); pretrained on documents, it
-learned to copy a source segment within 75 steps (README, recipes). Training is the ``text-lm`` stage of
+learned to copy a source segment within 75 steps (docs/study.md, recipes). Training is the ``text-lm`` stage of
 :func:`speechprune.train.run_stages` (the one Accelerate loop), with the dev-set perplexity
 measured at every logged step: ``OUT/curve.json`` and ``OUT/curve.png`` show it level off.
 """

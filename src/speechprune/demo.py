@@ -12,7 +12,7 @@ decoder trained from scratch, angular distance, 1-3 of 8 layers removed, a short
 (``base-llm``), the SpeechLLM trained on it (``--decoder lora|frozen|full``, the stages of
 :func:`speechprune.train.base_llm_stages`), and the base LLM scanned on text beside the SpeechLLM.
 A base LLM needs about 800 steps before it can read its context, which with the SpeechLLM on top
-does not fit the 12 minutes (README, recipes).
+does not fit the 12 minutes (docs/study.md, recipes).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ learns to listen. The offline default therefore runs, in order,
 
 1. ``text-lm``: the decoder alone as a language model on the corpus text (a "pretrained LLM");
    0 steps by default, because on the offline default any text pretraining made the decoder
-   listen later (README: "The offline default");
+   listen later (docs/offline-default.md);
 2. ``ctc``: the encoder alone with a character CTC loss, so it learns to hear;
 3. ``joint``: encoder, projector and decoder together on the target, CTC kept at weight 0.3.
 
@@ -150,7 +150,7 @@ def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int
       looking like the text the copy stage taught it to read. The token CTC needs at least as many
       speech positions as tokens: use a projector stack of 2 with the near-character BPE.
 
-    Measured on the English offline corpus (README, recipes): the joint stage alone left a LoRA
+    Measured on the English offline corpus (docs/study.md, recipes): the joint stage alone left a LoRA
     decoder at its text-only loss for 800 steps (WER 0.68)."""
     stages = {
         "ctc": StageConfig(steps=ctc_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen",
