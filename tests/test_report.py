@@ -277,3 +277,27 @@ def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tm
     assert path == out / "report.html" and (out / "sweep" / "summary.json").stat().st_mtime_ns == stamp
     md = (out / "report.md").read_text()
     assert "## Demo: demo\n" in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
+
+
+def test_report_joins_pruned_and_healed_models_to_their_evaluations(small_run, tmp_path):
+    from speechprune.evaluate import with_interval
+    from speechprune.heal import HealConfig, heal
+    from speechprune.prune.run import PruneConfig, prune
+
+    root = tmp_path / "models"
+    manifest = next((small_run.parent / "data").glob("*.jsonl"))
+    prune(PruneConfig(model=str(small_run / "model"), out=str(root / "pruned"), drop="1:3"))
+    heal(HealConfig(model=str(root / "pruned"), data=[str(manifest)], out=str(root / "healed"), steps=2, batch_size=4))
+    for name in ("pruned", "healed"):
+        evaluate(EvalConfig(model=str(root / name), data=[str(manifest)], out=str(root / f"eval-{name}"),
+                            max_new_tokens=3))
+    shutil.copytree(small_run / "eval", root / "eval-original")  # its model lies outside this folder
+    _, md = _report(root)
+    strategy = json.loads((root / "pruned" / "pruning.json").read_text())["strategy"]
+    for name, healed in (("pruned", "no"), ("healed", "LoRA on receiving-mlp")):
+        asr = json.loads((root / f"eval-{name}" / "metrics.json").read_text())["sets"]["tiny"]["asr"]
+        assert (f"| {name} | 2 of 4 | 1 2 | {strategy} | {healed} | tiny | {with_interval(asr, 'wer')} | - | "
+                f"6 utterances, {asr['words']} words | eval-{name} |") in md
+        assert f"## Evaluation: eval-{name} (model: {name})" in md
+    assert f"| {small_run / 'model'} | all | none | - | no | tiny |" in md
+    assert md.index("## Models and their evaluations") < md.index("## Evaluation: ")
