@@ -316,6 +316,8 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
                 axis.text(0.02, 0.97 - 0.07 * row, text, transform=axis.transAxes, fontsize=7, va="top", color="dimgrey",
                           bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
             axis.set_ylim(0, top)
+            fractions = sorted({r["fraction"] for r in rows_of_set})
+            axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])  # at the fractions run, no others
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(metric.upper() + (" (lower is better)" if metric == "wer" else " (higher is better)"))
             axis.set_title(f"{model} on {set_name}: {metric.upper()} against layers removed", fontsize=9)
