@@ -246,7 +246,7 @@ def difference_png(result, region: str) -> str:
     plt = _pyplot()
     speech, text = result.inputs["speech"][region], result.inputs["text"][region]
     with _plain_text():
-        figure, axis = plt.subplots(figsize=(5.6, 4.4))
+        figure, axis = plt.subplots(figsize=(4.6, 3.5))
     image = difference_heatmap(axis, speech.angular, text.angular, f"speech minus text input, {region} positions")
     figure.colorbar(image, ax=axis, label=DIFFERENCE_LABEL)
     figure.tight_layout()
