@@ -13,6 +13,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from speechprune.console import counts
+
 PAPER = {
     "inherited": "redundancy is largely inherited from the pretrained LLM (base-on-text and SpeechLLM heatmaps alike)",
     "text_speech": "text and speech input give nearly identical distance heatmaps and the same redundant blocks",
@@ -23,8 +25,7 @@ PAPER = {
 
 
 def _counts(entry: dict) -> str:
-    words = entry.get("words")
-    return f"{entry.get('utterances', '?')} utterances" + (f", {words} words" if words is not None else "")
+    return counts(entry.get("utterances"), entry.get("words"))
 
 
 def _baseline(metrics: dict) -> str:

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from speechprune.config import saved_command
-from speechprune.console import plural
+from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
-from speechprune.files import read_json
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import Finding, findings, scan_counts
+from speechprune.report.summary import Finding, findings, model_of, scan_counts
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -68,12 +67,6 @@ def _interval(value, low, high, digits: int = 3) -> str:
     if low is None or high is None:
         return _num(float(value), digits)
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def counts(utterances, words=None) -> str:
-    """``200 utterances, 1,234 words``."""
-    text = plural(int(utterances), "utterance") if utterances is not None else "? utterances"
-    return text + (f", {plural(int(words), 'word')}" if words is not None else "")
 
 
 def _command(*words) -> str:
@@ -124,25 +117,6 @@ def findings_section(found: list[Finding]) -> Section:
 
 
 # ----------------------------------------------------------------------------- models and their evaluations
-def _model_folder(evaluation: Found) -> Path | None:
-    model = evaluation.data.get("model") or evaluation.config.get("model")
-    return Path(model) if model else None
-
-
-def _pruning_of(folder: Path | None, run: Run) -> tuple[dict | None, dict | None]:
-    """The pruning.json (and heal.json) of a model folder: from the run when it lies inside it."""
-    if folder is None:
-        return None, None
-    for model in run.models:
-        if model.path.resolve() == folder.resolve():
-            return model.data, model.extra.get("heal")
-    pruning, heal = folder / "pruning.json", folder / "heal.json"
-    try:
-        return (read_json(pruning) if pruning.is_file() else None), (read_json(heal) if heal.is_file() else None)
-    except (OSError, ValueError):
-        return None, None
-
-
 def _layers_text(pruning: dict | None) -> tuple[str, str, str]:
     """(decoder layers, removed layers, chosen by) of a model."""
     if pruning is None:
@@ -164,8 +138,7 @@ def models_section(run: Run) -> Section | None:
     evaluated = set()
     rows = []
     for evaluation in run.evals:
-        folder = _model_folder(evaluation)
-        pruning, heal = _pruning_of(folder, run)
+        folder, pruning, heal = model_of(evaluation, run)
         if folder is not None:
             evaluated.add(folder.resolve())
         layers, removed, how = _layers_text(pruning)
@@ -385,8 +358,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
 
 
 def eval_section(found: Found, run: Run) -> Section:
-    folder = _model_folder(found)
-    pruning, heal = _pruning_of(folder, run)
+    folder, pruning, heal = model_of(found, run)
     name = run.relative(folder) if folder is not None else "?"
     section = Section(f"Evaluation: {run.relative(found.path)} (model: {name})")
     if pruning is not None:
@@ -502,7 +474,9 @@ def inventory_section(run: Run) -> Section:
     section = Section("What this run directory holds")
     rows = [[kind, str(len(getattr(run, kind))), ", ".join(run.relative(f.path) for f in getattr(run, kind)) or "-"]
             for kind in KINDS]
-    section.add(f"Looked for every toolkit output below {run.root}.", Table(["kind", "found", "where"], rows))
+    section.add(f"Looked for every toolkit output below {run.root}. Every Made by line above is the command as it "
+                "was given, paths included: run it from the folder it was first run in.",
+                Table(["kind", "found", "where"], rows))
     return section
 
 

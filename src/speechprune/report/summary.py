@@ -12,9 +12,9 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from speechprune.console import plural
+from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
-from speechprune.report.discover import Found, Run
+from speechprune.report.discover import Found, Run, read_pruned
 from speechprune.scan.result import ScanResult
 from speechprune.sweep import largest_text
 
@@ -27,11 +27,6 @@ class Finding:
     source: str  # the output it comes from
 
 
-def _counts(utterances, words=None) -> str:
-    text = plural(int(utterances), "utterance") if utterances is not None else "? utterances"
-    return text + (f", {plural(int(words), 'word')}" if words is not None else "")
-
-
 def scan_counts(result: ScanResult, region: str) -> str:
     """``200 utterances; 5,120 speech and 3,011 text positions`` (a consensus: the conditions it averages)."""
     if result.is_consensus:
@@ -39,29 +34,30 @@ def scan_counts(result: ScanResult, region: str) -> str:
     positions = [f"{entry.count:,} {name}" for name, regions in result.inputs.items()
                  if (entry := regions.get(region)) is not None and entry.count is not None]
     utterances = (result.data or {}).get("utterances")
-    return (_counts(utterances) + (f"; {' and '.join(positions)} positions ({region})" if positions else ""))
+    return (counts(utterances) + (f"; {' and '.join(positions)} positions ({region})" if positions else ""))
 
 
-def _model_name(evaluation: Found, run: Run) -> tuple[str, dict | None]:
+def model_of(evaluation: Found, run: Run) -> tuple[Path | None, dict | None, dict | None]:
+    """The model an evaluation scored, with its pruning.json and heal.json where it has them (from
+    the run when the model lies inside it, else from the model's folder)."""
     model = evaluation.data.get("model") or evaluation.config.get("model")
     if not model:
-        return "?", None
+        return None, None, None
     folder = Path(model)
-    pruning = next((m.data for m in run.models if m.path.resolve() == folder.resolve()), None)
-    if pruning is None and (folder / "pruning.json").is_file():
-        from speechprune.files import read_json
-
+    found = next((m for m in run.models if m.path.resolve() == folder.resolve()), None)
+    if found is None and (folder / "pruning.json").is_file():
         try:
-            pruning = read_json(folder / "pruning.json")
+            found = read_pruned(folder)
         except (OSError, ValueError):
-            pruning = None
-    return run.relative(folder), pruning
+            found = None
+    return folder, found and found.data, found and found.extra.get("heal")
 
 
 def _quality(run: Run) -> list[Finding]:
     found = []
     for evaluation in run.evals:
-        name, pruning = _model_name(evaluation, run)
+        folder, pruning, _ = model_of(evaluation, run)
+        name = run.relative(folder) if folder is not None else "?"
         if pruning is not None:
             name += f" (pruned: layers {' '.join(map(str, pruning.get('removed', [])))} removed)"
         for set_name, metrics in evaluation.data["sets"].items():
@@ -70,7 +66,7 @@ def _quality(run: Run) -> list[Finding]:
                 if isinstance(entry, dict) and entry.get(metric) is not None:
                     found.append(Finding(f"{metric.upper()} of {name} on {set_name}",
                                          with_interval(entry, metric, digits),
-                                         _counts(entry.get("utterances"), entry.get("words")) + "; 95% bootstrap",
+                                         counts(entry.get("utterances"), entry.get("words")) + "; 95% bootstrap",
                                          run.relative(evaluation.path)))
     for sweep in run.sweeps:
         for row in sweep.extra["rows"]:
@@ -81,7 +77,7 @@ def _quality(run: Run) -> list[Finding]:
                 low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
                 text = f"{value:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
                 found.append(Finding(f"sweep baseline {metric.upper()} on {row['set']} (nothing removed)", text,
-                                     _counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
+                                     counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
                                      run.relative(sweep.path)))
     return found
 
@@ -94,7 +90,7 @@ def _largest(run: Run) -> list[Finding]:
             removed = " ".join(map(str, best.get("removed", []))) or "none"
             found.append(Finding(f"largest acceptable fraction ({strategy}, healing {heal}, {set_name})",
                                  f"{largest_text(best)}; removes layers {removed}",
-                                 _counts(best.get("utterances"), best.get("words"))
+                                 counts(best.get("utterances"), best.get("words"))
                                  + "; paired bootstrap against the baseline, 95%", run.relative(sweep.path)))
     return found
 
