@@ -148,7 +148,7 @@ def test_report_leads_with_its_findings(small_run):
     findings = md[: md.index("\n## ", md.index("## Findings") + 1)]
     asr = json.loads((small_run / "eval" / "metrics.json").read_text())["sets"]["tiny"]["asr"]
     assert f"| WER of model on tiny | {with_interval(asr, 'wer')} | 6 utterances, {asr['words']} words; " in findings
-    assert ("| largest acceptable fraction (angular, healing none, tiny) | 0.250 (1 layer); removes layers 2 | "
+    assert ("| largest acceptable fraction of model (angular, healing none, tiny) | 0.250 (1 layer); removes layers 2 | "
             "6 utterances, 600 words;") in findings
     pair = json.loads((small_run / "compare" / "compare.json").read_text())["pairs"][0]
     assert f"Spearman {pair['spearman']:.3f}" in findings

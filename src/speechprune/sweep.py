@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from speechprune.config import option, require, save_config
-from speechprune.console import plural, show, table
+from speechprune.console import counts, plural, show, table
 from speechprune.data.manifest import load_manifests
 from speechprune.bootstrap import verdict as bootstrap_verdict
 from speechprune.evaluate import decode, metric_statistics
@@ -320,7 +320,8 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])  # at the fractions run, no others
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(metric.upper() + (" (lower is better)" if metric == "wer" else " (higher is better)"))
-            axis.set_title(f"{model} on {set_name}: {metric.upper()} against layers removed", fontsize=9)
+            rests_on = f"\n{counts(baseline['utterances'], baseline.get('words'))} per point" if "utterances" in baseline else ""
+            axis.set_title(f"{model} on {set_name}: {metric.upper()} against layers removed{rests_on}", fontsize=9)
             axis.legend(fontsize=7)
         figure.tight_layout()
         name = f"curve_{set_name}.png"

@@ -20,7 +20,7 @@ from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import Finding, findings, model_of, scan_counts
+from speechprune.report.summary import Finding, findings, model_of, scan_counts, swept_model
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -307,7 +307,7 @@ def _sweep_row_key(row: dict) -> tuple:
 
 def sweep_section(sweep: Found, run: Run) -> Section:
     summary, rows = sweep.data, sweep.extra["rows"]
-    section = Section(f"Sweep: {run.relative(sweep.path)}")
+    section = Section(f"Sweep: {run.relative(sweep.path)} (model: {swept_model(sweep, run)})")
     rules = summary.get("rules", {})
     section.add(f"Prune, heal and evaluate at each removed fraction. Acceptable: WER at most "
                 f"+{rules.get('wer_rise', 0) * 100:.0f}% relative (and at least +{rules.get('wer_floor', 0)} "

@@ -53,6 +53,12 @@ def model_of(evaluation: Found, run: Run) -> tuple[Path | None, dict | None, dic
     return folder, found and found.data, found and found.extra.get("heal")
 
 
+def swept_model(sweep: Found, run: Run) -> str:
+    """The model a sweep pruned, as the report names it."""
+    model = sweep.config.get("model")
+    return run.relative(Path(model)) if model else "?"
+
+
 def _quality(run: Run) -> list[Finding]:
     found = []
     for evaluation in run.evals:
@@ -76,7 +82,8 @@ def _quality(run: Run) -> list[Finding]:
                 value = row[metric]
                 low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
                 text = f"{value:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
-                found.append(Finding(f"sweep baseline {metric.upper()} on {row['set']} (nothing removed)", text,
+                found.append(Finding(f"sweep baseline {metric.upper()} of {swept_model(sweep, run)} on {row['set']} "
+                                     "(nothing removed)", text,
                                      counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
                                      run.relative(sweep.path)))
     return found
@@ -88,7 +95,8 @@ def _largest(run: Run) -> list[Finding]:
         for key, best in sweep.data.get("largest_acceptable", {}).items():
             strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
             removed = " ".join(map(str, best.get("removed", []))) or "none"
-            found.append(Finding(f"largest acceptable fraction ({strategy}, healing {heal}, {set_name})",
+            found.append(Finding(f"largest acceptable fraction of {swept_model(sweep, run)} ({strategy}, healing {heal}, "
+                                 f"{set_name})",
                                  f"{largest_text(best)}; removes layers {removed}",
                                  counts(best.get("utterances"), best.get("words"))
                                  + "; paired bootstrap against the baseline, 95%", run.relative(sweep.path)))
