@@ -137,8 +137,8 @@ def models_section(run: Run) -> Section | None:
     pruning.json, so that the removed layers stand beside the WER."""
     evaluated = set()
     rows = []
-    for evaluation in run.evals:
-        folder, pruning, heal = model_of(evaluation, run)
+    described = [(evaluation, *model_of(evaluation, run)) for evaluation in run.evals]
+    for evaluation, folder, pruning, heal in sorted(described, key=lambda d: (d[2] is not None, d[3] is not None)):
         if folder is not None:
             evaluated.add(folder.resolve())
         layers, removed, how = _layers_text(pruning)
@@ -163,7 +163,7 @@ def models_section(run: Run) -> Section | None:
                 "it was healed, beside its quality with the 95% bootstrap interval.")
     section.add(Table(["model", "decoder layers", "removed layers (0-based)", "chosen by", "healed", "test set",
                        "WER [95% CI]", "BLEU [95% CI]", "rests on", "evaluation"], rows,
-                      "utterances and words per row as listed under 'rests on'"))
+                      "the unpruned models first; each row rests on the utterances and words it lists"))
     return section
 
 

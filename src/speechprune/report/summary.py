@@ -60,12 +60,14 @@ def swept_model(sweep: Found, run: Run) -> str:
 
 
 def _quality(run: Run) -> list[Finding]:
+    """Every evaluation's quality, the unpruned models first (the baseline), then pruned, then healed."""
     found = []
-    for evaluation in run.evals:
-        folder, pruning, _ = model_of(evaluation, run)
+    described = [(evaluation, *model_of(evaluation, run)) for evaluation in run.evals]
+    for evaluation, folder, pruning, heal in sorted(described, key=lambda d: (d[2] is not None, d[3] is not None)):
         name = run.relative(folder) if folder is not None else "?"
         if pruning is not None:
-            name += f" (pruned: layers {' '.join(map(str, pruning.get('removed', [])))} removed)"
+            name += (f" (pruned: layers {' '.join(map(str, pruning.get('removed', [])))} removed"
+                     + ("; healed)" if heal is not None else ")"))
         for set_name, metrics in evaluation.data["sets"].items():
             for task, metric, digits in (("asr", "wer", 3), ("st", "bleu", 1)):
                 entry = metrics.get(task)
