@@ -29,15 +29,15 @@ def _counts(entry: dict) -> str:
 
 
 def _baseline(metrics: dict) -> str:
-    """``WER on asr-en.test 0.046 [0.031, 0.062] (200 utterances, 1234 words)`` per test set and task."""
+    """``WER on asr-en.test 0.046 [0.031, 0.062] (200 utterances, 1,234 words)`` per test set and task."""
+    from speechprune.evaluate import with_interval
+
     parts = []
     for set_name, entries in metrics.get("sets", {}).items():
         for task, metric, digits in (("asr", "wer", 3), ("st", "bleu", 1)):
             entry = entries.get(task)
             if isinstance(entry, dict) and entry.get(metric) is not None:
-                low_high = entry.get(f"{metric}_interval")
-                interval = f" [{low_high[0]:.{digits}f}, {low_high[1]:.{digits}f}]" if low_high else ""
-                parts.append(f"{metric.upper()} on {set_name} {entry[metric]:.{digits}f}{interval} ({_counts(entry)})")
+                parts.append(f"{metric.upper()} on {set_name} {with_interval(entry, metric, digits)} ({_counts(entry)})")
     return "; ".join(parts)
 
 

@@ -20,7 +20,7 @@ from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import Finding, findings, model_of, scan_counts, swept_model
+from speechprune.report.summary import Finding, findings, interval_text, model_of, scan_counts, swept_model
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -59,18 +59,6 @@ def _num(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def _interval(value, low, high, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if low is None or high is None:
-        return _num(float(value), digits)
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
-def _command(*words) -> str:
-    return " ".join(shlex.quote(str(w)) for w in words if w not in (None, ""))
 
 
 def _classes() -> dict[str, tuple[str, type]]:
@@ -344,8 +332,8 @@ def sweep_section(sweep: Found, run: Run) -> Section:
     table_rows = []
     for r in sorted(rows, key=_sweep_row_key):
         table_rows.append([r["set"], r["strategy"], r["heal"], str(r["removed"]), r.get("removed_layers", "") or "none",
-                           _interval(r.get("wer"), r.get("wer_low"), r.get("wer_high")),
-                           _interval(r.get("bleu"), r.get("bleu_low"), r.get("bleu_high"), 1),
+                           interval_text(r.get("wer"), r.get("wer_low"), r.get("wer_high")),
+                           interval_text(r.get("bleu"), r.get("bleu_low"), r.get("bleu_high"), 1),
                            _change(r) if r["removed"] else "baseline",
                            r.get("verdict", "-") if r["removed"] else "-", _num(r.get("decoder_size_ratio"), 2),
                            counts(r.get("utterances"), r.get("words"))])

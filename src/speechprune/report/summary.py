@@ -27,6 +27,15 @@ class Finding:
     source: str  # the output it comes from
 
 
+def interval_text(value: float | None, low: float | None, high: float | None, digits: int = 3) -> str:
+    """``0.046 [0.031, 0.062]`` from a value and its interval's ends (as a sweep row holds them)."""
+    if value is None:
+        return "-"
+    if low is None or high is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
 def scan_counts(result: ScanResult, region: str) -> str:
     """``200 utterances; 5,120 speech and 3,011 text positions`` (a consensus: the conditions it averages)."""
     if result.is_consensus:
@@ -81,9 +90,7 @@ def _quality(run: Run) -> list[Finding]:
             if row["removed"] == 0:
                 metric = "wer" if row.get("wer") is not None else "bleu"
                 digits = 3 if metric == "wer" else 1
-                value = row[metric]
-                low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
-                text = f"{value:.{digits}f}" + (f" [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else "")
+                text = interval_text(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high"), digits)
                 found.append(Finding(f"sweep baseline {metric.upper()} of {swept_model(sweep, run)} on {row['set']} "
                                      "(nothing removed)", text,
                                      counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
