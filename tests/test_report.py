@@ -301,3 +301,27 @@ def test_report_joins_pruned_and_healed_models_to_their_evaluations(small_run, t
         assert f"## Evaluation: eval-{name} (model: {name})" in md
     assert f"| {small_run / 'model'} | all | none | - | no | tiny |" in md
     assert md.index("## Models and their evaluations") < md.index("## Evaluation: ")
+
+
+def test_a_perplexity_result_is_reported_with_its_interval_and_tokens(tmp_path):
+    """A plain LLM is judged by its perplexity: evaluation and sweep files holding one are shown as
+    WER and BLEU are (written here by hand, in the form the evaluation and the sweep give them)."""
+    lm = {"utterances": 5, "tokens": 120, "perplexity": 12.3, "perplexity_interval": [11.0, 13.9]}
+    write_json(tmp_path / "eval" / "metrics.json", {"model": str(tmp_path / "llm"), "sets": {"text": {"lm": lm}}})
+    rows = [{"strategy": strategy, "heal": "none", "removed": removed, "fraction": removed / 4, "set": "text",
+             "wer": None, "bleu": None, "perplexity": value, "perplexity_low": value - 1, "perplexity_high": value + 1,
+             "utterances": 5, "words": 120, "relative_change": value / 12.3 - 1 if removed else None,
+             "relative_change_low": None, "relative_change_high": None, "verdict": "undecided" if removed else "-",
+             "decoder_size_ratio": 1 - removed / 4, "removed_layers": " ".join(map(str, range(removed)))}
+            for strategy, removed, value in (("none", 0, 12.3), ("angular", 1, 14.0))]
+    write_json(tmp_path / "sweep" / "results.json", rows)
+    write_json(tmp_path / "sweep" / "summary.json", {"largest_acceptable": {"angular/none/text": {
+        "fraction": 0.0, "removed_count": 0, "removed": [], "fraction_not_ruled_out": 0.25,
+        "removed_count_not_ruled_out": 1, "utterances": 5, "words": 120}}, "rules": {"wer_rise": 0.25,
+                                                                                   "wer_floor": 0.02, "bleu_drop": 0.25}})
+    html, md = _report(tmp_path)
+    assert "| perplexity of llm on text | 12.30 [11.00, 13.90] | 5 utterances, 120 tokens; 95% bootstrap |" in md
+    assert "| sweep baseline perplexity of ? on text (nothing removed) | 12.30 [11.30, 13.30] |" in md
+    assert "0.000 (0 layers; not ruled out: 0.250, 1 layer)" in md
+    assert "| text | angular | none | 1 | 0 | - | - | 14.00 [13.00, 15.00] | +13.8% | undecided |" in md
+    assert html.count('alt="sweep curve text"') == 1

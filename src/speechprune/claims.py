@@ -37,7 +37,8 @@ def _baseline(metrics: dict) -> str:
         for task, metric, digits in (("asr", "wer", 3), ("st", "bleu", 1)):
             entry = entries.get(task)
             if isinstance(entry, dict) and entry.get(metric) is not None:
-                parts.append(f"{metric.upper()} on {set_name} {with_interval(entry, metric, digits)} ({_counts(entry)})")
+                parts.append(f"{metric.upper()} on {set_name} {with_interval(entry, metric, digits)} "
+                             f"({_counts(entry)})")
     return "; ".join(parts)
 
 

@@ -20,7 +20,8 @@ from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import Finding, findings, interval_text, model_of, scan_counts, swept_model
+from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, scan_counts,
+                                        swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -105,6 +106,12 @@ def findings_section(found: list[Finding]) -> Section:
 
 
 # ----------------------------------------------------------------------------- models and their evaluations
+def _quality_shown(results) -> list[tuple]:
+    """The QUALITY rows whose task some result (a test set's metrics) holds; WER and BLEU at least."""
+    tasks = {task for sets in results for metrics in sets.values() for task in metrics}
+    return [q for q in QUALITY if q[0] in tasks or q[1] in ("wer", "bleu")]
+
+
 def _layers_text(pruning: dict | None) -> tuple[str, str, str]:
     """(decoder layers, removed layers, chosen by) of a model."""
     if pruning is None:
@@ -125,6 +132,7 @@ def models_section(run: Run) -> Section | None:
     pruning.json, so that the removed layers stand beside the WER."""
     evaluated = set()
     rows = []
+    shown = _quality_shown(e.data["sets"] for e in run.evals)
     described = [(evaluation, *model_of(evaluation, run)) for evaluation in run.evals]
     for evaluation, folder, pruning, heal in sorted(described, key=lambda d: (d[2] is not None, d[3] is not None)):
         if folder is not None:
@@ -132,25 +140,24 @@ def models_section(run: Run) -> Section | None:
         layers, removed, how = _layers_text(pruning)
         name = run.relative(folder) if folder is not None else "?"
         for set_name, metrics in evaluation.data["sets"].items():
-            for task in ("asr", "st"):
+            for task, _, _, _, unit in QUALITY:
                 entry = metrics.get(task)
                 if isinstance(entry, dict):
                     rows.append([name, layers, removed, how, _healed_text(heal), set_name,
-                                 with_interval(entry, "wer") or "-", with_interval(entry, "bleu", 1) or "-",
-                                 counts(entry.get("utterances"), entry.get("words")),
-                                 run.relative(evaluation.path)])
+                                 *(with_interval(entry, metric, digits) or "-" for _, metric, _, digits, _ in shown),
+                                 entry_counts(entry, unit), run.relative(evaluation.path)])
     for model in run.models:
         if model.path.resolve() not in evaluated:
             layers, removed, how = _layers_text(model.data)
             rows.append([run.relative(model.path), layers, removed, how, _healed_text(model.extra.get("heal")),
-                         "-", "not evaluated", "-", "-", "-"])
+                         "-", *(["not evaluated"] + ["-"] * (len(shown) - 1)), "-", "-"])
     if not rows or (len(run.evals) < 2 and not run.models):
         return None
     section = Section("Models and their evaluations")
     section.add("Each model, what was removed from its decoder (from its pruning.json; 0-based layers) and how "
                 "it was healed, beside its quality with the 95% bootstrap interval.")
     section.add(Table(["model", "decoder layers", "removed layers (0-based)", "chosen by", "healed", "test set",
-                       "WER [95% CI]", "BLEU [95% CI]", "rests on", "evaluation"], rows,
+                       *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "rests on", "evaluation"], rows,
                       "the unpruned models first; each row rests on the utterances and words it lists"))
     return section
 
@@ -330,15 +337,16 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                       "the largest level that it and every smaller level are decided acceptable at; not ruled out: "
                       "the largest level that is acceptable or undecided"))
     table_rows = []
+    shown = [q for q in QUALITY if q[1] in ("wer", "bleu") or any(r.get(q[1]) is not None for r in rows)]
     for r in sorted(rows, key=_sweep_row_key):
         table_rows.append([r["set"], r["strategy"], r["heal"], str(r["removed"]), r.get("removed_layers", "") or "none",
-                           interval_text(r.get("wer"), r.get("wer_low"), r.get("wer_high")),
-                           interval_text(r.get("bleu"), r.get("bleu_low"), r.get("bleu_high"), 1),
+                           *(interval_text(r.get(metric), r.get(f"{metric}_low"), r.get(f"{metric}_high"), digits)
+                             for _, metric, _, digits, _ in shown),
                            _change(r) if r["removed"] else "baseline",
                            r.get("verdict", "-") if r["removed"] else "-", _num(r.get("decoder_size_ratio"), 2),
                            counts(r.get("utterances"), r.get("words"))])
-    section.add(Table(["test set", "strategy", "healing", "removed", "removed layers (0-based)", "WER [95% CI]",
-                       "BLEU [95% CI]", "relative change [95% CI]", "verdict", "decoder size ratio", "rests on"],
+    section.add(Table(["test set", "strategy", "healing", "removed", "removed layers (0-based)",
+                       *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "relative change [95% CI]", "verdict", "decoder size ratio", "rests on"],
                       table_rows, "the baseline (nothing removed) is the first row of each test set"))
     section.add("Decoder size is measured against the unpruned model in the same sweep; decode speed is not: a "
                 "sweep decodes too little for a stable ratio, and bench/ measures speed and memory side by side.")
@@ -355,14 +363,18 @@ def eval_section(found: Found, run: Run) -> Section:
                     f"healed: {_healed_text(heal)}.")
     section.add("Made by: " + made_by("eval", found.path, run))
     rows = []
+    shown = [(metric, label, digits) for _, metric, label, digits, _ in _quality_shown([found.data["sets"]])]
+    shown.insert(2, ("chrf", "chrF", 1))
     for set_name, metrics in found.data["sets"].items():
         for condition, entry in metrics.items():
             if isinstance(entry, dict) and "utterances" in entry:
-                rows.append([set_name, condition, str(entry["utterances"]), _num(entry.get("words")),
-                             with_interval(entry, "wer") or "-", with_interval(entry, "bleu", 1) or "-",
-                             with_interval(entry, "chrf", 1) or "-"])
-    section.add(Table(["test set", "condition", "utterances", "words", "WER [95% CI]", "BLEU [95% CI]",
-                       "chrF [95% CI]"], rows, "intervals: 95% bootstrap over utterances"))
+                rows.append([set_name, condition, str(entry["utterances"]),
+                             _num(entry.get("words", entry.get("tokens"))),
+                             *(with_interval(entry, metric, digits) or "-" for metric, _, digits in shown)])
+    section.add(Table(["test set", "condition", "utterances",
+                       "words or tokens" if any(metric == "perplexity" for metric, _, _ in shown) else "words"]
+                      + [f"{label} [95% CI]" for _, label, _ in shown], rows,
+                      "intervals: 95% bootstrap over utterances"))
     for set_name, samples in found.extra["samples"].items():
         if samples:
             section.add(Table(["id", "reference", "hypothesis"],

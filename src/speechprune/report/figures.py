@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from speechprune.report.summary import row_metric
 from speechprune.scan.blocks import block_distances
 from speechprune.sweep import wer_limit
 
@@ -161,13 +162,13 @@ def perplexity_png(curve: list[dict], levelled_off_at: int | None) -> str:
 
 
 def sweep_png(rows: list[dict], summary: dict, set_name: str) -> tuple[str, int]:
-    """WER (or BLEU) against the removed fraction, one line per strategy and healing, each point with
+    """WER (or BLEU, or perplexity) against the removed fraction, one line per strategy and healing, each point with
     its 95% bootstrap interval as an error bar, x ticks at the fractions run, the acceptability limit
     dotted and each line's largest acceptable fraction starred. Returns the image and how many of
     the intervals drawn are shorter than their marker (hidden behind it)."""
     plt = _pyplot()
     of_set = [r for r in rows if r["set"] == set_name]
-    metric = "wer" if any(r.get("wer") is not None for r in of_set) else "bleu"
+    metric, label, _ = row_metric(of_set) or ("wer", "WER", 3)
     baseline = [r for r in of_set if r["removed"] == 0]
     marker_size = 4.0  # points
     hidden = 0
@@ -177,6 +178,7 @@ def sweep_png(rows: list[dict], summary: dict, set_name: str) -> tuple[str, int]
         for strategy, heal in sorted({(r["strategy"], r["heal"]) for r in of_set if r["removed"] > 0}):
             line = sorted(baseline + [r for r in of_set if (r["strategy"], r["heal"]) == (strategy, heal)],
                           key=lambda r: r["fraction"])
+            line = [r for r in line if r.get(metric) is not None]
             xs, ys = [r["fraction"] for r in line], [r[metric] for r in line]
             low = [r.get(f"{metric}_low") for r in line]
             high = [r.get(f"{metric}_high") for r in line]
@@ -202,7 +204,7 @@ def sweep_png(rows: list[dict], summary: dict, set_name: str) -> tuple[str, int]
         fractions = sorted({r["fraction"] for r in of_set})
         axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])
         axis.set_xlabel("fraction of decoder layers removed (ticks: the fractions run)")
-        axis.set_ylabel(metric.upper() + " (bars: 95% bootstrap interval)")
+        axis.set_ylabel(label + " (bars: 95% bootstrap interval)")
         axis.set_title(f"{set_name} (star: largest acceptable fraction)", fontsize=9)
         axis.legend(fontsize=7)
         figure.canvas.draw()  # the transform below needs the final axis limits

@@ -19,6 +19,22 @@ from speechprune.scan.result import ScanResult
 from speechprune.sweep import largest_text
 
 
+# every quality metric a result may hold: (task, metric, label, digits, what it counts besides utterances)
+QUALITY = (("asr", "wer", "WER", 3, "word"), ("st", "bleu", "BLEU", 1, "word"),
+           ("lm", "perplexity", "perplexity", 2, "token"))
+
+
+def entry_counts(entry: dict, unit: str = "word") -> str:
+    """The utterances and words (tokens, for a perplexity) an evaluation entry rests on."""
+    return counts(entry.get("utterances"), entry.get("words", entry.get("tokens")), unit)
+
+
+def row_metric(rows: list[dict]) -> tuple[str, str, int] | None:
+    """(metric, label, digits) of the first quality metric that sweep ``rows`` hold."""
+    return next(((metric, label, digits) for _, metric, label, digits, _ in QUALITY
+                 if any(r.get(metric) is not None for r in rows)), None)
+
+
 @dataclass
 class Finding:
     what: str
@@ -78,20 +94,20 @@ def _quality(run: Run) -> list[Finding]:
             name += (f" (pruned: layers {' '.join(map(str, pruning.get('removed', [])))} removed"
                      + ("; healed)" if heal is not None else ")"))
         for set_name, metrics in evaluation.data["sets"].items():
-            for task, metric, digits in (("asr", "wer", 3), ("st", "bleu", 1)):
+            for task, metric, label, digits, unit in QUALITY:
                 entry = metrics.get(task)
                 if isinstance(entry, dict) and entry.get(metric) is not None:
-                    found.append(Finding(f"{metric.upper()} of {name} on {set_name}",
+                    found.append(Finding(f"{label} of {name} on {set_name}",
                                          with_interval(entry, metric, digits),
-                                         counts(entry.get("utterances"), entry.get("words")) + "; 95% bootstrap",
+                                         entry_counts(entry, unit) + "; 95% bootstrap",
                                          run.relative(evaluation.path)))
     for sweep in run.sweeps:
         for row in sweep.extra["rows"]:
-            if row["removed"] == 0:
-                metric = "wer" if row.get("wer") is not None else "bleu"
-                digits = 3 if metric == "wer" else 1
+            shown = row_metric([row])
+            if row["removed"] == 0 and shown is not None:
+                metric, label, digits = shown
                 text = interval_text(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high"), digits)
-                found.append(Finding(f"sweep baseline {metric.upper()} of {swept_model(sweep, run)} on {row['set']} "
+                found.append(Finding(f"sweep baseline {label} of {swept_model(sweep, run)} on {row['set']} "
                                      "(nothing removed)", text,
                                      counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
                                      run.relative(sweep.path)))
