@@ -155,3 +155,77 @@ def test_sweep_wer_axis_is_clipped_and_says_so(saved, tmp_path):
     assert "above the axis" in texts and f"values above {WER_AXIS_TOP:.2f}" in texts
     # every curve stays on the axis: values beyond it are drawn on the edge
     assert all(np.nanmax(y) <= WER_AXIS_TOP for _, _, y in wer["lines"][0])
+
+
+def test_sweep_curves_tick_at_the_fractions_run(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure as MatplotlibFigure
+
+    from speechprune.sweep import SweepConfig, _plot
+
+    ticks = {}
+    real_savefig = MatplotlibFigure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        ticks[Path(path).name] = [list(ax.get_xticks()) for ax in fig.axes]
+        return real_savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(MatplotlibFigure, "savefig", record)
+    config = SweepConfig(model="m", scan="s", train=["t"], test=["t"], out=str(tmp_path))
+    _plot(_rows(0.1, [0.11, 0.3]), tmp_path, config)
+    (shown,) = [value for name, value in ticks.items() if "curve_asr-test" in name]
+    assert shown == [[0.0, 0.25]]  # the baseline and the one level run (2 of 8 layers)
+
+
+def _report_rows(low_high: dict[int, tuple[float, float]]) -> list[dict]:
+    rows = []
+    for removed, wer in ((0, 0.10), (1, 0.11), (3, 0.20)):
+        low, high = low_high[removed]
+        rows.append({"strategy": "angular" if removed else "none", "heal": "none", "removed": removed,
+                     "fraction": removed / 8, "set": "test", "wer": wer, "wer_low": low, "wer_high": high,
+                     "bleu": None})
+    return rows
+
+
+def test_report_sweep_figure_draws_intervals_and_says_which_hide(monkeypatch):
+    from speechprune.report import figures
+
+    drawn = {}
+
+    def keep(figure):
+        axis = figure.axes[0]
+        drawn["ticks"] = list(axis.get_xticks())
+        drawn["bars"] = [collection.get_segments() for collection in axis.collections]
+        return "data:image/png;base64,"
+
+    monkeypatch.setattr(figures, "_png_uri", keep)
+    summary = {"largest_acceptable": {}, "rules": {"wer_rise": 0.25, "wer_floor": 0.02, "bleu_drop": 0.25}}
+    wide = {0: (0.05, 0.15), 1: (0.06, 0.16), 3: (0.15, 0.25)}
+    _, hidden = figures.sweep_png(_report_rows(wide), summary, "test")
+    assert hidden == 0 and drawn["ticks"] == [0.0, 0.125, 0.375]
+    segments = [s for bars in drawn["bars"] for s in bars]
+    assert sorted((round(s[0][1], 6), round(s[1][1], 6)) for s in segments) == sorted(wide.values())
+    narrow = {0: (0.0999, 0.1001), 1: (0.06, 0.16), 3: (0.1999, 0.2001)}
+    _, hidden = figures.sweep_png(_report_rows(narrow), summary, "test")
+    assert hidden == 2  # two intervals a fraction of a point tall; the wide one shows
+
+
+def test_scan_figures_include_the_speech_minus_text_difference(saved, tmp_path):
+    from speechprune.scan.blocks import block_distances
+    from speechprune.scan.plots import difference_heatmap, scan_figures
+
+    result = scan_result()
+    names = scan_figures(result, tmp_path)
+    assert "heatmap_speech_minus_text_all.png" in names and "heatmap_speech_minus_text_last.png" not in names
+    shown = saved["heatmap_speech_minus_text_all.png"]
+    assert "speech minus text input, all positions" in shown["titles"][0]
+    assert "d_{speech} - d_{text}" in shown["colorbar"][0]
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots()
+    speech, text = (result.inputs[i]["all"].angular for i in ("speech", "text"))
+    image = difference_heatmap(axis, speech, text, "t")
+    expected = block_distances(np.asarray(speech)) - block_distances(np.asarray(text))
+    assert np.allclose(np.ma.filled(image.get_array(), np.nan), expected, equal_nan=True)
+    low, high = image.get_clim()
+    assert low == -high == -np.nanmax(np.abs(expected))  # centred on 0: no difference is white
+    plt.close(figure)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from speechprune.bootstrap import interval
 from speechprune.cli import main
 from speechprune.data.manifest import load_manifest
 from speechprune.evaluate import EvalConfig, evaluate
@@ -29,13 +30,23 @@ MARKUP = ["<script>window.__pwned = 1</script>", "<img src=x onerror=\"window.__
 MARKUP_FOLDER = "run <svg onload=window.__pwned=3>"  # a path with markup (no '/': it is one folder)
 
 
+WORDS_PER_UTTERANCE, UTTERANCES = 100, 6
+
+
 def _sweep_cell(strategy: str, removed: list[int], heal: str, wer: float) -> dict:
     """A cell record as the sweep writes it (decoding an untrained tiny model for every cell would
-    take minutes; the sweep's own table, summary and curves are then made from these by sweep())."""
+    take minutes; the sweep's own table, summary and curves are then made from these by sweep()).
+    Every utterance has the same error rate, so that every paired bootstrap draw gives the same
+    verdict as the point values."""
+    errors = np.full((UTTERANCES, 2), [round(wer * WORDS_PER_UTTERANCE), WORDS_PER_UTTERANCE], dtype=np.float64)
+    estimate = interval("wer", errors)
     return {"strategy": strategy if removed else "none", "fraction": len(removed) / LAYERS,
             "removed_count": len(removed), "heal": heal, "removed": removed, "kept_layers": LAYERS - len(removed),
             "original_layers": LAYERS, "heal_seconds": 0.0,
-            "sets": {"tiny": {"asr": {"utterances": 6, "wer": wer}, "decode_seconds": 1.0 + 0.5 * (LAYERS - len(removed))}},
+            "sets": {"tiny": {"asr": {"utterances": UTTERANCES, "words": UTTERANCES * WORDS_PER_UTTERANCE,
+                                      "wer": estimate.value, "wer_interval": [estimate.low, estimate.high]},
+                              "decode_seconds": 1.0 + 0.5 * (LAYERS - len(removed))}},
+            "utterance_statistics": {"tiny": {"asr": {"wer": errors.tolist()}}},
             "decoder_bytes": 1000 * (LAYERS - len(removed)), "model_bytes": 2000}
 
 
@@ -105,14 +116,61 @@ def test_report_shows_the_runs_own_numbers(small_run):
     for n in range(1, LAYERS + 1):
         start = int(np.argmin([speech_all[l, l + n] for l in range(LAYERS - n + 1)]))
         assert f"| {n} | {start} | [{start},{start + n}) |" in md
-    # the sweep: without healing 1 layer of 4 is acceptable, healed 2 (limit 0.125)
-    assert "| angular | none | tiny | 0.250 | 1 |" in md
-    assert "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
+    # Block Influence per layer: 1 - mean cos(x_l, x_l+1), from the scan's cosine matrix
+    cosine = np.asarray(payload["inputs"]["speech"]["regions"]["all"]["cosine"])
+    for layer in range(LAYERS):
+        assert f"| {layer} | {1 - cosine[layer, layer + 1]:.4f} |" in md
+    # the sweep: without healing 1 layer of 4 is acceptable, healed 2 (limit 0.125), with the removed
+    # layers, the largest level not ruled out and the counts it rests on
+    assert "| angular | none | tiny | 0.250 | 1 | 2 | 0.250 | 6 utterances, 600 words |" in md
+    assert "| angular | receiving-mlp | tiny | 0.500 | 2 | 1 2 | 0.500 | 6 utterances, 600 words |" in md
+    cells = md[md.index("| test set | strategy | healing | removed |"):]
+    assert cells.splitlines()[2].startswith("| tiny | none | none | 0 | none | 0.100 [0.100, 0.100] |")  # baseline first
+    assert "| tiny | angular | none | 2 | 1 2 | 0.300 [0.300, 0.300] | - | +200.0% [+200.0%, +200.0%] | not acceptable |" in md
+    # every point's interval is zero wide here: the caption says they hide behind their markers
+    # (baseline, two levels of two lines)
+    assert "5 intervals are narrower than the marker" in md
     pair = json.loads((small_run / "compare" / "compare.json").read_text())["pairs"][0]
     assert f"| {pair['region']} | scan/speech | scan/text | {pair['spearman']:.3f} |" in md
-    assert html.count("<img ") == 2  # l*(n) figure, one sweep curve, nothing else as a bitmap
+    # bitmaps: speech-minus-text (all, last), Block Influence, l*(n), the compare's two figures, the sweep curve
+    assert html.count("<img ") == 7
+    assert html.count('alt="compare_') == 2 and html.count('alt="speech minus text') == 2
     assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'<img [^>]*src="([^"]*)"', html))
     assert "Not in this run: no study here" in html and "http://" not in html and "https://" not in html
+
+
+def test_report_leads_with_its_findings(small_run):
+    from speechprune.evaluate import with_interval
+
+    _, md = _report(small_run)
+    titles = re.findall(r"^## (.+)$", md, flags=re.MULTILINE)
+    assert titles[0] == "Findings" and titles[-2:] == ["Not in this run", "What this run directory holds"]
+    findings = md[: md.index("\n## ", md.index("## Findings") + 1)]
+    asr = json.loads((small_run / "eval" / "metrics.json").read_text())["sets"]["tiny"]["asr"]
+    assert f"| WER of model on tiny | {with_interval(asr, 'wer')} | 6 utterances, {asr['words']} words; " in findings
+    assert ("| largest acceptable fraction of model (angular, healing none, tiny) | 0.250 (1 layer); removes layers 2 | "
+            "6 utterances, 600 words;") in findings
+    pair = json.loads((small_run / "compare" / "compare.json").read_text())["pairs"][0]
+    assert f"Spearman {pair['spearman']:.3f}" in findings
+    # nothing that is missing is said before the findings are over
+    assert "Not in this run" not in md[: md.index("## Not in this run")]
+
+
+def test_report_on_a_single_scan_has_findings(small_run, tmp_path, capsys):
+    from speechprune.scan.compare import agreement
+
+    only_scan = tmp_path / "only-scan"
+    shutil.copytree(small_run / "scan", only_scan)
+    capsys.readouterr()
+    _, md = _report(only_scan)
+    terminal = capsys.readouterr().err
+    result = json.loads((only_scan / "scan.json").read_text())["inputs"]
+    speech, text = (np.asarray(result[i]["regions"]["all"]["angular"]) for i in ("speech", "text"))
+    rho = agreement(speech, text, [])["spearman"]
+    for shown in (md, terminal):
+        assert "most redundant blocks" in shown and f"Spearman {rho:.3f}" in shown
+    best = result["speech"]["regions"]["all"]["best_blocks"][0]
+    assert f"n=1: [{best['start']},{best['end']}) d={best['distance']:.3f}" in md
 
 
 def test_report_says_what_is_missing(small_run, tmp_path):
@@ -178,7 +236,7 @@ def test_report_renders_in_chromium(small_run, browser, tmp_path):
     browser.open(path)
     assert browser.problems() == []
     images = browser.evaluate("Array.from(document.images).map(i => [i.complete && i.naturalWidth > 0, i.alt])")
-    assert len(images) == 2 and all(ok for ok, _ in images), images
+    assert len(images) == 7 and all(ok for ok, _ in images), images
     assert browser.evaluate("document.querySelectorAll('svg.heatmap').length") == 4
     # hovering a cell reads out its l, n and distance
     cell = browser.evaluate("(() => { const c = document.querySelectorAll('svg.heatmap rect[data-l]')[5];"
@@ -219,3 +277,51 @@ def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tm
     assert path == out / "report.html" and (out / "sweep" / "summary.json").stat().st_mtime_ns == stamp
     md = (out / "report.md").read_text()
     assert "## Demo: demo\n" in md and "base LLM" in md and "| angular | receiving-mlp | tiny | 0.500 | 2 |" in md
+
+
+def test_report_joins_pruned_and_healed_models_to_their_evaluations(small_run, tmp_path):
+    from speechprune.evaluate import with_interval
+    from speechprune.heal import HealConfig, heal
+    from speechprune.prune.run import PruneConfig, prune
+
+    root = tmp_path / "models"
+    manifest = next((small_run.parent / "data").glob("*.jsonl"))
+    prune(PruneConfig(model=str(small_run / "model"), out=str(root / "pruned"), drop="1:3"))
+    heal(HealConfig(model=str(root / "pruned"), data=[str(manifest)], out=str(root / "healed"), steps=2, batch_size=4))
+    for name in ("pruned", "healed"):
+        evaluate(EvalConfig(model=str(root / name), data=[str(manifest)], out=str(root / f"eval-{name}"),
+                            max_new_tokens=3))
+    shutil.copytree(small_run / "eval", root / "eval-original")  # its model lies outside this folder
+    _, md = _report(root)
+    strategy = json.loads((root / "pruned" / "pruning.json").read_text())["strategy"]
+    for name, healed in (("pruned", "no"), ("healed", "LoRA on receiving-mlp")):
+        asr = json.loads((root / f"eval-{name}" / "metrics.json").read_text())["sets"]["tiny"]["asr"]
+        assert (f"| {name} | 2 of 4 | 1 2 | {strategy} | {healed} | tiny | {with_interval(asr, 'wer')} | - | "
+                f"6 utterances, {asr['words']} words | eval-{name} |") in md
+        assert f"## Evaluation: eval-{name} (model: {name})" in md
+    assert f"| {small_run / 'model'} | all | none | - | no | tiny |" in md
+    assert md.index("## Models and their evaluations") < md.index("## Evaluation: ")
+
+
+def test_a_perplexity_result_is_reported_with_its_interval_and_tokens(tmp_path):
+    """A plain LLM is judged by its perplexity: evaluation and sweep files holding one are shown as
+    WER and BLEU are (written here by hand, in the form the evaluation and the sweep give them)."""
+    lm = {"utterances": 5, "tokens": 120, "perplexity": 12.3, "perplexity_interval": [11.0, 13.9]}
+    write_json(tmp_path / "eval" / "metrics.json", {"model": str(tmp_path / "llm"), "sets": {"text": {"lm": lm}}})
+    rows = [{"strategy": strategy, "heal": "none", "removed": removed, "fraction": removed / 4, "set": "text",
+             "wer": None, "bleu": None, "perplexity": value, "perplexity_low": value - 1, "perplexity_high": value + 1,
+             "utterances": 5, "words": 120, "relative_change": value / 12.3 - 1 if removed else None,
+             "relative_change_low": None, "relative_change_high": None, "verdict": "undecided" if removed else "-",
+             "decoder_size_ratio": 1 - removed / 4, "removed_layers": " ".join(map(str, range(removed)))}
+            for strategy, removed, value in (("none", 0, 12.3), ("angular", 1, 14.0))]
+    write_json(tmp_path / "sweep" / "results.json", rows)
+    write_json(tmp_path / "sweep" / "summary.json", {"largest_acceptable": {"angular/none/text": {
+        "fraction": 0.0, "removed_count": 0, "removed": [], "fraction_not_ruled_out": 0.25,
+        "removed_count_not_ruled_out": 1, "utterances": 5, "words": 120}}, "rules": {"wer_rise": 0.25,
+                                                                                   "wer_floor": 0.02, "bleu_drop": 0.25}})
+    html, md = _report(tmp_path)
+    assert "| perplexity of llm on text | 12.30 [11.00, 13.90] | 5 utterances, 120 tokens; 95% bootstrap |" in md
+    assert "| sweep baseline perplexity of ? on text (nothing removed) | 12.30 [11.30, 13.30] |" in md
+    assert "0.000 (0 layers; not ruled out: 0.250, 1 layer)" in md
+    assert "| text | angular | none | 1 | 0 | - | - | 14.00 [13.00, 15.00] | +13.8% | undecided |" in md
+    assert html.count('alt="sweep curve text"') == 1

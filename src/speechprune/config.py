@@ -7,10 +7,11 @@ A dataclass validates itself in ``__post_init__`` and raises :class:`UserError` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -295,3 +296,83 @@ def require_choices(values: Sequence[Any], choices: Sequence[str], option: str) 
     """:func:`require_choice` for each value of a list option."""
     for value in values:
         require_choice(value, choices, option)
+
+
+# how an output was allowed to replace or continue another, not what it holds
+NOT_REPRODUCING = ("overwrite", "resume", "fresh")
+
+
+def _settings(config: Any) -> dict:
+    """A config (a dataclass instance or the dict of its config.yaml) as plain YAML-like data."""
+    if isinstance(config, dict):
+        return config
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def _flow(value: Any) -> str:
+    """A value as it is typed after ``name=``: bare where YAML reads it back unchanged, else JSON
+    (which YAML reads as flow style)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        try:
+            plain = value and yaml.safe_load(value) == value and not any(c in value for c in ",[]{}#'\"")
+        except yaml.YAMLError:
+            plain = False
+        return value if plain else json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _changed(value: Any, default: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for everything in ``value`` that differs from ``default``."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        for name, entry in value.items():
+            if name in default:
+                yield from _changed(entry, default[name], f"{key}.{name}" if key else str(name))
+            else:
+                yield (f"{key}.{name}" if key else str(name)), entry
+    elif value != default or default == "???":
+        yield key, value
+
+
+def command_line(command: str, cls: type, config: Any) -> str:
+    """The ``speechprune COMMAND ...`` line that makes ``config`` (an instance of ``cls``, or the
+    dict of the config.yaml an output keeps) again: every option that differs from its default and
+    every required one; top-level options as ``--name value`` (lists comma-separated), nested ones
+    as dotted ``name=value``, a positional option as bare words; shell-quoted."""
+    import shlex
+
+    settings = _settings(config)
+    defaults = OmegaConf.to_container(OmegaConf.structured(cls), resolve=False, throw_on_missing=False)
+    positional = getattr(cls, "positional", None)
+    words = ["speechprune", *command.split()]
+    if positional and settings.get(positional):
+        words += [str(v) for v in settings[positional]]
+    for key, value in _changed({k: v for k, v in settings.items() if k != positional and k not in NOT_REPRODUCING},
+                               defaults, ""):
+        top, flag = "." not in key, "--" + key.replace("_", "-")
+        if top and isinstance(value, bool):
+            words += [flag] if value else [flag, "false"]
+        elif top and isinstance(value, (int, float)) or top and isinstance(value, str) and value \
+                and not value.startswith("-"):
+            words += [flag, str(value)]
+        elif top and isinstance(value, list) and value and all(
+                isinstance(v, (int, float, str)) and not isinstance(v, bool) and _flow(v) == str(v) for v in value):
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words.append(f"{key}={_flow(value)}")
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def saved_command(command: str, cls: type, folder: str | Path) -> str | None:
+    """:func:`command_line` of the config.yaml in ``folder`` (None when there is none to read)."""
+    path = Path(folder) / "config.yaml"
+    try:
+        settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return command_line(command, cls, settings) if isinstance(settings, dict) else None

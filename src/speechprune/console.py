@@ -29,6 +29,13 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
     return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
+def counts(utterances: int | None, words: int | None = None, unit: str = "word") -> str:
+    """``200 utterances, 1,234 words``: what a number rests on (words where words are scored,
+    ``unit="token"`` for a perplexity)."""
+    text = plural(int(utterances), "utterance") if utterances is not None else "? utterances"
+    return text + (f", {int(words):,} {unit}{'' if words == 1 else 's'}" if words is not None else "")
+
+
 def stdout() -> Console:
     console = Console(highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:

@@ -26,7 +26,7 @@ from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
 from speechprune.console import step_needed
-from speechprune.config import option, require, require_choice
+from speechprune.config import option, require, require_choice, save_config
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json
@@ -95,6 +95,8 @@ def demo(config: DemoConfig) -> Path:
     on text first), evaluate it, scan its decoder with speech and text input (and the base LLM
     with text), compare the scans, sweep prune -> heal -> evaluate, and write the report."""
     out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "config.yaml")  # the report's "Made by" reads it back
     corpus, model_dir = out / "corpus", out / "model"
     timer = _Timer(out / "demo.json")
     train_manifest = str(corpus / "asr-en.train.jsonl")

@@ -35,7 +35,7 @@ from pathlib import Path
 from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
-from speechprune.claims import claims_markdown, print_claims, study_claims
+from speechprune.claims import claims_markdown, print_claims, smallest_largest, study_claims
 from speechprune.console import step_needed
 from speechprune.config import option, require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
@@ -422,12 +422,11 @@ def study(config: StudyConfig) -> dict:
         with_own = _sweep(config, corpus, multitask["model"], multitask["scan"], out / "consensus" / "sweep-own",
                           tasks, ["none"], train_manifest)
         sets = [f"{t}.test" for t in tasks]
-        largest = lambda summary, heal: min(summary["largest_acceptable"][f"angular/{heal}/{s}"]["fraction"]  # noqa: E731
-                                            for s in sets)
+        largest = {"consensus_healed": smallest_largest(with_consensus, "angular", "receiving-mlp"),
+                   "consensus_unhealed": smallest_largest(with_consensus, "angular", "none"),
+                   "own_unhealed": smallest_largest(with_own, "angular", "none")}
         backbone_result = {"condition": multitask["condition"].name, "sets": sets,
-                           "consensus_healed": largest(with_consensus, "receiving-mlp"),
-                           "consensus_unhealed": largest(with_consensus, "none"),
-                           "own_unhealed": largest(with_own, "none"),
+                           **{key: entry["fraction"] for key, entry in largest.items()}, "largest": largest,
                            "sweeps": ["consensus/sweep", "consensus/sweep-own"]}
 
     payload = _payload(config, out, records, axes, agreement_matrices(angulars), backbone, backbone_result,

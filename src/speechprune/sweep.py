@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from speechprune.config import option, require, require_choice, require_choices, save_config
-from speechprune.console import plural, show, table
+from speechprune.console import counts, plural, show, table
 from speechprune.data.sources import load_data
 from speechprune.bootstrap import verdict as bootstrap_verdict
 from speechprune.evaluate import METRICS, measure, metric_statistics, resolve_metric, test_set_name
@@ -301,7 +301,7 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
     model = Path(config.model).name or config.model
     for set_name in sorted({r["set"] for r in rows}):
         rows_of_set = [r for r in rows if r["set"] == set_name]
-        metrics = [m for m in ("wer", "bleu", "perplexity") if any(r[m] is not None for r in rows_of_set)]
+        metrics = [m for m in ("wer", "bleu", "perplexity") if any(r.get(m) is not None for r in rows_of_set)]
         baseline = next(r for r in rows_of_set if r["removed"] == 0)
         figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4.2), squeeze=False)
         for axis, metric in zip(axes[0], metrics):
@@ -339,9 +339,12 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
                 axis.text(0.02, 0.97 - 0.07 * row, text, transform=axis.transAxes, fontsize=7, va="top", color="dimgrey",
                           bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
             axis.set_ylim(0, top)
+            fractions = sorted({r["fraction"] for r in rows_of_set})
+            axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])  # at the fractions run, no others
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(LABELS[metric] + (" (higher is better)" if metric == "bleu" else " (lower is better)"))
-            axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed", fontsize=9)
+            rests_on = f"\n{counts(baseline['utterances'], baseline.get('words'))} per point" if "utterances" in baseline else ""
+            axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed{rests_on}", fontsize=9)
             axis.legend(fontsize=7)
         figure.tight_layout()
         name = f"curve_{set_name}.png"
@@ -374,7 +377,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
     lines = []
     for set_name in sorted({r["set"] for r in rows}):
         of_set = [r for r in rows if r["set"] == set_name]
-        metric = next(m for m in ("wer", "bleu", "perplexity") if any(r[m] is not None for r in of_set))
+        metric = next(m for m in ("wer", "bleu", "perplexity") if any(r.get(m) is not None for r in of_set))
         levels = sorted({(r["removed"], r["fraction"]) for r in of_set if r["removed"] > 0})
         baseline = next(r for r in of_set if r["removed"] == 0)
         table_rows = []

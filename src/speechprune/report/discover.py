@@ -1,5 +1,5 @@
-"""What a run directory holds: every scan, compare, sweep, evaluation, study, demo and base LLM the
-toolkit writes, found by their marker files anywhere below the directory. Reading only; nothing
+"""What a run directory holds: every scan, compare, sweep, evaluation, study, demo, base LLM and
+pruned (or pruned and healed) model the toolkit writes, found by their marker files anywhere below the directory. Reading only; nothing
 here knows how the outputs were made.
 """
 
@@ -41,6 +41,7 @@ class Run:
     studies: list[Found] = field(default_factory=list)
     demos: list[Found] = field(default_factory=list)
     bases: list[Found] = field(default_factory=list)
+    models: list[Found] = field(default_factory=list)  # pruned (and healed) models: their pruning.json
     unreadable: list[str] = field(default_factory=list)
 
     def relative(self, path: Path) -> str:
@@ -52,7 +53,8 @@ class Run:
             return str(path)
 
     def is_empty(self) -> bool:
-        return not any((self.scans, self.compares, self.sweeps, self.evals, self.studies, self.demos, self.bases))
+        return not any((self.scans, self.compares, self.sweeps, self.evals, self.studies, self.demos, self.bases,
+                        self.models))
 
 
 def _config(folder: Path) -> dict:
@@ -112,10 +114,19 @@ def _read_base(folder: Path) -> Found | None:
     return Found("base", folder, data, _config(folder)) if data.get("curve") else None
 
 
+def read_pruned(folder: Path) -> Found | None:
+    """A model made by prune (pruning.json) and, where heal.json is beside it, healed."""
+    data = read_json(folder / "pruning.json")
+    if not isinstance(data, dict) or "removed" not in data:
+        return None
+    heal = read_json(folder / "heal.json") if (folder / "heal.json").is_file() else None
+    return Found("model", folder, data, _config(folder), {"heal": heal})
+
+
 MARKERS = {SCAN_FILE: ("scans", _read_scan), "compare.json": ("compares", _read_compare),
            "summary.json": ("sweeps", _read_sweep), "metrics.json": ("evals", _read_eval),
            "study.json": ("studies", _read_study), "demo.json": ("demos", _read_demo),
-           "curve.json": ("bases", _read_base)}
+           "curve.json": ("bases", _read_base), "pruning.json": ("models", read_pruned)}
 
 
 def discover(root: str | Path) -> Run:

@@ -1,15 +1,27 @@
 """What the report says, built once from a discovered run as a list of sections of plain blocks
 (headings, sentences, tables, figures). The HTML and the Markdown are two renderings of it, so
 they never disagree; every string in a block is plain text and the renderers escape it.
+
+The order is the reader's: the findings first (baseline quality with its interval, the largest
+acceptable pruning with the layers it removes, speech-vs-text agreement), then every model beside
+its evaluation, then each output in detail; what the run directory holds and what is not in it
+come last. Every table and figure states the utterances (and words, where words are scored) that
+it rests on, and every "Made by" is the full command that remakes the output from its config.yaml.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from speechprune.config import saved_command
+from speechprune.console import counts, plural
+from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
+from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, scan_counts,
+                                        swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -17,12 +29,13 @@ from speechprune.scan.result import RegionResult, ScanResult
 class Table:
     headers: list[str]
     rows: list[list[str]]
+    note: str = ""  # what the table rests on (utterances, words), shown under it
 
 
 @dataclass
 class Figure:
     html: str  # inline SVG or <img> with a data: URI, built by report.figures (values escaped there)
-    says: str  # one sentence: what the figure shows
+    says: str  # what the figure shows, and the utterances it rests on
     command: str  # the command that made the data behind it
 
 
@@ -49,23 +62,111 @@ def _num(value, digits: int = 3) -> str:
     return str(value)
 
 
-def _command(*words) -> str:
-    return " ".join(shlex.quote(str(w)) for w in words if w not in (None, ""))
+def _classes() -> dict[str, tuple[str, type]]:
+    """Each output kind -> the command that makes it and that command's config class."""
+    from speechprune.base_llm import BaseLLMConfig
+    from speechprune.demo import DemoConfig
+    from speechprune.evaluate import EvalConfig
+    from speechprune.heal import HealConfig
+    from speechprune.prune.run import PruneConfig
+    from speechprune.scan.compare import CompareConfig
+    from speechprune.scan.run import ScanConfig
+    from speechprune.study import StudyConfig
+    from speechprune.sweep import SweepConfig
+
+    return {"scan": ("scan", ScanConfig), "compare": ("compare", CompareConfig), "sweep": ("sweep", SweepConfig),
+            "eval": ("eval", EvalConfig), "study": ("study", StudyConfig), "base": ("base-llm", BaseLLMConfig),
+            "demo": ("demo", DemoConfig), "prune": ("prune", PruneConfig), "heal": ("heal", HealConfig)}
 
 
-def _scan_command(scan: Found, run: Run) -> str:
-    result: ScanResult = scan.data
-    if result.is_consensus:
-        return "speechprune study (the consensus backbone)"
-    return _command("speechprune", "scan", "--model", (result.model or {}).get("path", "MODEL"),
-                    "--data", (result.data or {}).get("manifest", "DATA"),
-                    "--input", "both" if len(result.inputs) > 1 else next(iter(result.inputs), "auto"),
-                    "--out", run.relative(scan.path))
+def made_by(kind: str, folder: Path, run: Run) -> str:
+    """The full command that remakes the output in ``folder``, from the config.yaml it keeps."""
+    command, cls = _classes()[kind]
+    return (saved_command(command, cls, folder)
+            or f"speechprune {command} ... --out {shlex.quote(run.relative(folder))} (no config.yaml kept)")
 
 
 def _profile(result: ScanResult, input_name: str, region: str) -> RegionResult | None:
     entry = result.inputs.get(input_name, {}).get(region)
     return entry if entry and entry.counted else None
+
+
+# ----------------------------------------------------------------------------- findings first
+def findings_section(found: list[Finding]) -> Section:
+    section = Section("Findings")
+    if not found:
+        section.add("Nothing measured here yet to report as a finding.")
+        return section
+    section.add("What this run found, each with what it rests on. Intervals are 95% bootstrap intervals over "
+                "utterances; an acceptable pruning level is decided by a paired bootstrap against the unpruned "
+                "model on the same utterances. Layers are 0-based.")
+    section.add(Table(["finding", "value", "rests on", "from"],
+                      [[f.what, f.value, f.basis, f.source] for f in found]))
+    return section
+
+
+# ----------------------------------------------------------------------------- models and their evaluations
+def _quality_shown(results) -> list[tuple]:
+    """The QUALITY rows whose task some result (a test set's metrics) holds; WER and BLEU at least."""
+    tasks = {task for sets in results for metrics in sets.values() for task in metrics}
+    return [q for q in QUALITY if q[0] in tasks or q[1] in ("wer", "bleu")]
+
+
+def _layers_text(pruning: dict | None) -> tuple[str, str, str]:
+    """(decoder layers, removed layers, chosen by) of a model."""
+    if pruning is None:
+        return "all", "none", "-"
+    removed = " ".join(map(str, pruning.get("removed", []))) or "none"
+    how = str(pruning.get("strategy", "?"))
+    if pruning.get("previous_pruning"):
+        how += " (pruned again)"
+    return f"{pruning.get('num_layers', '?')} of {pruning.get('original_num_layers', '?')}", removed, how
+
+
+def _healed_text(heal: dict | None) -> str:
+    return f"LoRA on {heal.get('target', '?')}" if heal else "no"
+
+
+def models_section(run: Run) -> Section | None:
+    """Every model of the run beside its evaluation: pruned and healed models joined through their
+    pruning.json, so that the removed layers stand beside the WER."""
+    evaluated = set()
+    rows = []
+    shown = _quality_shown(e.data["sets"] for e in run.evals)
+    described = [(evaluation, *model_of(evaluation, run)) for evaluation in run.evals]
+    for evaluation, folder, pruning, heal in sorted(described, key=lambda d: (d[2] is not None, d[3] is not None)):
+        if folder is not None:
+            evaluated.add(folder.resolve())
+        layers, removed, how = _layers_text(pruning)
+        name = run.relative(folder) if folder is not None else "?"
+        for set_name, metrics in evaluation.data["sets"].items():
+            for task, _, _, _, unit in QUALITY:
+                entry = metrics.get(task)
+                if isinstance(entry, dict):
+                    rows.append([name, layers, removed, how, _healed_text(heal), set_name,
+                                 *(with_interval(entry, metric, digits) or "-" for _, metric, _, digits, _ in shown),
+                                 entry_counts(entry, unit), run.relative(evaluation.path)])
+    for model in run.models:
+        if model.path.resolve() not in evaluated:
+            layers, removed, how = _layers_text(model.data)
+            rows.append([run.relative(model.path), layers, removed, how, _healed_text(model.extra.get("heal")),
+                         "-", *(["not evaluated"] + ["-"] * (len(shown) - 1)), "-", "-"])
+    if not rows or (len(run.evals) < 2 and not run.models):
+        return None
+    section = Section("Models and their evaluations")
+    section.add("Each model, what was removed from its decoder (from its pruning.json; 0-based layers) and how "
+                "it was healed, beside its quality with the 95% bootstrap interval.")
+    section.add(Table(["model", "decoder layers", "removed layers (0-based)", "chosen by", "healed", "test set",
+                       *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "rests on", "evaluation"], rows,
+                      "the unpruned models first; each row rests on the utterances and words it lists"))
+    return section
+
+
+# ----------------------------------------------------------------------------- each output in detail
+def _scan_command(scan: Found, run: Run) -> str:
+    if scan.data.is_consensus:
+        return "speechprune study (the consensus backbone)"
+    return made_by("scan", scan.path, run)
 
 
 def scan_section(scan: Found, run: Run) -> Section:
@@ -97,10 +198,31 @@ def scan_section(scan: Found, run: Run) -> Section:
                            '<div class="readout" aria-live="polite">hover a cell: l, n, distance</div>',
                            f"Angular distance d(x_l, x_l+n) of every block [l, l+n) with "
                            f"{' and '.join(i for i, _ in present)} input at {region} positions, on one colour scale "
-                           f"(low = redundant); the red dot is the best start l*(n).", command))
+                           f"(low = redundant); the red dot is the best start l*(n). Rests on "
+                           f"{scan_counts(result, region)}.", command))
+        if {"speech", "text"} <= {i for i, _ in present}:
+            section.add(Figure(f'<img alt="speech minus text, {region} positions" '
+                               f'src="{figures.difference_png(result, region)}">',
+                               f"Speech minus text: d_speech - d_text of every block at {region} positions (red: "
+                               "speech finds the block less redundant than text; blue: more). Rests on "
+                               f"{scan_counts(result, region)}.", command))
     if not consensus and ("text" not in inputs or "speech" not in inputs):
-        section.add(Missing(f"only {', '.join(inputs)} input was scanned: speech and text side by side need "
-                            "`speechprune scan --input both`."))
+        section.add(Missing(f"{where}: only {', '.join(inputs)} input was scanned: speech and text side by side "
+                            "(and their difference) need `speechprune scan --input both`."))
+    influence = [{"label": i, "values": p.block_influence} for i in inputs
+                 if (p := _profile(result, i, "all")) is not None and p.block_influence]
+    if influence:
+        section.add(Figure(f'<img alt="block influence per layer" src="{figures.block_influence_png(influence)}">',
+                           "Block Influence BI_l = 1 - mean cos(x_l, x_l+1) over all positions, per decoder layer "
+                           "(ShortGPT): the bi strategy removes the layers with the lowest BI first. Rests on "
+                           f"{scan_counts(result, 'all')}.", command))
+        order = {p["label"]: sorted(range(len(p["values"])), key=lambda l: p["values"][l]) for p in influence}
+        section.add(Table(["layer l"] + [f"BI {p['label']}" for p in influence]
+                          + [f"rank {p['label']} (1: removed first by bi)" for p in influence],
+                          [[str(l)] + [_num(p["values"][l], 4) for p in influence]
+                           + [str(order[p["label"]].index(l) + 1) for p in influence]
+                           for l in range(len(influence[0]["values"]))],
+                          f"rests on {scan_counts(result, 'all')}"))
     profiles = []
     for input_name in inputs:
         entry = _profile(result, input_name, "all")
@@ -109,7 +231,7 @@ def scan_section(scan: Found, run: Run) -> Section:
     if profiles:
         section.add(Figure(f'<img alt="l*(n) per input" src="{figures.best_blocks_png(profiles)}">',
                            "Best start l*(n) per input (all positions) and the distance of that block with its 95% "
-                           "bootstrap interval over utterances.", command))
+                           f"bootstrap interval over utterances. Rests on {scan_counts(result, 'all')}.", command))
         headers = ["n"]
         for profile in profiles:
             headers += [f"l*(n) {profile['label']}", f"block {profile['label']}", f"P(change) {profile['label']}"]
@@ -122,19 +244,33 @@ def scan_section(scan: Found, run: Run) -> Section:
                 row += [str(best["start"]), f"[{best['start']},{best['end']})",
                         _num(stability.get("change_rate"), 2) if stability else "-"]
             rows.append(row)
-        section.add(Table(headers, rows))
+        section.add(Table(headers, rows, f"rests on {scan_counts(result, 'all')}"))
         if not consensus and not any(p["stability"] for p in profiles):
-            section.add(Missing("no bootstrap intervals: the scan ran with --bootstrap 0."))
+            section.add(Missing(f"{where}: no bootstrap intervals: the scan ran with --bootstrap 0."))
     return section
+
+
+def _compare_basis(data: dict) -> str:
+    """The utterances each compared scan read, from the scans themselves."""
+    seen = {}
+    for profile in data.get("profiles", []):
+        try:
+            result = ScanResult.load(profile["scan"])
+        except Exception:  # noqa: BLE001 - a moved or unreadable scan leaves only its name
+            seen.setdefault(profile["scan"], "? utterances")
+            continue
+        seen.setdefault(profile["scan"], counts((result.data or {}).get("utterances")))
+    return "; ".join(f"{Path(scan).name}: {text}" for scan, text in seen.items()) or "?"
 
 
 def compare_section(compare: Found, run: Run) -> Section:
     data = compare.data
     section = Section(f"Agreement: {run.relative(compare.path)}")
-    scans = sorted({p["scan"] for p in data.get("profiles", [])})
-    section.add(f"How much the profiles agree on the redundant blocks: Spearman of the block distances, the share of "
-                f"block sizes n with the same l*(n), the mean |Δl*(n)|, and the Jaccard index of the layers each "
-                f"would remove. Made by: {_command('speechprune', 'compare', *scans, '--out', run.relative(compare.path))}")
+    command = made_by("compare", compare.path, run)
+    basis = _compare_basis(data)
+    section.add("How much the profiles agree on the redundant blocks: Spearman of the block distances, the share of "
+                "block sizes n with the same l*(n), the mean |Δl*(n)|, and the Jaccard index of the layers each "
+                f"would remove. Made by: {command}")
     fractions = [str(f) for f in data.get("fractions", [])]
     rows = []
     for pair in data["pairs"]:
@@ -142,100 +278,136 @@ def compare_section(compare: Found, run: Run) -> Section:
                      _num(pair["mean_abs_delta_start"], 2)]
                     + [_num(pair["jaccard"].get(f, {}).get("jaccard"), 2) for f in fractions])
     section.add(Table(["region", "a", "b", "Spearman", "same l*(n)", "mean |Δl*|"]
-                      + [f"Jaccard @ {f}" for f in fractions], rows))
+                      + [f"Jaccard @ {f}" for f in fractions], rows, f"rests on the utterances of the scans: {basis}"))
+    for name in data.get("figures") or []:
+        path = compare.path / name
+        if path.is_file():
+            section.add(Figure(f'<img alt="{name}" src="{figures.file_uri(path)}">',
+                               f"The compared heatmaps side by side on one colour scale ({name}). Rests on {basis}.",
+                               command))
     return section
 
 
-def _sweep_command(sweep: Found, run: Run) -> str:
-    config = sweep.config
-    if not config:
-        return f"speechprune sweep ... --out {shlex.quote(run.relative(sweep.path))}"
-    words = ["speechprune", "sweep", "--model", config.get("model"), "--scan", config.get("scan"),
-             "--out", run.relative(sweep.path)]
-    for key in ("fractions", "strategies", "heal"):
-        if config.get(key):
-            words += [f"--{key}", ",".join(map(str, config[key]))]
-    if config.get("heal_steps"):
-        words += ["--heal-steps", config["heal_steps"]]
-    return _command(*words)
+def _change(row: dict) -> str:
+    """``+10.0% [+4.1%, +16.2%]``: a cell's relative change of its rule metric against the baseline."""
+    value, low, high = (row.get(k) for k in ("relative_change", "relative_change_low", "relative_change_high"))
+    if value is None:
+        return "-"
+    return f"{value:+.1%}" + (f" [{low:+.1%}, {high:+.1%}]" if low is not None and high is not None else "")
+
+
+def _sweep_row_key(row: dict) -> tuple:
+    return (row["set"], row["removed"] > 0, row["strategy"], row["heal"], row["removed"])
 
 
 def sweep_section(sweep: Found, run: Run) -> Section:
     summary, rows = sweep.data, sweep.extra["rows"]
-    section = Section(f"Sweep: {run.relative(sweep.path)}")
+    section = Section(f"Sweep: {run.relative(sweep.path)} (model: {swept_model(sweep, run)})")
     rules = summary.get("rules", {})
     section.add(f"Prune, heal and evaluate at each removed fraction. Acceptable: WER at most "
                 f"+{rules.get('wer_rise', 0) * 100:.0f}% relative (and at least +{rules.get('wer_floor', 0)} "
-                f"absolute is allowed), BLEU at most -{rules.get('bleu_drop', 0) * 100:.0f}% relative.")
-    command = _sweep_command(sweep, run)
+                f"absolute is allowed), BLEU at most -{rules.get('bleu_drop', 0) * 100:.0f}% relative; each level is "
+                "judged by a paired bootstrap against the baseline on the same utterances: acceptable, not acceptable, "
+                "or undecided at this test size.")
+    command = made_by("sweep", sweep.path, run)
     heals = sorted({r["heal"] for r in rows if r["removed"] > 0})
     for set_name in sorted({r["set"] for r in rows}):
-        section.add(Figure(f'<img alt="sweep curve {set_name}" src="{figures.sweep_png(rows, summary, set_name)}">',
-                           f"Quality on {set_name} against the fraction of decoder layers removed, "
-                           f"{'with and without healing' if len(heals) > 1 else 'healing: ' + ', '.join(heals)}; "
-                           "the dotted line is the acceptability limit, a star the largest acceptable fraction.",
-                           command))
+        baseline = next((r for r in rows if r["set"] == set_name and r["removed"] == 0), {})
+        basis = counts(baseline.get("utterances"), baseline.get("words"))
+        image, hidden = figures.sweep_png(rows, summary, set_name)
+        says = (f"Quality on {set_name} against the fraction of decoder layers removed, "
+                f"{'with and without healing' if len(heals) > 1 else 'healing: ' + ', '.join(heals)}; "
+                "bars are 95% bootstrap intervals, the dotted line is the acceptability limit, a star the largest "
+                f"acceptable fraction. Rests on {basis} per point.")
+        if hidden:
+            says += (f" {plural(hidden, 'interval')} {'is' if hidden == 1 else 'are'} narrower than the marker "
+                     "and hidden behind it.")
+        section.add(Figure(f'<img alt="sweep curve {set_name}" src="{image}">', says, command))
     if "none" not in heals or len(heals) < 2:
-        section.add(Missing("the sweep did not run both without and with healing (--heal none,receiving-mlp)."))
-    largest = [[key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:]), _num(v["fraction"]),
-                str(v["removed_count"])] for key, v in summary.get("largest_acceptable", {}).items()]
-    section.add(Table(["strategy", "healing", "test set", "largest acceptable fraction", "layers removed"], largest))
-    table_rows = [[r["strategy"], r["heal"], str(r["removed"]), r["set"], _num(r.get("wer")), _num(r.get("bleu"), 1),
-                   _num(r.get("decoder_size_ratio"), 2), r.get("removed_layers", "")]
-                  for r in sorted(rows, key=lambda r: (r["set"], r["strategy"], r["heal"], r["removed"]))]
-    section.add(Table(["strategy", "healing", "removed", "test set", "WER", "BLEU",
-                       "decoder size ratio", "removed layers (0-based)"], table_rows))
+        section.add(Missing(f"{run.relative(sweep.path)}: the sweep did not run both without and with healing "
+                            "(--heal none,receiving-mlp)."))
+    largest = []
+    for key, value in summary.get("largest_acceptable", {}).items():
+        strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
+        largest.append([strategy, heal, set_name, _num(value["fraction"]), str(value["removed_count"]),
+                        " ".join(map(str, value.get("removed", []))) or "none",
+                        _num(value.get("fraction_not_ruled_out")), counts(value.get("utterances"), value.get("words"))])
+    section.add(Table(["strategy", "healing", "test set", "largest acceptable fraction", "layers removed",
+                       "removed layers (0-based)", "largest not ruled out", "rests on"], largest,
+                      "the largest level that it and every smaller level are decided acceptable at; not ruled out: "
+                      "the largest level that is acceptable or undecided"))
+    table_rows = []
+    shown = [q for q in QUALITY if q[1] in ("wer", "bleu") or any(r.get(q[1]) is not None for r in rows)]
+    for r in sorted(rows, key=_sweep_row_key):
+        table_rows.append([r["set"], r["strategy"], r["heal"], str(r["removed"]), r.get("removed_layers", "") or "none",
+                           *(interval_text(r.get(metric), r.get(f"{metric}_low"), r.get(f"{metric}_high"), digits)
+                             for _, metric, _, digits, _ in shown),
+                           _change(r) if r["removed"] else "baseline",
+                           r.get("verdict", "-") if r["removed"] else "-", _num(r.get("decoder_size_ratio"), 2),
+                           counts(r.get("utterances"), r.get("words"))])
+    section.add(Table(["test set", "strategy", "healing", "removed", "removed layers (0-based)",
+                       *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "relative change [95% CI]", "verdict", "decoder size ratio", "rests on"],
+                      table_rows, "the baseline (nothing removed) is the first row of each test set"))
     section.add("Decoder size is measured against the unpruned model in the same sweep; decode speed is not: a "
                 "sweep decodes too little for a stable ratio, and bench/ measures speed and memory side by side.")
     return section
 
 
 def eval_section(found: Found, run: Run) -> Section:
-    section = Section(f"Evaluation: {run.relative(found.path)}")
-    config = found.config
-    if config:
-        section.add("Made by: " + _command("speechprune", "eval", "--model", config.get("model"), "--data",
-                                           ",".join(config.get("data") or []), "--out", run.relative(found.path)))
+    folder, pruning, heal = model_of(found, run)
+    name = run.relative(folder) if folder is not None else "?"
+    section = Section(f"Evaluation: {run.relative(found.path)} (model: {name})")
+    if pruning is not None:
+        layers, removed, how = _layers_text(pruning)
+        section.add(f"A pruned model: {layers} decoder layers; removed (0-based): {removed}, chosen by {how}; "
+                    f"healed: {_healed_text(heal)}.")
+    section.add("Made by: " + made_by("eval", found.path, run))
     rows = []
+    shown = [(metric, label, digits) for _, metric, label, digits, _ in _quality_shown([found.data["sets"]])]
+    shown.insert(2, ("chrf", "chrF", 1))
     for set_name, metrics in found.data["sets"].items():
         for condition, entry in metrics.items():
             if isinstance(entry, dict) and "utterances" in entry:
-                rows.append([set_name, condition, str(entry["utterances"]), _num(entry.get("wer")),
-                             _num(entry.get("bleu"), 1), _num(entry.get("chrf"), 1)])
-    section.add(Table(["test set", "condition", "utterances", "WER", "BLEU", "chrF"], rows))
+                rows.append([set_name, condition, str(entry["utterances"]),
+                             _num(entry.get("words", entry.get("tokens"))),
+                             *(with_interval(entry, metric, digits) or "-" for metric, _, digits in shown)])
+    section.add(Table(["test set", "condition", "utterances",
+                       "words or tokens" if any(metric == "perplexity" for metric, _, _ in shown) else "words"]
+                      + [f"{label} [95% CI]" for _, label, _ in shown], rows,
+                      "intervals: 95% bootstrap over utterances"))
     for set_name, samples in found.extra["samples"].items():
         if samples:
-            section.add(f"First {len(samples)} transcripts of {set_name}:")
             section.add(Table(["id", "reference", "hypothesis"],
                               [[str(s.get("id", "")), str(s.get("reference", "")), str(s.get("hypothesis", ""))]
-                               for s in samples]))
+                               for s in samples], f"the first {plural(len(samples), 'transcript')} of {set_name}"))
     return section
 
 
 def study_sections(study: Found, run: Run) -> list[Section]:
     data = study.data
     where = run.relative(study.path)
-    made_by = (f"speechprune study --config {shlex.quote(run.relative(study.path / 'config.yaml'))}"
-               if study.config else f"speechprune study --out {shlex.quote(where)}")
-    sections = []
-    claims = data.get("claims")
+    command = made_by("study", study.path, run)
     section = Section(f"Study: {where}")
+    section.add(f"Made by: {command}")
+    claims = data.get("claims")
     if claims:
         section.add("What the paper (Moumen et al., 2026) claims, what this study measured, and the evidence.")
         section.add(Table(["claim", "paper", "measured", "evidence"],
                           [[str(c.get("claim", "")), str(c.get("paper", "")), str(c.get("measured", "")),
-                            str(c.get("evidence", ""))] for c in claims]))
+                            str(c.get("evidence", ""))] for c in claims],
+                          "each measurement names the utterances and words it rests on"))
     else:
-        section.add(Missing("study.json has no claims table."))
+        section.add(Missing(f"{where}: study.json has no claims table."))
     agreement = data.get("agreement") or {}
     conditions, metrics = agreement.get("conditions"), agreement.get("metrics") or {}
     if conditions and any(metrics.values()):
         section.add(Figure(f'<img alt="agreement across conditions" '
                            f'src="{figures.agreement_matrix_png(conditions, metrics)}">',
                            "Agreement of the redundancy profiles between every two conditions of the study "
-                           "(Spearman of block distances, share of n with the same l*(n), mean |Δl*(n)|).", made_by))
+                           "(Spearman of block distances, share of n with the same l*(n), mean |Δl*(n)|); each "
+                           "condition's scan states its utterances below.", command))
     else:
-        section.add(Missing("study.json has no agreement matrix across conditions."))
+        section.add(Missing(f"{where}: study.json has no agreement matrix across conditions."))
     consensus = (data.get("consensus") or {}).get("rows")
     if consensus:
         conds = sorted({c for row in consensus for c in (row.get("per_condition") or {})})
@@ -243,9 +415,10 @@ def study_sections(study: Found, run: Run) -> list[Section]:
                     "consensus start.")
         section.add(Table(["n", "consensus start"] + conds,
                           [[str(row.get("n")), str(row.get("consensus_start"))]
-                           + [str((row.get("per_condition") or {}).get(c, "-")) for c in conds] for row in consensus]))
+                           + [str((row.get("per_condition") or {}).get(c, "-")) for c in conds] for row in consensus],
+                          "from the conditions' scans (their utterances: below)"))
     else:
-        section.add(Missing("study.json has no consensus-backbone table."))
+        section.add(Missing(f"{where}: study.json has no consensus-backbone table."))
     sweeps = data.get("sweeps") or {}
     if sweeps:
         found_paths = {s.path.resolve() for s in run.sweeps}
@@ -253,9 +426,8 @@ def study_sections(study: Found, run: Run) -> list[Section]:
         for condition, path in sweeps.items():
             resolved = (study.path / str(path)).resolve()
             rows.append([condition, str(path), "shown below" if resolved in found_paths else "not found"])
-        section.add(Table(["condition", "sweep", "in this report"], rows))
-    sections.append(section)
-    return sections
+        section.add(Table(["condition", "sweep", "in this report"], rows, "each sweep states its utterances below"))
+    return [section]
 
 
 def base_section(base: Found, run: Run) -> Section:
@@ -270,17 +442,19 @@ def base_section(base: Found, run: Run) -> Section:
                        f"{data['curve'][0]['step']}, {_num(data['curve'][-1]['dev_ppl'], 2)} at step "
                        f"{data['curve'][-1]['step']}; "
                        + (f"levelled off (three measurements each under 1% better) at step {level}." if level is not None
-                          else "still falling faster than 1% per measurement at the end."),
-                       _command("speechprune", "base-llm", "--out", str(base.path), "--steps", str(data.get("steps", "?")))))
+                          else "still falling faster than 1% per measurement at the end.")
+                       + (f" Dev set: {plural(data['dev_sentences'], 'sentence')}." if data.get("dev_sentences") else ""),
+                       made_by("base", base.path, run)))
     return section
 
 
 def demo_section(demo: Found, run: Run) -> Section:
     section = Section(f"Demo: {run.relative(demo.path)}")
     seconds = demo.data.get("seconds", {})
+    section.add("Made by: " + made_by("demo", demo.path, run))
     if seconds:
         section.add("Seconds per step as measured when each step ran (a rerun reuses finished steps and keeps "
-                    "their first time). Made by: speechprune demo --out " + shlex.quote(str(demo.path)))
+                    "their first time).")
         section.add(Table(["step", "seconds"], [[name, _num(value, 1)] for name, value in seconds.items()]
                           + [["total", _num(sum(seconds.values()), 1)]]))
     if not (demo.path / "base").is_dir():
@@ -289,28 +463,48 @@ def demo_section(demo: Found, run: Run) -> Section:
     return section
 
 
-SINGULAR = {"studies": "study", "bases": "base LLM"}
+# ----------------------------------------------------------------------------- what is here, and what is not
+SINGULAR = {"studies": "study", "bases": "base LLM", "models": "pruned model"}
 WHAT_MAKES = {"scans": "speechprune scan", "compares": "speechprune compare", "sweeps": "speechprune sweep",
               "evals": "speechprune eval", "studies": "speechprune study", "bases": "speechprune base-llm"}
+KINDS = ("demos", "studies", "bases", "models", "evals", "scans", "compares", "sweeps")
+
+
+def inventory_section(run: Run) -> Section:
+    section = Section("What this run directory holds")
+    rows = [[kind, str(len(getattr(run, kind))), ", ".join(run.relative(f.path) for f in getattr(run, kind)) or "-"]
+            for kind in KINDS]
+    section.add(f"Looked for every toolkit output below {run.root}. Every Made by line above is the command as it "
+                "was given, paths included: run it from the folder it was first run in.",
+                Table(["kind", "found", "where"], rows))
+    return section
+
+
+def not_here_section(run: Run, sections: list[Section]) -> Section:
+    """Every note of what is not in this run, moved out of the sections that raised it."""
+    section = Section("Not in this run")
+    for kind, command in WHAT_MAKES.items():
+        if not getattr(run, kind):
+            section.add(Missing(f"no {SINGULAR.get(kind, kind[:-1])} here (made by `{command}`)."))
+    for problem in run.unreadable:
+        section.add(Missing(f"unreadable: {problem}"))
+    for other in sections:
+        notes = [b for b in other.blocks if isinstance(b, Missing)]
+        other.blocks = [b for b in other.blocks if not isinstance(b, Missing)]
+        section.add(*notes)
+    return section
 
 
 def build(run: Run) -> list[Section]:
-    overview = Section("What this run directory holds")
-    counts = [[kind, str(len(getattr(run, kind))), ", ".join(run.relative(f.path) for f in getattr(run, kind)) or "-"]
-              for kind in ("demos", "studies", "bases", "evals", "scans", "compares", "sweeps")]
-    overview.add(f"Looked for every toolkit output below {run.root}.", Table(["kind", "found", "where"], counts))
-    for kind, command in WHAT_MAKES.items():
-        if not getattr(run, kind):
-            overview.add(Missing(f"no {SINGULAR.get(kind, kind[:-1])} here (made by `{command}`)."))
-    for problem in run.unreadable:
-        overview.add(Missing(f"unreadable: {problem}"))
-    sections = [overview]
-    sections += [demo_section(d, run) for d in run.demos]
+    details: list[Section] = [demo_section(d, run) for d in run.demos]
     for study in run.studies:
-        sections += study_sections(study, run)
-    sections += [base_section(b, run) for b in run.bases]
-    sections += [eval_section(e, run) for e in run.evals]
-    sections += [scan_section(s, run) for s in run.scans]
-    sections += [compare_section(c, run) for c in run.compares]
-    sections += [sweep_section(s, run) for s in run.sweeps]
-    return sections
+        details += study_sections(study, run)
+    details += [base_section(b, run) for b in run.bases]
+    details += [eval_section(e, run) for e in run.evals]
+    details += [scan_section(s, run) for s in run.scans]
+    details += [compare_section(c, run) for c in run.compares]
+    details += [sweep_section(s, run) for s in run.sweeps]
+    models = models_section(run)
+    sections = [findings_section(findings(run))] + ([models] if models else []) + details
+    missing = not_here_section(run, sections)
+    return sections + ([missing] if missing.blocks else []) + [inventory_section(run)]

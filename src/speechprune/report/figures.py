@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from speechprune.report.summary import row_metric
 from speechprune.scan.blocks import block_distances
 from speechprune.sweep import wer_limit
 
@@ -160,20 +161,37 @@ def perplexity_png(curve: list[dict], levelled_off_at: int | None) -> str:
     return _png_uri(figure)
 
 
-def sweep_png(rows: list[dict], summary: dict, set_name: str) -> str:
-    """WER (or BLEU) against the removed fraction, one line per strategy and healing, the
-    acceptability limit dashed and each line's largest acceptable fraction starred."""
+def sweep_png(rows: list[dict], summary: dict, set_name: str) -> tuple[str, int]:
+    """WER (or BLEU, or perplexity) against the removed fraction, one line per strategy and healing, each point with
+    its 95% bootstrap interval as an error bar, x ticks at the fractions run, the acceptability limit
+    dotted and each line's largest acceptable fraction starred. Returns the image and how many of
+    the intervals drawn are shorter than their marker (hidden behind it)."""
     plt = _pyplot()
-    metric = "wer" if any(r.get("wer") is not None for r in rows if r["set"] == set_name) else "bleu"
-    baseline = [r for r in rows if r["set"] == set_name and r["removed"] == 0]
+    of_set = [r for r in rows if r["set"] == set_name]
+    metric, label, _ = row_metric(of_set) or ("wer", "WER", 3)
+    baseline = [r for r in of_set if r["removed"] == 0]
+    marker_size = 4.0  # points
+    hidden = 0
     with _plain_text():
         figure, axis = plt.subplots(figsize=(6.4, 4.2))
-        for strategy, heal in sorted({(r["strategy"], r["heal"]) for r in rows if r["removed"] > 0}):
-            line = sorted(baseline + [r for r in rows if r["set"] == set_name
-                                      and (r["strategy"], r["heal"]) == (strategy, heal)], key=lambda r: r["fraction"])
+        lines = []
+        for strategy, heal in sorted({(r["strategy"], r["heal"]) for r in of_set if r["removed"] > 0}):
+            line = sorted(baseline + [r for r in of_set if (r["strategy"], r["heal"]) == (strategy, heal)],
+                          key=lambda r: r["fraction"])
+            line = [r for r in line if r.get(metric) is not None]
+            xs, ys = [r["fraction"] for r in line], [r[metric] for r in line]
+            low = [r.get(f"{metric}_low") for r in line]
+            high = [r.get(f"{metric}_high") for r in line]
             style = "-" if heal == "none" else "--"
-            drawn = axis.plot([r["fraction"] for r in line], [r[metric] for r in line], style, marker="o",
-                              markersize=4, label=f"{strategy}, heal: {heal}")[0]
+            if all(v is not None for v in low + high):
+                drawn = axis.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, low)],
+                                                    [hi - y for y, hi in zip(ys, high)]],
+                                      fmt=style, marker="o", markersize=marker_size, capsize=3,
+                                      label=f"{strategy}, heal: {heal}")[0]
+                lines.append((line, low, high))
+            else:
+                drawn = axis.plot(xs, ys, style, marker="o", markersize=marker_size,
+                                  label=f"{strategy}, heal: {heal} (no interval)")[0]
             best = summary.get("largest_acceptable", {}).get(f"{strategy}/{heal}/{set_name}")
             if best is not None:
                 at = [r for r in line if abs(r["fraction"] - best["fraction"]) < 1e-3]
@@ -183,11 +201,64 @@ def sweep_png(rows: list[dict], summary: dict, set_name: str) -> str:
         if metric == "wer" and baseline and "rules" in summary:
             limit = wer_limit(baseline[0]["wer"], SimpleNamespace(**summary["rules"]))
             axis.axhline(limit, color="grey", linestyle=":", linewidth=1.5, label=f"acceptable WER ({limit:.3f})")
-        axis.set_xlabel("fraction of decoder layers removed")
-        axis.set_ylabel(metric.upper())
+        fractions = sorted({r["fraction"] for r in of_set})
+        axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])
+        axis.set_xlabel("fraction of decoder layers removed (ticks: the fractions run)")
+        axis.set_ylabel(label + " (bars: 95% bootstrap interval)")
         axis.set_title(f"{set_name} (star: largest acceptable fraction)", fontsize=9)
         axis.legend(fontsize=7)
+        figure.canvas.draw()  # the transform below needs the final axis limits
+        pixels_per_point = figure.dpi / 72
+        seen = set()
+        for line, low, high in lines:
+            for row, lo, hi in zip(line, low, high):
+                key = (row["fraction"], row["strategy"], row["heal"], lo, hi)
+                if key in seen:
+                    continue
+                seen.add(key)
+                (_, y0), (_, y1) = axis.transData.transform([(row["fraction"], lo), (row["fraction"], hi)])
+                hidden += abs(y1 - y0) < marker_size * pixels_per_point
+        return _png_uri(figure), hidden
+
+
+def block_influence_png(profiles: list[dict]) -> str:
+    """ShortGPT's Block Influence BI_l = 1 - mean cos(x_l, x_l+1) per decoder layer, one bar group
+    per input; the bi strategy removes the layers with the lowest BI. profiles: ``label``, ``values``."""
+    plt = _pyplot()
+    with _plain_text():
+        figure, axis = plt.subplots(figsize=(6.4, 3.0))
+        width = 0.8 / max(1, len(profiles))
+        for k, profile in enumerate(profiles):
+            layers = np.arange(len(profile["values"]))
+            axis.bar(layers + (k - (len(profiles) - 1) / 2) * width, profile["values"], width=width,
+                     label=profile["label"])
+        from matplotlib.ticker import MaxNLocator
+
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("decoder layer l (0-based)")
+        axis.set_ylabel("BI_l = 1 - cos(x_l, x_l+1)")
+        axis.legend(fontsize=7)
         return _png_uri(figure)
+
+
+def difference_png(result, region: str) -> str:
+    """The speech-minus-text heatmap of one region (drawn by the scan's own figure code)."""
+    from speechprune.scan.plots import DIFFERENCE_LABEL, difference_heatmap
+
+    plt = _pyplot()
+    speech, text = result.inputs["speech"][region], result.inputs["text"][region]
+    with _plain_text():
+        figure, axis = plt.subplots(figsize=(4.6, 3.5))
+    image = difference_heatmap(axis, speech.angular, text.angular, f"speech minus text input, {region} positions")
+    figure.colorbar(image, ax=axis, label=DIFFERENCE_LABEL)
+    figure.tight_layout()
+    return _png_uri(figure)
+
+
+def file_uri(path) -> str:
+    """A PNG file written by a command, as a data: URI (the page fetches nothing)."""
+    with open(path, "rb") as handle:
+        return "data:image/png;base64," + base64.b64encode(handle.read()).decode("ascii")
 
 
 def agreement_matrix_png(conditions: list[str], metrics: dict) -> str:

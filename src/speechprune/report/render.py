@@ -16,7 +16,7 @@ from speechprune.report.document import Figure, Missing, Section, Table
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1150px;padding:0 1em;color:#222}
 h1{font-size:1.5em} h2{font-size:1.2em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.6em 0;font-size:.85em} td,th{border:1px solid #ccc;padding:.2em .5em;
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em} caption{caption-side:bottom;text-align:left;font-size:.9em;color:#555;padding-top:.2em} td,th{border:1px solid #ccc;padding:.2em .5em;
 text-align:left;vertical-align:top} th{background:#f3f3f3} figure{margin:1em 0} figcaption{font-size:.9em;color:#444}
 code{background:#f3f3f3;padding:0 .2em;word-break:break-all} .missing{color:#8a5a00}
 .pair{display:flex;flex-wrap:wrap;gap:1.5em} .svg-title{font-size:12px} .tick{font-size:10px} .axis{font-size:11px}
@@ -54,7 +54,8 @@ def _script_hash() -> str:
 def _html_table(table: Table) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in table.headers)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    caption = f'<caption>{escape(table.note)}</caption>' if table.note else ""
+    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _html_block(block) -> str:
@@ -88,9 +89,11 @@ def _md_block(block) -> str:
         lines = ["| " + " | ".join(_md_cell(h) for h in block.headers) + " |",
                  "|" + "---|" * len(block.headers)]
         lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+        if block.note:
+            lines += ["", f"*{_md_cell(block.note)}*"]
         return "\n".join(lines)
     if isinstance(block, Figure):
-        return f"*Figure (in the HTML report):* {_md_cell(block.says)} Made by: `{block.command.replace('`', '')}`"
+        return f"*Figure (in the HTML report):* {_md_cell(block.says)} Made by: {_md_cell(block.command)}"
     if isinstance(block, Missing):
         return f"*Not in this run:* {_md_cell(block.text)}"
     return _md_cell(str(block))

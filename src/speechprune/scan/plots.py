@@ -1,5 +1,6 @@
 """Figures of a scan: Gromov-style heatmaps (block size n against start l, colour = distance) per
-input and region, the best start l*(n) against n, and the bootstrap stability of l*(n); and the
+input and region, where both inputs were scanned the speech-minus-text difference of those
+heatmaps, the best start l*(n) against n, and the bootstrap stability of l*(n); and the
 side-by-side figure of ``compare``. Matplotlib with the Agg backend, nothing else.
 """
 
@@ -46,6 +47,42 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
     return image
 
 
+DIFFERENCE_LABEL = r"$d_{speech} - d_{text}$ (positive: speech finds the block less redundant)"
+
+
+def difference_heatmap(ax, speech: np.ndarray, text: np.ndarray, title: str):
+    """Draw d_speech - d_text of every block [l, l+n) into ``ax`` on a diverging scale centred on 0;
+    returns the image for a colour bar."""
+    table = block_distances(np.asarray(speech)) - block_distances(np.asarray(text))
+    num_layers = table.shape[0]
+    bound = float(np.nanmax(np.abs(table))) or 1e-12
+    image = ax.imshow(np.ma.masked_invalid(table), origin="lower", aspect="auto", cmap="RdBu_r", vmin=-bound,
+                      vmax=bound, extent=(-0.5, num_layers - 0.5, 0.5, num_layers + 0.5), interpolation="nearest")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("start layer l, 0-based\n(block [l, l+n) removed)")
+    ax.set_ylabel("block size n (layers)")
+    ax.set_title(title, fontsize=9)
+    return image
+
+
+def difference_figure(result: ScanResult, region: str, path: Path) -> str:
+    """The speech-minus-text heatmap of one region of a scan with both inputs."""
+    plt = _pyplot()
+    speech, text = result.inputs["speech"][region], result.inputs["text"][region]
+    fig, ax = plt.subplots(figsize=(6, 4.8))
+    counts = f" ({speech.count} and {text.count} positions)" if speech.count is not None else ""
+    image = difference_heatmap(ax, speech.angular, text.angular,
+                               f"{result.subject()}\nspeech minus text input, {region} positions{counts}")
+    fig.colorbar(image, ax=ax, label=DIFFERENCE_LABEL)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def scan_figures(result: ScanResult, out: Path) -> list[str]:
     """Write every figure of one scan into ``out``; returns the file names."""
     plt = _pyplot()
@@ -69,6 +106,11 @@ def scan_figures(result: ScanResult, out: Path) -> list[str]:
                 name = f"stability_{input_name}_{region}.png"
                 stability_figure(entry.stability, f"{about}\n{input_name} input, {region} positions", out / name)
                 names.append(name)
+    if {"speech", "text"} <= set(result.inputs):
+        for region, entry in result.inputs["speech"].items():
+            other = result.inputs["text"].get(region)
+            if entry.counted and other is not None and other.counted:
+                names.append(difference_figure(result, region, out / f"heatmap_speech_minus_text_{region}.png"))
     names.append(best_blocks_figure(result, out / "best_blocks.png"))
     return names
 
