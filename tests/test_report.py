@@ -22,7 +22,7 @@ from speechprune.scan.compare import CompareConfig, compare
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
 from tests.chromium import Browser, find_chromium
-from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 LAYERS = 4
 MARKUP = ["<script>window.__pwned = 1</script>", "<img src=x onerror=\"window.__pwned = 2\">"]
