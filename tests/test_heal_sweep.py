@@ -58,6 +58,7 @@ def test_heal_changes_only_receiving_mlps(tiny_speechllm, tiny_manifest, tmp_pat
     assert json.loads((out / "pruning.json").read_text())["removed"] == [2, 3]
 
 
+@pytest.mark.slow  # a whole sweep with healing: over 15 s
 def test_sweep_writes_table_curves_and_skips_finished_cells(tiny_speechllm, tiny_manifest, tmp_path):
     scan = fake_scan(tmp_path, 6)
     config = SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[str(tiny_manifest)],

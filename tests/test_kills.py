@@ -32,6 +32,7 @@ from tests.helpers import (build_tiny_speechllm, fake_scan, save_speech_family, 
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG_GUARD = 300  # seconds: only so that a run that never reaches its pause cannot hang the suite
+pytestmark = pytest.mark.slow  # every test here starts the real command in subprocesses, several times
 
 
 def _env(**extra: str) -> dict:

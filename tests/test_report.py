@@ -173,6 +173,7 @@ def browser():
     opened.close()
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(small_run, browser, tmp_path):
     path = report(ReportConfig(run=[str(small_run)], out=str(tmp_path)))
     browser.open(path)
@@ -194,6 +195,7 @@ def test_report_renders_in_chromium(small_run, browser, tmp_path):
     assert browser.problems() == []
 
 
+@pytest.mark.slow
 def test_markup_is_shown_as_text_in_chromium(markup_run, browser):
     browser.open(report(ReportConfig(run=[str(markup_run)])))
     assert browser.problems() == []

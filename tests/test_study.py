@@ -49,6 +49,7 @@ def test_conditions_vary_one_axis_from_the_reference(tmp_path):
     assert "llama-2.wav2vec2.asr-en.lora" in {c.name for c in conditions(config)}
 
 
+@pytest.mark.slow
 def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     config = _tiny_study(tmp_path)
     result = study(config)
