@@ -35,7 +35,8 @@ setup: system-deps $(STAMP)
 test: setup browser-deps
 	$(PY) -m pytest tests
 
-# everything but the tests marked slow (subprocess kills, two-process runs, the browser, the miniature study)
+# everything but the tests marked slow (subprocess kills, two-process runs, the browser, the miniature
+# study, whole sweeps)
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 

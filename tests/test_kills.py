@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from speechprune import files
 from speechprune.cli import main
@@ -27,8 +27,8 @@ from speechprune.config import to_yaml
 from speechprune.data.manifest import load_manifest
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
-from tests.helpers import (build_tiny_speechllm, fake_scan, save_speech_family, tiny_base_llm_config, tiny_study_config,
-                           tiny_train_config)
+from tests.helpers import (build_tiny_speechllm, fake_scan, save_speech_family, tiny_base_llm_config, tiny_causal_lm,
+                           tiny_study_config, tiny_train_config)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG_GUARD = 300  # seconds: only so that a run that never reaches its pause cannot hang the suite
@@ -156,10 +156,9 @@ def saved_plain_lm(folder: Path, manifest: Path) -> Path:
     """A tiny random Llama with a BPE tokenizer of the manifest's texts, as save_pretrained writes them."""
     texts = decoder_texts(DEFAULT_PROMPTS, load_manifest(manifest))
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                   max_position_embeddings=256).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
