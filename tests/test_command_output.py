@@ -226,7 +226,6 @@ def test_heal_prints_its_stage_and_writes_its_own_config(workspace, capsys, tmp_
     assert yaml.safe_load((tmp_path / "h" / "config.yaml").read_text())["steps"] == 2
 
 
-@pytest.mark.slow  # a whole sweep with healing: over 15 s
 def test_sweep_prints_cells_results_and_largest_acceptable(workspace, capsys, tmp_path):
     from speechprune.sweep import SPEED_NOTE, SweepConfig, sweep
 
