@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup system-deps browser-deps bench clean
+.PHONY: demo test test-fast setup system-deps browser-deps bench clean
 
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
@@ -34,6 +34,11 @@ setup: system-deps $(STAMP)
 
 test: setup browser-deps
 	$(PY) -m pytest tests
+
+# everything but the tests marked slow (subprocess kills, two-process runs, the browser, the miniature
+# study, whole sweeps)
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
 
 DEMO_ARGS ?=
 demo: setup

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +14,7 @@ from speechprune.data.manifest import load_manifests
 from speechprune.model.speechllm import DecoderConfig
 from speechprune.report import ReportConfig, report
 from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
-from tests.conftest import tiny_model_config, write_tiny_manifest
-
-
-def tiny_base_llm_config(out: Path, checkpoint_every: int = 100) -> BaseLLMConfig:
-    """Two languages, 40 meanings, a 2-layer decoder, 4 steps with the dev perplexity every 2."""
-    decoder = DecoderConfig(config={**tiny_model_config().decoder.config, "num_hidden_layers": 2})
-    return BaseLLMConfig(out=str(out), languages=["en", "es"], sentences=40, dev_sentences=4, steps=4, eval_every=2,
-                         batch_size=8, decoder=decoder, loop=LoopConfig(log_every=1, checkpoint_every=checkpoint_every))
+from tests.helpers import build_tiny_speechllm, tiny_base_llm_config, tiny_model_config, write_tiny_manifest
 
 
 def test_grammar_texts_render_every_language_and_skip_excluded():
@@ -145,7 +137,6 @@ def test_projector_lr_gets_its_own_parameter_group():
 
 def test_ctc_greedy_cer_collapses_repeats_and_blanks(tmp_path):
     from speechprune.train import ctc_greedy_cer
-    from tests.conftest import build_tiny_speechllm
 
     utterances = load_manifests([write_tiny_manifest(tmp_path / "data", with_st=False)])[:2]
     model = build_tiny_speechllm(utterances).eval()

@@ -15,14 +15,12 @@ import yaml
 from speechprune.cli import main
 from speechprune.data.manifest import load_manifest
 from speechprune.evaluate import score
-from tests.conftest import build_tiny_speechllm
+from tests.helpers import build_tiny_speechllm, fake_scan, tiny_model_config, write_tiny_manifest
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny SpeechLLM (6 layers), its manifest and one scan of it with speech and text input."""
-    from tests.conftest import write_tiny_manifest
-
     root = tmp_path_factory.mktemp("commands")
     manifest = write_tiny_manifest(root / "data")
     torch.manual_seed(0)
@@ -188,7 +186,6 @@ def test_score_lists_each_condition_once():
 def test_train_says_it_resumed_and_ends_with_a_table(tiny_manifest, tmp_path, capsys, monkeypatch):
     import speechprune.train as train_module
     from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
-    from tests.conftest import tiny_model_config
 
     stages = {"ctc": StageConfig(steps=2, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen"),
               "joint": StageConfig(steps=3)}
@@ -231,7 +228,6 @@ def test_heal_prints_its_stage_and_writes_its_own_config(workspace, capsys, tmp_
 
 def test_sweep_prints_cells_results_and_largest_acceptable(workspace, capsys, tmp_path):
     from speechprune.sweep import SPEED_NOTE, SweepConfig, sweep
-    from tests.test_heal_sweep import fake_scan
 
     root, manifest = workspace
     scan = fake_scan(tmp_path, 6)

@@ -8,6 +8,7 @@ import pytest
 import sacrebleu
 
 from speechprune.evaluate import EvalConfig, evaluate, score, word_error_rate
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 
 def test_wer_normalises_case_and_punctuation_and_counts_edits():
@@ -37,7 +38,6 @@ def test_eval_writes_metrics_per_manifest(tiny_manifest, tmp_path):
     import torch
 
     from speechprune.data.manifest import load_manifest
-    from tests.conftest import build_tiny_speechllm, write_tiny_manifest
 
     utterances = load_manifest(tiny_manifest)
     torch.manual_seed(0)

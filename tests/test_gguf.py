@@ -211,7 +211,7 @@ def test_a_speechllm_is_built_on_a_gguf_decoder(files, tmp_path):
 
     from speechprune.model.gguf import decoder_checkpoint
     from speechprune.model.speechllm import DecoderConfig, SpeechLLM
-    from tests.conftest import tiny_model_config
+    from tests.helpers import tiny_model_config
 
     assert decoder_checkpoint("some/hub-id") == "some/hub-id"
     config = replace(tiny_model_config(), decoder=DecoderConfig(pretrained=str(files["llama"])))

@@ -18,9 +18,9 @@ from speechprune.model.decoder import next_token_loss
 from speechprune.model.interface import load_model
 from speechprune.model.layout import IGNORE_INDEX, DecoderInputs
 from speechprune.train import LoraConfig, with_lora
-from tests.test_prune_run import save_tiny_tokenizer
+from tests.helpers import WORD_VOCAB_SIZE, save_word_tokenizer, tiny_causal_lm
 
-VOCAB = 61  # save_tiny_tokenizer's: w0 .. w57, <unk>, <s>, </s>
+VOCAB = WORD_VOCAB_SIZE
 TEXT = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
 
@@ -104,10 +104,9 @@ def _fixed_length_utterances(count: int) -> list[Utterance]:
 
 @pytest.fixture
 def plain_lm(tmp_path) -> Path:
-    torch.manual_seed(0)
     folder = tmp_path / "llm"
-    AutoModelForCausalLM.from_config(LlamaConfig(**{**TEXT, "num_hidden_layers": 3})).save_pretrained(folder)
-    save_tiny_tokenizer(folder)
+    tiny_causal_lm("llama", **{**TEXT, "num_hidden_layers": 3}).save_pretrained(folder)
+    save_word_tokenizer(folder)
     return folder
 
 

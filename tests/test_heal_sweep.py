@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,7 +18,7 @@ from speechprune.prune.apply import read_scan
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.prune.strategies import layers_for_fraction
 from speechprune.sweep import SweepConfig, sweep
-from tests.conftest import build_tiny_speechllm
+from tests.helpers import build_tiny_speechllm, fake_scan
 
 
 @pytest.fixture
@@ -28,22 +27,6 @@ def tiny_speechllm(tiny_manifest, tmp_path):
     torch.manual_seed(0)
     model = build_tiny_speechllm(utterances, layers=6)
     return model.save(tmp_path / "model")
-
-
-def fake_scan(tmp_path, num_layers: int):
-    """A scan.json whose block distances make layers 2..3 clearly the most redundant."""
-    rng = np.random.default_rng(0)
-    size = num_layers + 1
-    angular = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) * 0.1 + rng.uniform(0, 0.01, (size, size))
-    angular[2, 4] = angular[4, 2] = 0.01
-    angular = (angular + angular.T) / 2
-    np.fill_diagonal(angular, 0)
-    cosine = np.cos(angular * np.pi)
-    scan = {"num_layers": num_layers, "inputs": {"speech": {"regions": {"all": {
-        "angular": angular.tolist(), "cosine": cosine.tolist(), "count": 10}}}}}
-    (tmp_path / "scan").mkdir()
-    (tmp_path / "scan" / "scan.json").write_text(json.dumps(scan))
-    return tmp_path / "scan"
 
 
 def test_healing_layers_follow_removed_blocks():
@@ -75,6 +58,7 @@ def test_heal_changes_only_receiving_mlps(tiny_speechllm, tiny_manifest, tmp_pat
     assert json.loads((out / "pruning.json").read_text())["removed"] == [2, 3]
 
 
+@pytest.mark.slow  # a whole sweep with healing: over 15 s
 def test_sweep_writes_table_curves_and_skips_finished_cells(tiny_speechllm, tiny_manifest, tmp_path):
     scan = fake_scan(tmp_path, 6)
     config = SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[str(tiny_manifest)],

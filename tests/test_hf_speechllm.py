@@ -1,4 +1,4 @@
-"""Hugging Face speech-LLM families: tiny random instances built from their configs here (no
+"""Hugging Face speech-LLM families: tiny random instances built from their configs (helpers.py; no
 download), with a tiny tokenizer, chat template and processor saved beside them; each is scanned,
 pruned, reloaded in its own class and compared with the original with the layers skipped."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from transformers import AutoConfig, GenerationConfig, WhisperFeatureExtractor
+from transformers import AutoConfig
 
 from speechprune.cli import main
 from speechprune.data.audio import load_audio
@@ -18,75 +18,11 @@ from speechprune.data.manifest import load_manifest
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers, text_config
 from speechprune.model.interface import load_model
-from speechprune.model.speechllm import DEFAULT_PROMPTS, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.scan.run import ScanConfig, scan
-from tests.conftest import write_tiny_manifest
-
-LAYERS = 4
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=LAYERS, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, max_position_embeddings=2048)
-WHISPER_LIKE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                    num_mel_bins=128)
-# family -> (decoder model_type, config kwargs, processor class or None (no processor: text input only),
-# audio token); the model class comes from transformers' own name for the family
-FAMILIES = {
-    "qwen2_audio": ("qwen2", dict(audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2,
-                                                    encoder_ffn_dim=32, num_mel_bins=80, max_source_positions=1500)),
-                    "Qwen2AudioProcessor", "<|AUDIO|>"),
-    "audioflamingo3": ("qwen2", dict(audio_config=dict(WHISPER_LIKE, max_source_positions=1500)),
-                       "AudioFlamingo3Processor", "<sound>"),
-    "glmasr": ("llama", dict(audio_config=dict(WHISPER_LIKE, max_position_embeddings=1500)),
-               "GlmAsrProcessor", "<|pad|>"),
-    # their processors need mistral-common (Voxtral) or torchaudio (Granite Speech): text input here
-    "voxtral": ("llama", dict(audio_config=dict(WHISPER_LIKE, max_source_positions=1500)), None, "<|AUDIO|>"),
-    "granite_speech": ("granite", dict(encoder_config=dict(input_dim=160, num_layers=1, hidden_dim=32,
-                                                           feedforward_mult=2, num_heads=2, dim_head=16,
-                                                           output_dim=16),
-                                       projector_config=dict(model_type="blip_2_qformer", hidden_size=32,
-                                                             num_hidden_layers=1, num_attention_heads=2,
-                                                             intermediate_size=32, encoder_hidden_size=32),
-                                       downsample_rate=5, window_size=15), None, "<|audio|>"),
-}
-MODEL_CLASSES = {"qwen2_audio": "Qwen2AudioForConditionalGeneration",
-                 "audioflamingo3": "AudioFlamingo3ForConditionalGeneration",
-                 "glmasr": "GlmAsrForConditionalGeneration", "voxtral": "VoxtralForConditionalGeneration",
-                 "granite_speech": "GraniteSpeechForConditionalGeneration"}
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
-    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
-    "{% if c.type == 'audio' %}<|audio_bos|>AUDIO<|audio_eos|>{% else %}{{ c.text }}{% endif %}{% endfor %}"
-    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def save_family(folder: Path, family: str, manifest: Path) -> Path:
-    """A tiny random ``family`` checkpoint with tokenizer, chat template, processor, generation config."""
-    decoder_type, extra, processor_name, audio = FAMILIES[family]
-    texts = decoder_texts(DEFAULT_PROMPTS, load_manifest(manifest))
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>", "<|audio_bos|>",
-                                                                "<|audio_eos|>", audio]})
-    tokenizer.chat_template = CHAT_TEMPLATE.replace("AUDIO", audio)
-    audio_id = tokenizer.convert_tokens_to_ids(audio)
-    token_key = "audio_token_index" if family == "qwen2_audio" else "audio_token_id"
-    config = AutoConfig.for_model(family, text_config={"model_type": decoder_type, "vocab_size": len(tokenizer), **TEXT},
-                                  **{token_key: audio_id}, **extra)
-    torch.manual_seed(0)
-    model = getattr(transformers, MODEL_CLASSES[family])(config).eval()
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                                               pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(folder)
-    if processor_name is None:
-        tokenizer.save_pretrained(folder)
-    else:
-        mels = extra["audio_config"]["num_mel_bins"]
-        processor = getattr(transformers, processor_name)(WhisperFeatureExtractor(feature_size=mels), tokenizer,
-                                                          chat_template=tokenizer.chat_template, audio_token=audio)
-        processor.save_pretrained(folder)
-    return folder
-
+from tests.helpers import (SPEECH_FAMILIES, SPEECH_LAYERS, SPEECH_MODEL_CLASSES, save_speech_family,
+                           write_tiny_manifest)
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
@@ -96,7 +32,7 @@ def manifest(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, manifest) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hf")
-    return {family: save_family(root / family, family, manifest) for family in FAMILIES}
+    return {family: save_speech_family(root / family, family, manifest) for family in SPEECH_FAMILIES}
 
 
 def skip_hooks(causal_lm, skip):
@@ -107,23 +43,23 @@ def skip_hooks(causal_lm, skip):
     return [decoder_layers(causal_lm)[i].register_forward_hook(identity, with_kwargs=True) for i in skip]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(SPEECH_FAMILIES))
 def test_scan_prune_reload_compare(family, checkpoints, manifest, tmp_path):
     source = checkpoints[family]
     model = load_model(str(source))
     input_name = model.sources[0]
-    assert input_name == ("speech" if FAMILIES[family][2] else "text")
+    assert input_name == ("speech" if SPEECH_FAMILIES[family][2] else "text")
 
     payload = scan(ScanConfig(model=str(source), data=str(manifest), out=str(tmp_path / "scan"), bootstrap=0,
                               plots=False, max_utterances=4, batch_size=2))
-    assert payload["num_layers"] == LAYERS and payload["model"]["kind"] == "hf-speech-llm"
+    assert payload["num_layers"] == SPEECH_LAYERS and payload["model"]["kind"] == "hf-speech-llm"
     regions = payload["inputs"][input_name]["regions"]
     assert all(regions[r]["count"] > 0 for r in ("speech", "prompt", "target", "last", "all"))
 
     record = prune(PruneConfig(model=str(source), out=str(tmp_path / "pruned"), drop="1:3"))
     assert record["kind"] == "hf-speech-llm" and record["verification"]["logits_max_abs_error"] <= 1e-5
-    assert type(model.causal_lm).__name__ == MODEL_CLASSES[family]
-    pruned, info = getattr(transformers, MODEL_CLASSES[family]).from_pretrained(tmp_path / "pruned", output_loading_info=True)
+    assert type(model.causal_lm).__name__ == SPEECH_MODEL_CLASSES[family]
+    pruned, info = getattr(transformers, SPEECH_MODEL_CLASSES[family]).from_pretrained(tmp_path / "pruned", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     assert len(decoder_layers(pruned)) == text_config(pruned).num_hidden_layers == 2
     assert [layer.self_attn.layer_idx for layer in decoder_layers(pruned)] == [0, 1]
@@ -233,7 +169,7 @@ def test_sweep_on_a_speech_llm(checkpoints, manifest, tmp_path):
                                 max_test_utterances=2, batch_size=2, input="speech"))
     cells = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "sweep" / "cells").iterdir()}
     assert set(cells) == {"baseline", "angular-remove1-none", "angular-remove1-receiving-mlp"}
-    assert cells["angular-remove1-none"]["kept_layers"] == LAYERS - 1
+    assert cells["angular-remove1-none"]["kept_layers"] == SPEECH_LAYERS - 1
     assert cells["angular-remove1-none"]["decoder_bytes"] < cells["baseline"]["decoder_bytes"]
     assert "angular/none/tiny" in summary["largest_acceptable"]
 
@@ -244,11 +180,11 @@ def test_greedy_score_measures_the_speech_llm_on_cached_speech_inputs(checkpoint
     assert record["input"] == "speech" and record["utterances"] == 2 and len(record["removed"]) == 1
     # each step scored every remaining layer; the chosen one has the lowest target loss
     step = record["steps"][0]
-    assert len(step["scores"]) == LAYERS
+    assert len(step["scores"]) == SPEECH_LAYERS
     assert record["removed"][0] == int(min(step["scores"], key=step["scores"].get)) == step["removed"]
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(SPEECH_FAMILIES))
 def test_plain_layout_is_the_text_alone_through_the_family_tokenizer(family, checkpoints, manifest, tmp_path):
     """--layout plain on a speech-LLM: each transcript as the family's tokenizer frames it, no chat,
     embedded by the decoder's own table; task stays the default."""

@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoModelForCausalLM
 
 from speechprune import files
 from speechprune.cli import main
@@ -27,15 +27,12 @@ from speechprune.config import to_yaml
 from speechprune.data.manifest import load_manifest
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
-from tests.conftest import build_tiny_speechllm
-from tests.test_base_llm import tiny_base_llm_config
-from tests.test_heal_sweep import fake_scan
-from tests.test_hf_speechllm import save_family
-from tests.test_study import _tiny_study
-from tests.test_train import tiny_train_config
+from tests.helpers import (build_tiny_speechllm, fake_scan, save_speech_family, tiny_base_llm_config, tiny_causal_lm,
+                           tiny_study_config, tiny_train_config)
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HANG_GUARD = 300  # seconds: only so that a run that never reaches its pause cannot hang the suite
+pytestmark = pytest.mark.slow  # every test here starts the real command in subprocesses, several times
 
 
 def _env(**extra: str) -> dict:
@@ -159,10 +156,9 @@ def saved_plain_lm(folder: Path, manifest: Path) -> Path:
     """A tiny random Llama with a BPE tokenizer of the manifest's texts, as save_pretrained writes them."""
     texts = decoder_texts(DEFAULT_PROMPTS, load_manifest(manifest))
     tokenizer = train_bpe_tokenizer(texts, vocab_size=300)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_causal_lm("llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                   max_position_embeddings=256).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -170,7 +166,7 @@ def saved_plain_lm(folder: Path, manifest: Path) -> Path:
 # kind -> (a tiny saved model of that kind, the class its healed checkpoint reloads in)
 OTHER_KINDS = {
     "causal-lm": (saved_plain_lm, AutoModelForCausalLM.from_pretrained),
-    "hf-speech-llm": (lambda folder, manifest: save_family(folder, "qwen2_audio", manifest),
+    "hf-speech-llm": (lambda folder, manifest: save_speech_family(folder, "qwen2_audio", manifest),
                       transformers.Qwen2AudioForConditionalGeneration.from_pretrained),
 }
 
@@ -286,7 +282,7 @@ def test_base_llm_killed_mid_checkpoint_and_mid_export_resumes_to_the_same_model
 
 
 def test_study_killed_mid_checkpoint_and_mid_summary_ends_with_the_same_numbers(tmp_path, capsys):
-    config = _tiny_study(tmp_path)
+    config = tiny_study_config(tmp_path)
     config.loop.checkpoint_every = 2  # the base LLMs (3 steps) and SpeechLLMs (3 joint steps) checkpoint at step 2
     config_file = tmp_path / "miniature-study.yaml"
     config_file.write_text(to_yaml(config))

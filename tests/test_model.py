@@ -10,7 +10,7 @@ from speechprune.model.layout import IGNORE_INDEX, Segment, assemble
 from speechprune.model.speechllm import DEFAULT_PROMPTS, SpeechLLM, decoder_texts
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.model.text import text_decoder_inputs
-from tests.conftest import assert_clear_greedy_path, build_tiny_speechllm
+from tests.helpers import assert_clear_greedy_path, build_tiny_speechllm
 
 
 def build(manifest, **kwargs) -> tuple[SpeechLLM, list]:

@@ -78,7 +78,7 @@ def test_eval_perplexity_of_a_plain_llm_equals_transformers_loss_on_padded_batch
 
 def test_a_speech_model_is_not_scored_on_text_only_data(plain, tmp_path, capsys, tiny_manifest):
     from speechprune.data.manifest import load_manifest
-    from tests.conftest import build_tiny_speechllm
+    from tests.helpers import build_tiny_speechllm
 
     model = build_tiny_speechllm(load_manifest(tiny_manifest)).save(tmp_path / "speechllm")
     code = main(["eval", "--model", str(model), "--data", str(plain["texts"]), "--out", str(tmp_path / "ev")])

@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    DynamicCache,
-    Gemma2Config,
-    Gemma3TextConfig,
-    GemmaConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import DynamicCache
 
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers, final_norm
 from speechprune.prune.prefill import kv_fill_supported, prefill_skip
 from speechprune.prune.surgery import skip_layers
-from tests.conftest import assert_clear_greedy_path
+from tests.helpers import (DECODER_FAMILIES, assert_clear_greedy_path, tiny_causal_lm, tiny_model_config,
+                           write_tiny_manifest)
 
 L = 6
 VOCAB = 89
@@ -34,22 +25,11 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
               pad_token_id=0, initializer_range=0.3)
 MIXED = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention", "full_attention",
          "full_attention"]
-FAMILIES = {
-    "llama": lambda: LlamaConfig(**COMMON),
-    "qwen2": lambda: Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=4, max_window_layers=3),
-    "mistral": lambda: MistralConfig(**COMMON, sliding_window=4),
-    "gemma": lambda: GemmaConfig(**COMMON, head_dim=16),
-    "gemma2": lambda: Gemma2Config(**COMMON, head_dim=16, sliding_window=4),
-    "gemma3": lambda: Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=4, layer_types=list(MIXED)),
-    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16, use_sliding_window=True, sliding_window=4,
-                                 layer_types=list(MIXED)),
-}
 SKIPS = {"block": [2, 3], "scattered": [0, 3, 5]}
 
 
 def tiny(family: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(FAMILIES[family]()).eval()
+    return tiny_causal_lm(family, seed, mix=MIXED, **COMMON)
 
 
 def prompt(batch: int = 1, seed: int = 1) -> torch.Tensor:
@@ -107,7 +87,7 @@ def reference(model, input_ids, skip, new=NEW):
     return torch.stack(tokens, 1), torch.stack(logits, 1)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
 def test_nothing_skipped_is_plain_generation(family):
     model = tiny(family)
     ids = prompt(batch=2)
@@ -121,7 +101,7 @@ def test_nothing_skipped_is_plain_generation(family):
     assert torch.equal(plain[1], inside[1])
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
 @pytest.mark.parametrize("where", SKIPS)
 def test_prefill_is_the_pruned_model_and_later_tokens_the_full_stack(family, where):
     model = tiny(family)
@@ -229,7 +209,6 @@ def test_bad_arguments():
 def test_speechllm_generate_first_token_is_the_pruned_model(tmp_path):
     from speechprune.data.manifest import load_manifest
     from speechprune.model.speechllm import SpeechLLM
-    from tests.conftest import tiny_model_config, write_tiny_manifest
 
     utterances = list(load_manifest(write_tiny_manifest(tmp_path / "data", with_st=False)))
     torch.manual_seed(0)

@@ -10,50 +10,30 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from speechprune.cli import main
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers
 from speechprune.prune import run as prune_run
 from speechprune.prune.run import PruneConfig, parse_drop, prune
+from tests.helpers import (SENTENCES, WORD_VOCAB_SIZE, save_word_tokenizer, synthetic_scan, tiny_causal_lm,
+                           tiny_model_config, write_tiny_manifest)
 
 L = 8
-VOCAB = 61
+VOCAB = WORD_VOCAB_SIZE
 
 
 def save_tiny_lm(folder: Path, family: str = "llama") -> Path:
-    torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=L,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    config = (LlamaConfig(**common) if family == "llama"
-              else Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=3))
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    save_tiny_tokenizer(folder)
+    tiny_causal_lm(family, vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=L,
+                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64).save_pretrained(folder)
+    save_word_tokenizer(folder)
     return folder
 
 
-def save_tiny_tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    vocab = {f"w{i}": i for i in range(VOCAB - 3)} | {"<unk>": VOCAB - 3, "<s>": VOCAB - 2, "</s>": VOCAB - 1}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(folder)
-
-
-def synthetic_scan(num_layers: int, redundant: tuple[int, int]) -> dict:
-    a, b = redundant
-    position = [0.0]
-    for l in range(num_layers):
-        position.append(position[-1] + (0.02 if a <= l < b else 0.3))
-    size = num_layers + 1
-    region = {"angular": [[abs(position[i] - position[j]) / math.pi for j in range(size)] for i in range(size)],
-              "cosine": [[math.cos(position[i] - position[j]) for j in range(size)] for i in range(size)],
-              "count": 10}
-    return {"num_layers": num_layers, "index_convention": "0-based",
-            "inputs": {"text": {"regions": {"all": region, "last": region}}}}
+def text_scan(num_layers: int, redundant: tuple[int, int]) -> dict:
+    """A plain LLM's scan (text input only) whose layers ``redundant`` [a, b) hardly move the stream."""
+    return synthetic_scan(num_layers, redundant, inputs=("text",))
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +136,7 @@ def test_prune_plain_lm_directory(lm_dir, tmp_path):
 def test_prune_from_scan_with_each_scan_strategy(lm_dir, tmp_path):
     scan_dir = tmp_path / "scan"
     scan_dir.mkdir()
-    (scan_dir / "scan.json").write_text(json.dumps(synthetic_scan(L, (3, 6))))
+    (scan_dir / "scan.json").write_text(json.dumps(text_scan(L, (3, 6))))
     expected = {"angular": [3, 4, 5], "last": [4, 5, 6]}
     for strategy, removed in {"angular": [3, 4], "last": [5, 6]}.items():
         record = prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / strategy), scan=str(scan_dir),
@@ -175,14 +155,14 @@ def test_prune_from_scan_with_each_scan_strategy(lm_dir, tmp_path):
 
 
 def test_scan_of_another_model_is_refused(lm_dir, tmp_path):
-    (tmp_path / "scan.json").write_text(json.dumps(synthetic_scan(12, (3, 6))))
+    (tmp_path / "scan.json").write_text(json.dumps(text_scan(12, (3, 6))))
     with pytest.raises(UserError, match="12-layer"):
         prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "o"), scan=str(tmp_path), remove=2))
     assert not (tmp_path / "o").exists()
 
 
 def test_model_strategies_need_their_callables(lm_dir, tmp_path):
-    (tmp_path / "scan.json").write_text(json.dumps(synthetic_scan(L, (3, 6))))
+    (tmp_path / "scan.json").write_text(json.dumps(text_scan(L, (3, 6))))
     for strategy in ("iterative", "greedy-score"):
         with pytest.raises(UserError, match=f"--strategy {strategy} .* give --data"):
             prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "o"), scan=str(tmp_path), remove=1,
@@ -198,7 +178,7 @@ def test_model_strategies_need_their_callables(lm_dir, tmp_path):
 
     # with a rescan: the first scan points at layer 5, the scan of the pruned model at its layer 2
     def rescan(model):
-        return synthetic_scan(len(decoder_layers(model)), (5, 6) if len(decoder_layers(model)) == L else (2, 3))
+        return text_scan(len(decoder_layers(model)), (5, 6) if len(decoder_layers(model)) == L else (2, 3))
 
     record = prune(PruneConfig(model=str(lm_dir), out=str(tmp_path / "i"), scan=str(tmp_path), remove=2,
                                strategy="iterative"), rescan=rescan)
@@ -263,7 +243,6 @@ def test_prune_speechllm_directory(speechllm_dir, tmp_path):
 @pytest.fixture(scope="module")
 def speechllm_dir(tmp_path_factory) -> tuple[Path, Path]:
     from speechprune.model.speechllm import SpeechLLM
-    from tests.conftest import SENTENCES, tiny_model_config, write_tiny_manifest
 
     folder = tmp_path_factory.mktemp("slm")
     manifest = write_tiny_manifest(folder / "data", with_st=False)
@@ -352,7 +331,7 @@ def test_cli_prune_succeeds(lm_dir, tmp_path):
     out2 = tmp_path / "out2"
     assert main(["prune", "--model", str(lm_dir), "--out", str(out2), "--drop", "0:1,6:7"]) == 0
     assert json.loads((out2 / "pruning.json").read_text())["removed"] == [0, 6]
-    (tmp_path / "scan.json").write_text(json.dumps(synthetic_scan(L, (3, 6))))
+    (tmp_path / "scan.json").write_text(json.dumps(text_scan(L, (3, 6))))
     out3 = tmp_path / "out3"
     assert main(["prune", "--model", str(lm_dir), "--out", str(out3), "--scan", str(tmp_path),
                  "--fraction", "0.25", "--strategy", "angular"]) == 0
@@ -380,7 +359,7 @@ def test_cli_prune_succeeds(lm_dir, tmp_path):
 ])
 def test_cli_bad_input_exits_2_and_leaves_no_output(lm_dir, tmp_path, args, capsys):
     (tmp_path / "scan").mkdir()
-    (tmp_path / "scan" / "scan.json").write_text(json.dumps(synthetic_scan(L, (3, 6))))
+    (tmp_path / "scan" / "scan.json").write_text(json.dumps(text_scan(L, (3, 6))))
     args = [str(tmp_path / "scan") if a == "SCAN" else a for a in args]
     out = tmp_path / "out"
     assert main(["prune", "--model", str(lm_dir), "--out", str(out), *args]) == 2

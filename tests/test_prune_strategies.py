@@ -4,20 +4,9 @@ rounding, and the iterative / greedy-score strategies with stand-in measurement 
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma2Config,
-    Gemma3TextConfig,
-    GemmaConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
 
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers
@@ -33,27 +22,7 @@ from speechprune.prune.strategies import (
     layers_for_fraction,
 )
 from speechprune.prune.surgery import remove_layers
-
-
-def synthetic_scan(num_layers: int, redundant: tuple[int, int], step_cos: list[float] | None = None,
-                   inputs=("speech", "text")) -> dict:
-    """A scan whose stream moves by ``step`` radians per layer, except inside the ``redundant``
-    block [a, b), where it hardly moves: the best block of any size inside it starts at a."""
-    a, b = redundant
-    steps = [0.02 if a <= l < b else 0.3 + 0.01 * l for l in range(num_layers)]
-    position = [0.0]
-    for step in steps:
-        position.append(position[-1] + step)
-    size = num_layers + 1
-    ang = [[abs(position[i] - position[j]) / math.pi for j in range(size)] for i in range(size)]
-    cos = [[math.cos(abs(position[i] - position[j])) for j in range(size)] for i in range(size)]
-    if step_cos is not None:
-        for l, c in enumerate(step_cos):
-            cos[l][l + 1] = cos[l + 1][l] = c
-    region = {"angular": ang, "cosine": cos, "count": 100}
-    return {"num_layers": num_layers,
-            "inputs": {name: {"regions": {r: copy.deepcopy(region) for r in ("all", "last", "target")}}
-                       for name in inputs}}
+from tests.helpers import alternating_layers, build_tiny_speechllm, synthetic_scan, tiny_causal_lm
 
 
 def test_angular_finds_the_known_block():
@@ -138,10 +107,8 @@ def test_bad_scan_shapes():
 # ---- model-based strategies -------------------------------------------------------------------
 
 def tiny_llama(layers: int = 6, seed: int = 0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=2, num_key_value_heads=1)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return tiny_causal_lm("llama", seed, vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                          num_attention_heads=2, num_key_value_heads=1)
 
 
 def test_iterative_rescans_the_pruned_model_and_maps_back_to_original_indices():
@@ -258,26 +225,13 @@ def test_loss_score_is_token_weighted_and_ignores_unlabelled_positions():
 # matmul differently for the tail's shapes only through the same calls, so the scores may differ by
 # a few float32 rounding steps per layer: 2e-5 (~ 150 ulps of a loss near 4) bounds that with room.
 SCORE_TOLERANCE = 2e-5
-FAMILY_CONFIGS = {
-    "llama": lambda common: LlamaConfig(**common),
-    "qwen2": lambda common: Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=2),
-    "mistral": lambda common: MistralConfig(**common, sliding_window=4),
-    "gemma": lambda common: GemmaConfig(**common, head_dim=16),
-    "gemma2": lambda common: Gemma2Config(**common, head_dim=16, sliding_window=4),
-    "gemma3": lambda common: Gemma3TextConfig(**common, head_dim=16, sliding_window=4, layer_types=[
-        "sliding_attention" if i % 3 != 2 else "full_attention" for i in range(common["num_hidden_layers"])]),
-    "qwen3": lambda common: Qwen3Config(**common, head_dim=16, use_sliding_window=True, sliding_window=4,
-                                        layer_types=["full_attention" if i % 2 else "sliding_attention"
-                                                     for i in range(common["num_hidden_layers"])]),
-}
 
 
 def tiny_family(family: str, layers: int, seed: int = 0):
-    torch.manual_seed(seed)
-    common = dict(vocab_size=53, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                  initializer_range=0.2)  # layers that change the stream a lot: no near-tied scores
-    return AutoModelForCausalLM.from_config(FAMILY_CONFIGS[family](common)).eval()
+    return tiny_causal_lm(family, seed, mix=alternating_layers(layers), max_window_layers=2, vocab_size=53,
+                          hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=2,
+                          num_key_value_heads=1, max_position_embeddings=64,
+                          initializer_range=0.2)  # layers that change the stream a lot: no near-tied scores
 
 
 def padded_batches(model, count: int = 2, padding_side: str = "right", seed: int = 3):
@@ -342,7 +296,6 @@ def test_prefix_reuse_with_left_padding_and_restricted_candidates():
 @pytest.mark.parametrize("decoder_type", ["llama", "qwen2"])
 def test_prefix_reuse_on_a_speechllm(decoder_type, tiny_manifest):
     from speechprune.data.manifest import load_manifest
-    from tests.conftest import build_tiny_speechllm
 
     utterances = load_manifest(tiny_manifest)
     torch.manual_seed(1)

@@ -8,21 +8,12 @@ import copy
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    Gemma2Config,
-    Gemma3TextConfig,
-    GemmaConfig,
-    LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
-)
+from transformers import AutoModelForCausalLM
 
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers
 from speechprune.prune.surgery import kept_ranges, receiving_layers, remove_layers, skip_layers, validate_indices
-from tests.conftest import assert_clear_greedy_path
+from tests.helpers import DECODER_FAMILIES, assert_clear_greedy_path, tiny_causal_lm
 
 L = 8
 VOCAB = 97
@@ -31,23 +22,11 @@ COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidde
 MIXED = ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
          "full_attention", "sliding_attention", "full_attention", "full_attention"]
 
-FAMILIES = {
-    "llama": lambda: LlamaConfig(**COMMON),
-    # Qwen2: layers >= max_window_layers use the sliding window.
-    "qwen2": lambda: Qwen2Config(**COMMON, use_sliding_window=True, sliding_window=4, max_window_layers=3),
-    "mistral": lambda: MistralConfig(**COMMON, sliding_window=4),
-    "gemma": lambda: GemmaConfig(**COMMON, head_dim=16),
-    "gemma2": lambda: Gemma2Config(**COMMON, head_dim=16, sliding_window=4),  # alternating layer_types
-    "gemma3": lambda: Gemma3TextConfig(**COMMON, head_dim=16, sliding_window=4, layer_types=list(MIXED)),
-    "qwen3": lambda: Qwen3Config(**COMMON, head_dim=16, use_sliding_window=True, sliding_window=4,
-                                 layer_types=list(MIXED)),
-}
 REMOVALS = {"block": [2, 3, 4], "scattered": [0, 3, 6], "last": [7]}
 
 
 def tiny(family: str, seed: int = 0):
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(FAMILIES[family]()).eval()
+    return tiny_causal_lm(family, seed, mix=MIXED, **COMMON)
 
 
 def prompt(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
@@ -78,7 +57,7 @@ def layer_types(model):
 
 
 @pytest.mark.parametrize("removal", list(REMOVALS))
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", list(DECODER_FAMILIES))
 def test_pruned_model_equals_original_with_layers_skipped(family, removal, tmp_path):
     remove = REMOVALS[removal]
     model = tiny(family)

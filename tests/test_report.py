@@ -23,7 +23,7 @@ from speechprune.scan.compare import CompareConfig, compare
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
 from tests.chromium import Browser, find_chromium
-from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 LAYERS = 4
 MARKUP = ["<script>window.__pwned = 1</script>", "<img src=x onerror=\"window.__pwned = 2\">"]
@@ -231,6 +231,7 @@ def browser():
     opened.close()
 
 
+@pytest.mark.slow
 def test_report_renders_in_chromium(small_run, browser, tmp_path):
     path = report(ReportConfig(run=[str(small_run)], out=str(tmp_path)))
     browser.open(path)
@@ -252,6 +253,7 @@ def test_report_renders_in_chromium(small_run, browser, tmp_path):
     assert browser.problems() == []
 
 
+@pytest.mark.slow
 def test_markup_is_shown_as_text_in_chromium(markup_run, browser):
     browser.open(report(ReportConfig(run=[str(markup_run)])))
     assert browser.problems() == []

@@ -25,8 +25,7 @@ from speechprune.data.audio import MAX_AUDIO_SECONDS, load_audio
 from speechprune.data.manifest import load_manifest
 from speechprune.errors import UserError
 from speechprune.model.speechllm import SpeechLLM
-from tests.conftest import SENTENCES, build_tiny_speechllm, write_tiny_manifest
-from tests.test_base_llm import tiny_base_llm_config
+from tests.helpers import SENTENCES, build_tiny_speechllm, tiny_base_llm_config, write_tiny_manifest
 
 
 @pytest.fixture(scope="module")

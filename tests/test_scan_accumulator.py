@@ -10,7 +10,7 @@ import torch
 from speechprune.model.layout import REGIONS
 from speechprune.scan import PairwiseStats, ScanBatch, Scanner
 from speechprune.scan.accumulate import pair_index
-from tests.test_scan_support import batches, corpus, reference_scan, reference_states, tiny_decoder
+from tests.helpers import batches, corpus, reference_scan, reference_states, tiny_decoder
 
 FAMILIES = ["llama", "qwen2", "mistral", "gemma", "gemma2", "gemma3"]
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from speechprune.data.manifest import load_manifest
-from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from speechprune.data.sources import load_data
 from speechprune.errors import UserError
 from speechprune.model.tokenizer import train_bpe_tokenizer
 from speechprune.scan.run import ScanConfig, scan
-from tests.conftest import SENTENCES, build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import SENTENCES, build_tiny_speechllm, write_tiny_manifest
 
 TEXTS = ["the red cat sleeps on the mat.", "two dogs run.", "a big bird sings a long song in the tall tree.",
          "three birds fly.", "the cat sees a dog and the dog sees the cat.", "ok.", "the dog eats."]

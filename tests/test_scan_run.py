@@ -19,7 +19,7 @@ from speechprune.model.speechllm import SpeechLLM
 from speechprune.scan.result import ScanResult
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.scan.scanner import Scanner
-from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 
 @pytest.fixture(scope="module")

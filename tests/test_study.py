@@ -9,57 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from scipy.stats import spearmanr
 
 from speechprune.config import build_config
 from speechprune.report import ReportConfig, report
 from speechprune.study import StudyConfig, conditions, study
-from tests.conftest import SENTENCES, tiny_model_config, write_tiny_manifest
-
-TASKS = {"asr-en": ("en", "en", 0), "asr-fr": ("fr", "fr", 1), "st-en-fr": ("en", "fr", 1)}
-
-
-def _tiny_corpus(folder: Path) -> Path:
-    """The corpus layout the study reads: {task}.{split}.jsonl for every task, tone clips as audio."""
-    source = write_tiny_manifest(folder, "all.jsonl", with_st=False)
-    clips = [json.loads(line) for line in source.read_text().splitlines()]
-    for task, (src, tgt, column) in TASKS.items():
-        kind = task.split("-")[0]
-        for split in ("train", "dev", "test"):
-            lines = []
-            for i, clip in enumerate(clips):
-                text = SENTENCES[i][0 if src == "en" else 1]
-                target = SENTENCES[i][column]
-                lines.append({**clip, "id": f"{task}-{split}-{i}", "text": text, "target": target, "task": kind,
-                              "src_lang": src, "tgt_lang": tgt})
-            (folder / f"{task}.{split}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
-
-
-def _tiny_study(tmp_path: Path) -> StudyConfig:
-    """A study YAML with tiny sizes and a few steps, read as the command reads one."""
-    model = tiny_model_config()
-    settings = {
-        "out": str(tmp_path / "study"), "languages": ["en", "fr"], "tasks": ["asr-en", "st-en-fr", "asr-fr"],
-        "decoders": [{"name": "llama-2", "config": {**model.decoder.config, "num_hidden_layers": 2}},
-                     {"name": "qwen2-3", "config": {**model.decoder.config, "model_type": "qwen2",
-                                                    "num_hidden_layers": 3}}],
-        "encoders": [{"name": "whisper", "config": tiny_model_config(encoder_type="whisper").encoder.config},
-                     {"name": "wav2vec2", "config": tiny_model_config(encoder_type="wav2vec2").encoder.config}],
-        "modes": ["lora", "frozen"], "multitask": True, "plots": False,
-        "corpus": {"path": str(_tiny_corpus(tmp_path / "corpus"))},
-        "base": {"sentences": 40, "dev_sentences": 5, "steps": 3, "eval_every": 3, "batch_size": 8},
-        "speechllm": {"warmup_steps": 2, "joint_steps": 3, "batch_size": 4, "warmup_batch_size": 4,
-                      "projector": {"stack": 2, "hidden_dim": 32}},
-        "evaluation": {"test_utterances": 3, "scan_utterances": 4, "fractions": [0.0, 0.5], "heal_steps": 2,
-                       "max_new_tokens": 8},
-        "loop": {"log_every": 1, "checkpoint_every": 100, "lora": {"rank": 2, "alpha": 4}},
-    }
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(settings))
-    return build_config(StudyConfig, [], str(path))
-
+from tests.helpers import tiny_study_config as _tiny_study
 
 def _block_table(angular) -> np.ndarray:
     angular = np.asarray(angular)
@@ -94,6 +49,7 @@ def test_conditions_vary_one_axis_from_the_reference(tmp_path):
     assert "llama-2.wav2vec2.asr-en.lora" in {c.name for c in conditions(config)}
 
 
+@pytest.mark.slow
 def test_miniature_study_numbers_come_from_its_scans(tmp_path, capsys):
     config = _tiny_study(tmp_path)
     result = study(config)

@@ -14,18 +14,8 @@ import torch
 import speechprune.train as train_module
 from speechprune.config import to_yaml
 from speechprune.model.speechllm import SpeechLLM
-from speechprune.train import LoopConfig, StageConfig, TrainConfig, train
-from tests.conftest import build_tiny_speechllm, tiny_model_config
-
-
-def tiny_train_config(manifest: Path, out: Path, **loop) -> TrainConfig:
-    stages = {
-        "text-lm": StageConfig(steps=3, input="lm", encoder="frozen", projector="frozen", lr=3e-3),
-        "ctc": StageConfig(steps=3, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=3e-3),
-        "joint": StageConfig(steps=4, ctc_weight=0.3, lr=3e-3),
-    }
-    return TrainConfig(train=[str(manifest)], out=str(out), model=tiny_model_config(), stages=stages,
-                       loop=LoopConfig(batch_size=4, log_every=1, **loop))
+from speechprune.train import StageConfig, TrainConfig, train
+from tests.helpers import build_tiny_speechllm, tiny_train_config
 
 
 def weights(directory: Path) -> dict[str, torch.Tensor]:
