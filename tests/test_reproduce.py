@@ -21,7 +21,7 @@ from speechprune.report import ReportConfig, report
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
 from speechprune.train import TrainConfig
-from tests.conftest import build_tiny_speechllm, write_tiny_manifest
+from tests.helpers import build_tiny_speechllm, write_tiny_manifest
 
 WALL_CLOCK = {"decode_seconds", "utterances_per_second", "real_time_factor", "heal_seconds", "model", "seconds"}
 
