@@ -286,7 +286,7 @@ def bleu_limit(baseline_bleu: float, config: SweepConfig) -> float:
 
 
 WER_AXIS_TOP = 1.2  # WER can exceed 1 (insertions); beyond this a curve says nothing more
-PERPLEXITY_AXIS_TOP = 20.0  # x the baseline: a model this far gone says nothing more
+PERPLEXITY_AXIS_TOP = 100.0  # x the baseline (log axis): a model this far gone says nothing more
 LABELS = {"wer": "WER", "bleu": "BLEU", "perplexity": "perplexity"}
 
 
@@ -338,14 +338,20 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             for row, text in enumerate(notes):
                 axis.text(0.02, 0.97 - 0.07 * row, text, transform=axis.transAxes, fontsize=7, va="top", color="dimgrey",
                           bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "none", "pad": 1})
-            axis.set_ylim(0, top)
+            if metric == "perplexity":  # a pruned LLM's perplexity spans orders of magnitude
+                axis.set_yscale("log")
+                axis.set_ylim(0.8 * min(values + [limit]), top)
+            else:
+                axis.set_ylim(0, top)
             fractions = sorted({r["fraction"] for r in rows_of_set})
             axis.set_xticks(fractions, [f"{f:.3g}" for f in fractions])  # at the fractions run, no others
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(LABELS[metric] + (" (higher is better)" if metric == "bleu" else " (lower is better)"))
-            rests_on = f"\n{counts(baseline['utterances'], baseline.get('words'))} per point" if "utterances" in baseline else ""
+            unit = "token" if metric == "perplexity" else "word"
+            rests_on = (f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point"
+                        if "utterances" in baseline else "")
             axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed{rests_on}", fontsize=9)
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=7, loc="lower right" if metric == "perplexity" else "best")
         figure.tight_layout()
         name = f"curve_{set_name}.png"
         with atomic_path(out / name) as tmp:
@@ -390,7 +396,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
         lines.append(table(
             f"sweep {set_name}: {LABELS[metric]} (baseline {baseline[metric]:.3f} "
             f"[{baseline[metric + '_low']:.3f}, {baseline[metric + '_high']:.3f}], "
-            f"{baseline['utterances']} utterances, {baseline['words']} words); "
+            f"{counts(baseline['utterances'], baseline['words'], 'token' if metric == 'perplexity' else 'word')}); "
             "x = not acceptable, ? = undecided at this test size (paired bootstrap, 95%)",
             ("strategy/healing", *(f"-{n} ({fraction:.0%})" for n, fraction in levels), "largest acceptable"),
             table_rows))
