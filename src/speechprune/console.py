@@ -44,7 +44,10 @@ def stdout() -> Console:
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH  # a log: lines as long as their content, not folded at 80
+    return console
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]], caption: str | None = None,

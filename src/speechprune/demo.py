@@ -22,10 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
-from speechprune.console import step_needed
+from speechprune.console import stderr, step_needed
 from speechprune.config import option, require, require_choice, save_config
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
@@ -33,7 +32,6 @@ from speechprune.files import claims_output, read_json, write_json
 from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
 from speechprune.train import MODES, LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
 
-console = Console(stderr=True)
 
 
 @dataclass
@@ -141,11 +139,11 @@ def demo(config: DemoConfig) -> Path:
         prefill_only=config.prefill_only, max_test_utterances=config.test_utterances, out=str(out / "sweep"))))
     write_json(timer.path, {"seconds": timer.seconds})  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
-    console.rule("[bold]report")  # always rebuilt: it is fast and reflects every step above
+    stderr().rule("[bold]report")  # always rebuilt: it is fast and reflects every step above
     report_path = report(ReportConfig(run=[str(out)]))
     seconds = timer.seconds
-    console.print(f"[bold green]demo finished[/]: {out}  (steps: "
+    stderr().print(f"[bold green]demo finished[/]: {out}  (steps: "
                   + ", ".join(f"{name} {value:.0f} s" for name, value in seconds.items())
                   + f"; {sum(seconds.values()) / 60:.1f} min measured over the steps run)")
-    console.print(f"report: {report_path}")
+    stderr().print(f"report: {report_path}")
     return report_path

@@ -8,11 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from speechprune.console import counts, plural
+from speechprune.console import counts, plural, stderr
 from speechprune.evaluate import with_interval
 from speechprune.report.discover import Found, Run, read_pruned
 from speechprune.scan.result import ScanResult
@@ -189,7 +188,7 @@ def print_summary(run: Run, html_path: Path, markdown_path: Path) -> None:
         table.add_column(column, overflow="fold")
     for finding in findings(run):
         table.add_row(Text(finding.what), Text(finding.value), Text(finding.basis))  # text, not markup
-    Console(stderr=True).print(table)
+    stderr().print(table)
     found = ", ".join(plural(len(getattr(run, k)), noun) for k, noun in
                       (("scans", "scan"), ("compares", "compare"), ("sweeps", "sweep"), ("evals", "eval"),
                        ("studies", "study"), ("models", "pruned model")) if getattr(run, k))
