@@ -436,3 +436,12 @@ def test_checkpoints_are_loaded_without_running_code(world, tmp_path, capsys):
         pickle.dump({"stats": _RunsCode(proof)}, handle)
     fails_with(capsys, argv, "rank0-of-1.pt", "can read safely", "UnpicklingError")
     assert not proof.exists()
+
+
+def test_a_missing_local_model_path_says_it_does_not_exist(world, tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    fails_with(capsys, ["eval", "--model", str(missing), "--data", str(world["manifest"]), "--out",
+                        str(tmp_path / "out")], str(missing), "no such file or directory")
+    fails_with(capsys, ["scan", "--model", "./not/here", "--data", str(world["manifest"]), "--out",
+                        str(tmp_path / "scan")], "./not/here: no such file or directory")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "scan").exists()

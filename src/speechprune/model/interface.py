@@ -12,6 +12,9 @@ Families in :data:`speechprune.model.hf.REFUSED` are refused with their reason.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
 
 from speechprune.errors import UserError
@@ -19,6 +22,9 @@ from speechprune.model.loaded import LoadedModel
 from speechprune.model.safety import SAFE, LoadingPolicy
 
 __all__ = ["LoadedModel", "load_model", "supported_config_classes"]
+
+# what the hub takes as a model id: "name" or "org/name", letters, digits, "-", "_", "."
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def supported_config_classes() -> list[str]:
@@ -44,6 +50,8 @@ def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.
         from speechprune.model.kinds import SpeechLLMModel
 
         return SpeechLLMModel.open(path, dtype=dtype, device=device, device_map=device_map, loading=loading)
+    if not Path(path).exists() and not HUB_ID.fullmatch(str(path)):
+        raise UserError(f"{path}: no such file or directory (nor a hub id such as org/name)")
     from transformers import AutoConfig
 
     from speechprune.model.hf import FAMILIES, REFUSED
