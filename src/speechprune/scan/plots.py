@@ -37,6 +37,12 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
     starts = [int(np.nanargmin(table[n - 1, : num_layers - n + 1])) for n in range(1, num_layers + 1)]
     ax.plot(starts, range(1, num_layers + 1), "o", color="red", markersize=3, label=r"best start $l^*(n)$")
     ax.legend(fontsize=7, loc="upper right")
+    _block_axes(ax, title)
+    return image
+
+
+def _block_axes(ax, title: str) -> None:
+    """Integer ticks and the [l, l+n) labels of a block heatmap."""
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -44,7 +50,6 @@ def heatmap(ax, angular: np.ndarray, title: str, vmin: float | None = None, vmax
     ax.set_xlabel("start layer l, 0-based\n(block [l, l+n) removed)")
     ax.set_ylabel("block size n (layers)")
     ax.set_title(title, fontsize=9)
-    return image
 
 
 DIFFERENCE_LABEL = r"$d_{speech} - d_{text}$ (positive: speech finds the block less redundant)"
@@ -58,13 +63,7 @@ def difference_heatmap(ax, speech: np.ndarray, text: np.ndarray, title: str):
     bound = float(np.nanmax(np.abs(table))) or 1e-12
     image = ax.imshow(np.ma.masked_invalid(table), origin="lower", aspect="auto", cmap="RdBu_r", vmin=-bound,
                       vmax=bound, extent=(-0.5, num_layers - 0.5, 0.5, num_layers + 0.5), interpolation="nearest")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("start layer l, 0-based\n(block [l, l+n) removed)")
-    ax.set_ylabel("block size n (layers)")
-    ax.set_title(title, fontsize=9)
+    _block_axes(ax, title)
     return image
 
 
