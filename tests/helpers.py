@@ -420,3 +420,13 @@ def tiny_study_config(tmp_path: Path) -> StudyConfig:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(settings))
     return build_config(StudyConfig, [], str(path))
+
+
+def noisy_angular(num_layers: int, seed: int, noise: float) -> np.ndarray:
+    """A symmetric (L+1) x (L+1) angular-distance matrix: 0.1 per layer apart plus uniform noise."""
+    rng = np.random.default_rng(seed)
+    size = num_layers + 1
+    angular = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) * 0.1 + rng.uniform(0, noise, (size, size))
+    angular = (angular + angular.T) / 2
+    np.fill_diagonal(angular, 0)
+    return angular

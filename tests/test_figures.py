@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from speechprune.scan.blocks import best_blocks  # noqa: E402
 from speechprune.scan.result import ScanResult  # noqa: E402
+from tests.helpers import noisy_angular  # noqa: E402
 
 
 @pytest.fixture
@@ -45,12 +46,7 @@ def saved(monkeypatch):
 
 
 def _angular(num_layers: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    size = num_layers + 1
-    angular = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) * 0.1 + rng.uniform(0, 0.02, (size, size))
-    angular = (angular + angular.T) / 2
-    np.fill_diagonal(angular, 0)
-    return angular
+    return noisy_angular(num_layers, seed, noise=0.02)
 
 
 def _stability(num_layers: int, rates: list[float]) -> list[dict]:

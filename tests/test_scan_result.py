@@ -20,17 +20,13 @@ from speechprune.scan.blocks import best_blocks, block_distances
 from speechprune.scan.blocks import block_influence as influence_of
 from speechprune.scan.consensus import consensus
 from speechprune.scan.result import ScanResult
+from tests.helpers import noisy_angular
 
 LAYERS = 6
 
 
 def _angular(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    size = LAYERS + 1
-    matrix = np.abs(np.subtract.outer(np.arange(size), np.arange(size))) * 0.1 + rng.uniform(0, 0.05, (size, size))
-    matrix = (matrix + matrix.T) / 2
-    np.fill_diagonal(matrix, 0)
-    return matrix
+    return noisy_angular(LAYERS, seed, noise=0.05)
 
 
 def _measured() -> dict:
