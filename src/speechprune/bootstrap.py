@@ -64,8 +64,15 @@ def utterance_statistics(metric: str, references: list[str], hypotheses: list[st
     ``_extract_corpus_statistics``: the same numbers its ``corpus_score`` sums)."""
     if metric in ("wer", "perplexity"):
         return np.asarray(wer_pairs, dtype=np.float64).reshape(-1, 2)
+    return sacrebleu_statistics(metric, references, hypotheses)[0]
+
+
+def sacrebleu_statistics(metric: str, references: list[str], hypotheses: list[str]) -> tuple[np.ndarray, str]:
+    """``bleu`` or ``chrf``: sacrebleu's per-segment statistics and the metric's signature, from one
+    pass over the texts (the corpus score is :func:`corpus_value` of their sum)."""
     scorer = _sacrebleu_metric(metric)
-    return np.asarray(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
+    rows = np.asarray(scorer._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64)
+    return rows, str(scorer.get_signature())
 
 
 def corpus_value(metric: str) -> Callable[[np.ndarray], float]:

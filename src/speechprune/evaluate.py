@@ -19,9 +19,8 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import torch
-from sacrebleu.metrics import BLEU, CHRF
 
-from speechprune.bootstrap import Interval, interval, utterance_statistics
+from speechprune.bootstrap import Interval, interval, sacrebleu_statistics, utterance_statistics
 from speechprune.config import option, require, require_choice, save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance
@@ -117,11 +116,11 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> dict:
 def translation_scores(references: list[str], hypotheses: list[str]) -> dict:
     """Corpus BLEU and chrF (sacrebleu, signatures recorded), each with its bootstrap interval."""
     scores = {}
-    for name, scorer in (("bleu", BLEU()), ("chrf", CHRF())):
-        value = scorer.corpus_score(hypotheses, [references]).score
-        estimate = interval(name, utterance_statistics(name, references, hypotheses))
-        scores.update({name: value, f"{name}_interval": [estimate.low, estimate.high],
-                       f"{name}_signature": str(scorer.get_signature()), **_interval_settings(estimate)})
+    for name in ("bleu", "chrf"):
+        rows, signature = sacrebleu_statistics(name, references, hypotheses)
+        estimate = interval(name, rows)
+        scores.update({name: estimate.value, f"{name}_interval": [estimate.low, estimate.high],
+                       f"{name}_signature": signature, **_interval_settings(estimate)})
     return {**scores, "words": sum(len(r.split()) for r in references)}
 
 
