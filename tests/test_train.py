@@ -142,3 +142,48 @@ def test_the_shipped_base_llm_recipe_config_equals_base_llm_stages():
     config = build_config(TrainConfig, ["train=[x.jsonl]", "out=o"], path)
     assert config.ordered_stages() == base_llm_stages("lora")
     assert config.model.projector.stack == 2 and (config.loop.lora.rank, config.loop.lora.alpha) == (16, 32)
+
+
+def test_a_frozen_encoder_is_run_once_per_utterance_and_gives_the_same_losses(tiny_manifest):
+    from speechprune.data.manifest import load_manifest
+
+    utterances = [u for u in load_manifest(tiny_manifest) if u.task == "asr"]
+    torch.manual_seed(0)
+    model = build_tiny_speechllm(utterances)
+    batch = next(model.batches(utterances, batch_size=5))
+    plain = model(batch, lm_weight=1.0, token_ctc_weight=1.0, ctc_weight=0.5)
+    model.encoder_cache = {}
+    first = model(batch, lm_weight=1.0, token_ctc_weight=1.0, ctc_weight=0.5)  # fills the cache
+    assert set(model.encoder_cache) == set(batch.ids)
+    calls = []
+    model.encoder.register_forward_hook(lambda *_: calls.append(1))
+    again = model(batch, lm_weight=1.0, token_ctc_weight=1.0, ctc_weight=0.5)
+    assert calls == [], "a cached batch must not run the encoder"
+    for name in ("lm", "token_ctc", "ctc", "total"):
+        assert torch.allclose(plain[name], first[name], rtol=1e-5, atol=1e-6), name
+        assert torch.allclose(plain[name], again[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_training_caches_encoder_states_only_while_the_encoder_is_frozen(tiny_manifest, tmp_path, monkeypatch):
+    encoded: list[int] = []
+    original = SpeechLLM.encode
+
+    def counting(self, batch):
+        if self.encoder_cache is None or any(i not in self.encoder_cache for i in batch.ids):
+            encoded.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(SpeechLLM, "encode", counting)
+    config = tiny_train_config(tiny_manifest, tmp_path / "run")
+    utterances = len(Path(tiny_manifest).read_text().splitlines())
+    config.stages = {
+        "proj": StageConfig(steps=6, lm_weight=0.0, token_ctc_weight=1.0, encoder="frozen", projector="full",
+                            decoder="frozen", lr=3e-3),
+        "joint": StageConfig(steps=2, ctc_weight=0.3, lr=3e-3),
+    }
+    train(config)
+    batches_per_epoch, left_over = divmod(utterances, config.loop.batch_size)
+    assert left_over == 0 and 6 > batches_per_epoch, "every epoch must see every utterance, and the frozen stage more than one"
+    # the frozen stage encodes each batch of its first epoch once; the joint stage trains the encoder
+    assert encoded[:batches_per_epoch] == [config.loop.batch_size] * batches_per_epoch
+    assert len(encoded) == batches_per_epoch + 2

@@ -282,6 +282,12 @@ class SpeechLLMTraining:
         if stage.input != "speech":  # the encoder side is not run at all
             model.encoder.requires_grad_(False)
             model.projector.net.requires_grad_(False)
+        # a frozen encoder gives the same states on every visit: compute them once per utterance
+        # (kept while the encoder stays frozen, dropped when a stage trains it)
+        if stage.encoder == "frozen":
+            model.encoder_cache = model.encoder_cache if model.encoder_cache is not None else {}
+        else:
+            model.encoder_cache = None
         if stage.ctc_weight > 0:
             if model.ctc_head is None:
                 raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
@@ -527,6 +533,8 @@ def run_stages(model: SpeechLLM | LoadedModel, utterances: list[Utterance], stag
     if loop.log_with:
         accelerator.end_training()
     module.requires_grad_(False)
+    if isinstance(module, SpeechLLM):
+        module.encoder_cache = None  # training is over: the encoder runs as usual again
     return results
 
 

@@ -148,6 +148,8 @@ class SpeechLLM(nn.Module):
         self.ctc_head = nn.Linear(encoder.output_dim, len(ctc_alphabet) + 1) if ctc_alphabet else None
         self.separator_id = separator_id(tokenizer)
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
+        # utterance id -> encoder states, while a training stage keeps the encoder frozen (None: off)
+        self.encoder_cache: dict[str, torch.Tensor] | None = None
 
     # ---- construction
     @classmethod
@@ -232,9 +234,24 @@ class SpeechLLM(nn.Module):
 
     # ---- forward
     def encode(self, batch: SpeechBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states [B, T, D] and their real lengths."""
+        """Encoder states [B, T, D] and their real lengths. With :attr:`encoder_cache` on (a frozen
+        encoder), each utterance's states are computed once, without gradient or dropout, and
+        reused on every later visit."""
         device = self.device
-        return self.encoder(**{name: value.to(device) for name, value in batch.encoder_inputs.items()})
+        if self.encoder_cache is None:
+            return self.encoder(**{name: value.to(device) for name, value in batch.encoder_inputs.items()})
+        if any(utterance_id not in self.encoder_cache for utterance_id in batch.ids):
+            was_training = self.encoder.training
+            self.encoder.eval()
+            with torch.no_grad():
+                encoded, lengths = self.encoder(**{name: value.to(device)
+                                                   for name, value in batch.encoder_inputs.items()})
+            self.encoder.train(was_training)
+            for row, (utterance_id, length) in enumerate(zip(batch.ids, lengths.tolist())):
+                self.encoder_cache[utterance_id] = encoded[row, :length].clone()
+        states = [self.encoder_cache[utterance_id] for utterance_id in batch.ids]
+        lengths = torch.tensor([len(s) for s in states], device=device)
+        return nn.utils.rnn.pad_sequence(states, batch_first=True), lengths
 
     def project(self, encoded: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         projected, projected_lengths = self.projector(encoded.to(self.projector.markers.dtype), lengths)
