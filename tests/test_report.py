@@ -272,7 +272,7 @@ def test_demo_rerun_reuses_finished_steps_and_ends_with_the_report(small_run, tm
     for step in ("model", "eval", "scan", "compare", "sweep"):
         shutil.copytree(small_run / step, out / step)
     write_json(out / "corpus" / "corpus.json", {})
-    config = DemoConfig(out=str(out), base_steps=0)  # the from-scratch path: no base LLM step to reuse
+    config = DemoConfig(out=str(out), tiny=True)  # the from-scratch path: no base LLM step to reuse
     write_json(out / RUN_MARKER, {"signature": run_signature("demo", config)})  # an unfinished demo
     stamp = (out / "sweep" / "summary.json").stat().st_mtime_ns
     path = demo(config)

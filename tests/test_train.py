@@ -187,3 +187,17 @@ def test_training_caches_encoder_states_only_while_the_encoder_is_frozen(tiny_ma
     # the frozen stage encodes each batch of its first epoch once; the joint stage trains the encoder
     assert encoded[:batches_per_epoch] == [config.loop.batch_size] * batches_per_epoch
     assert len(encoded) == batches_per_epoch + 2
+
+
+def test_the_shipped_smollm2_recipe_is_base_llm_stages_with_a_projector_warm_up():
+    from importlib.resources import files
+
+    from speechprune.config import build_config
+    from speechprune.train import base_llm_stages
+
+    path = str(files("speechprune") / "configs" / "train-on-smollm2.yaml")
+    stages = build_config(TrainConfig, ["train=[x.jsonl]", "out=o"], path).ordered_stages()
+    assert list(stages) == ["ctc", "proj", "copy", "joint"]
+    steps = {f"{name}_steps": stage.steps for name, stage in stages.items()}
+    assert stages == base_llm_stages("lora", **steps)
+    assert list(base_llm_stages("frozen", **steps)) == ["ctc", "proj", "joint"]

@@ -1,31 +1,31 @@
-"""The whole chain on the offline corpus, sized to run in 12 minutes on a 2-core CPU:
+"""The whole chain on the offline corpus, on a real pretrained LLM:
 
-    data synth -> train -> eval -> scan (speech and text) -> compare -> sweep (prune, heal, eval) -> report
+    data synth -> train -> eval -> scan (speech and text; the base LLM on text) -> compare
+      -> sweep (prune, heal, eval) -> report
+
+By default the SpeechLLM is built on SmolLM2-135M (30 layers, from its GGUF wheel) with LoRA
+adapters, as the paper builds its SpeechLLMs on Llama and Qwen, by the recipe of
+``configs/train-on-smollm2.yaml`` (:func:`speechprune.train.base_llm_stages`); the base LLM is
+scanned on the same text beside the SpeechLLM. ``--base-llm`` takes any other causal LM (a path,
+hub id, ``.gguf`` file or GGUF short name, or a base LLM made by ``speechprune base-llm``).
+
+``--tiny`` is the quick look: an 8-layer decoder trained from scratch with the speech task,
+about 8 minutes, with no base LLM (and nothing to spare: docs/offline-default.md).
 
 Every step writes its own directory under OUT and is skipped when that directory is complete,
 so an interrupted demo continues where it stopped. Each step is the same Python function the
-CLI calls; nothing here is demo-only logic. The demo is a reduced study (English ASR only, one
-decoder trained from scratch, angular distance, 1-3 of 8 layers removed, a short heal);
-``speechprune sweep`` and ``speechprune study`` run the full grids.
-
-``--base-steps N`` runs the paper's setting instead: a base LLM pretrained on text first
-(``base-llm``), the SpeechLLM trained on it (``--decoder lora|frozen|full``, the stages of
-:func:`speechprune.train.base_llm_stages`), and the base LLM scanned on text beside the SpeechLLM.
-A base LLM needs about 800 steps before it can read its context, which with the SpeechLLM on top
-does not fit the 12 minutes (docs/study.md, recipes).
+CLI calls; nothing here is demo-only logic.
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-
-from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
-from speechprune.console import stderr, step_needed
 from speechprune.config import option, require, require_choice, save_config
+from speechprune.console import stderr, step_needed
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json
@@ -33,26 +33,49 @@ from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorCon
 from speechprune.train import MODES, LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
 
 
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Training steps and sweep grid of one kind of demo (each can be changed by its option)."""
+
+    ctc_steps: int
+    proj_steps: int
+    copy_steps: int
+    joint_steps: int
+    fractions: tuple[float, ...]
+    heal_steps: int
+    mixed_precision: str
+
+
+# on a real LLM: configs/train-on-smollm2.yaml; tiny: the offline default (BENCHMARKS.md, measured defaults)
+RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=60, joint_steps=300,
+                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="bf16"),
+           "tiny": DemoRecipe(ctc_steps=150, proj_steps=0, copy_steps=0, joint_steps=950,
+                              fractions=(0.0, 0.125, 0.25, 0.375), heal_steps=80, mixed_precision="no")}
+
 
 @dataclass
 class DemoConfig:
     out: str = option("runs/demo", help="where every step writes its directory")
+    tiny: bool = option(False, help="the quick look (about 8 minutes): an 8-layer decoder trained from scratch with "
+                                    "the speech task, no base LLM")
+    base_llm: str = option("smollm2-135m", help="the pretrained LLM the SpeechLLM is built on: a GGUF short name "
+                                                "(smollm2-135m, gemma3-270m), .gguf file, checkpoint folder or hub id")
+    decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
     languages: list[str] = option(["en"], help="languages of the synthetic corpus")
     st_pairs: list[str] = option([], help="speech-translation pairs")
     train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
-    base_steps: int = option(0, help="text-only pretraining steps of the base LLM, the paper's setting (0: none, the "
-                                     "decoder is trained from scratch with the speech task; what each costs: "
-                                     "BENCHMARKS.md, measured defaults)")
-    base_sentences: int = option(10000, help="meanings the base LLM reads (the corpus's dev and test texts excluded)")
-    decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
-    ctc_steps: int = option(150, help="encoder warm-up steps (CTC)")
-    copy_steps: int = option(200, help="steps of the copy stage (source text in the speech slot; base LLM only)")
-    joint_steps: int = option(950, help="joint training steps (from scratch; the WER each reaches: BENCHMARKS.md, "
-                                        "measured defaults)")
-    fractions: list[float] = option([0.0, 0.125, 0.25, 0.375], help="sweep: fractions of decoder layers removed")
+    ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny)")
+    proj_steps: int | None = option(None, help="projector warm-up steps on the token CTC (base LLM only; empty: 800)")
+    copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
+                                               "only; empty: 60)")
+    joint_steps: int | None = option(None, help="joint training steps (empty: 300 on a base LLM, 950 tiny)")
+    mixed_precision: str | None = option(None, help="training precision: bf16 (autocast, where the CPU or GPU has "
+                                                    "it) | no (empty: bf16 on a base LLM, no tiny)")
+    fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
+                                                      "0.2, 0.3 on a base LLM; 0, 0.125, 0.25, 0.375 tiny)")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
-    heal_steps: int = option(80, help="LoRA healing steps per sweep cell")
+    heal_steps: int | None = option(None, help="LoRA healing steps per sweep cell (empty: 40 on a base LLM, 80 tiny)")
     prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
     test_utterances: int | None = option(None, help="in-domain test utterances per sweep cell (empty: all, the "
                                                     "evaluation's: the sweep's baseline is then the evaluated one)")
@@ -60,9 +83,20 @@ class DemoConfig:
 
     def __post_init__(self):
         require_choice(self.decoder, MODES, "--decoder")
-        require(self.base_steps >= 0, "--base-steps must be >= 0")
+        if self.mixed_precision is not None:
+            require_choice(self.mixed_precision, ("bf16", "no"), "--mixed-precision")
+        for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):
+            value = getattr(self, name)
+            require(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0, not {value}")
 
-
+    def recipe(self) -> DemoRecipe:
+        """The kind's recipe with every step count and the grid this config sets."""
+        recipe = RECIPES["tiny" if self.tiny else "base LLM"]
+        chosen = {name: getattr(self, name) for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps",
+                                                         "heal_steps", "mixed_precision") if getattr(self, name) is not None}
+        if self.fractions is not None:
+            chosen["fractions"] = tuple(self.fractions)
+        return replace(recipe, **chosen)
 
 
 def _optional(module: str, config: str, function: str):
@@ -89,35 +123,32 @@ class _Timer:
 
 @claims_output("demo", resumable=True, reusable=True)
 def demo(config: DemoConfig) -> Path:
-    """Synthesise the corpus, train the SpeechLLM (with ``base_steps``: on a base LLM pretrained
-    on text first), evaluate it, scan its decoder with speech and text input (and the base LLM
-    with text), compare the scans, sweep prune -> heal -> evaluate, and write the report."""
+    """Synthesise the corpus, train the SpeechLLM (on the base LLM, or from scratch with ``tiny``),
+    evaluate it, scan its decoder with speech and text input (and the base LLM with text), compare
+    the scans, sweep prune -> heal -> evaluate, and write the report."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")  # the report's "Made by" reads it back
     corpus, model_dir = out / "corpus", out / "model"
     timer = _Timer(out / "demo.json")
+    recipe = config.recipe()
     train_manifest = str(corpus / "asr-en.train.jsonl")
     tests = [str(corpus / "asr-en.test.jsonl"), str(corpus / "asr-en.test-ood.jsonl")]
 
     timer.run("data synth", corpus / "corpus.json", lambda: synthesize(SynthConfig(
         out=str(corpus), languages=config.languages, st_pairs=config.st_pairs,
         train_sentences=config.train_sentences)))
-    base = out / "base"
-    if config.base_steps:
-        held_out = [str(corpus / f"asr-en.{split}.jsonl") for split in ("dev", "test", "test-ood")]
-        timer.run("base LLM", base / "curve.json", lambda: pretrain_base_llm(BaseLLMConfig(
-            out=str(base), languages=config.languages, sentences=config.base_sentences, exclude=held_out,
-            steps=config.base_steps, eval_every=max(1, config.base_steps // 8))))
-        stages = base_llm_stages(config.decoder, config.ctc_steps, config.copy_steps, config.joint_steps)
-        model = ModelConfig(decoder=DecoderConfig(pretrained=str(base)), projector=ProjectorConfig(stack=2))
-    else:
+    if config.tiny:
         stages = default_stages()
-        stages["ctc"].steps, stages["joint"].steps = config.ctc_steps, config.joint_steps
+        stages["ctc"].steps, stages["joint"].steps = recipe.ctc_steps, recipe.joint_steps
         model = ModelConfig()
+    else:
+        stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
+                                 proj_steps=recipe.proj_steps)
+        model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
     timer.run("train", model_dir / "speechllm.json", lambda: train(TrainConfig(
         train=[train_manifest], out=str(model_dir), stages=stages, model=model,
-        loop=LoopConfig(lora=LoraConfig(rank=16, alpha=32)))))
+        loop=LoopConfig(lora=LoraConfig(rank=16, alpha=32), mixed_precision=recipe.mixed_precision))))
     timer.run("eval", out / "eval" / "metrics.json",
               lambda: evaluate(EvalConfig(model=str(model_dir), data=tests, out=str(out / "eval"))))
     ScanConfig, scan = _optional("speechprune.scan.run", "ScanConfig", "scan")
@@ -125,9 +156,9 @@ def demo(config: DemoConfig) -> Path:
     timer.run("scan", out / "scan" / "scan.json", lambda: scan(ScanConfig(
         model=str(model_dir), data=dev, input="both", layout="task", out=str(out / "scan"))))
     scans, labels = [str(out / "scan")], ["speechllm/speech", "speechllm/text"]
-    if config.base_steps:  # the base LLM reads the same sequences (task layout), for what it passes on
+    if not config.tiny:  # the base LLM reads the same sequences (task layout), for what it passes on
         timer.run("scan base LLM", out / "scan-base" / "scan.json", lambda: scan(ScanConfig(
-            model=str(base), data=dev, input="text", layout="task", out=str(out / "scan-base"))))
+            model=config.base_llm, data=dev, input="text", layout="task", out=str(out / "scan-base"))))
         scans, labels = [str(out / "scan-base"), *scans], ["base/text", *labels]
     CompareConfig, compare = _optional("speechprune.scan.compare", "CompareConfig", "compare")
     timer.run("compare", out / "compare" / "compare.json",
@@ -135,8 +166,9 @@ def demo(config: DemoConfig) -> Path:
     SweepConfig, sweep = _optional("speechprune.sweep", "SweepConfig", "sweep")
     timer.run("sweep", out / "sweep" / "summary.json", lambda: sweep(SweepConfig(
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],
-        fractions=config.fractions, strategies=config.strategies, heal=config.heal, heal_steps=config.heal_steps,
-        prefill_only=config.prefill_only, max_test_utterances=config.test_utterances, out=str(out / "sweep"))))
+        fractions=list(recipe.fractions), strategies=config.strategies, heal=config.heal,
+        heal_steps=recipe.heal_steps, prefill_only=config.prefill_only, max_test_utterances=config.test_utterances,
+        out=str(out / "sweep"))))
     write_json(timer.path, {"seconds": timer.seconds})  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
     stderr().rule("[bold]report")  # always rebuilt: it is fast and reflects every step above

@@ -137,12 +137,16 @@ def default_stages() -> dict:
 
 
 def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int = 200, joint_steps: int = 800,
-                    lr: float = 1e-3, projector_lr: float = 3e-3, ctc_weight: float = 0.3) -> dict:
+                    lr: float = 1e-3, projector_lr: float = 3e-3, ctc_weight: float = 0.3,
+                    proj_steps: int = 0) -> dict:
     """The recipe for a SpeechLLM on a text-pretrained base LLM (``model.decoder.pretrained``),
     with the decoder adapted as ``decoder`` (lora: frozen with LoRA adapters, as in the paper;
-    frozen: projector only; full). Three stages:
+    frozen: projector only; full). Up to four stages, in this order:
 
     - ``ctc``: the encoder warmed up alone (skip it with 0 when ``--encoder-from`` gives a warm one);
+    - ``proj``: the projector warmed up alone on the token CTC, encoder and decoder frozen, so the
+      decoder never runs and the encoder's states are computed once per utterance: speech leaves
+      the projector already looking like the tokens it says (0 steps: skipped);
     - ``copy``: the source transcript in the speech slot, no audio: the decoder learns to read its
       source segment and write it out, cheaply, before any speech arrives;
     - ``joint``: speech, with the encoder's CTC and a token CTC that pulls each projected speech
@@ -151,10 +155,13 @@ def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int
       speech positions as tokens: use a projector stack of 2 with the near-character BPE.
 
     Measured on the English offline corpus (docs/study.md, recipes): the joint stage alone left a LoRA
-    decoder at its text-only loss for 800 steps (WER 0.68)."""
+    decoder at its text-only loss for 800 steps (WER 0.68); on SmolLM2-135M the ``proj`` warm-up
+    took WER from 0.399 to 0.171 at fewer joint steps."""
     stages = {
         "ctc": StageConfig(steps=ctc_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen",
                            lr=2e-3, batch_size=16),
+        "proj": StageConfig(steps=proj_steps, lm_weight=0.0, token_ctc_weight=1.0, encoder="frozen", projector="full",
+                            decoder="frozen", lr=3e-3, batch_size=16),
         "copy": StageConfig(steps=copy_steps, input="text", encoder="frozen", projector="frozen", decoder=decoder,
                             lr=2e-3, batch_size=16),
         "joint": StageConfig(steps=joint_steps, ctc_weight=ctc_weight, token_ctc_weight=1.0, lr=lr,

@@ -457,9 +457,11 @@ def demo_section(demo: Found, run: Run) -> Section:
                     "their first time).")
         section.add(Table(["step", "seconds"], [[name, _num(value, 1)] for name, value in seconds.items()]
                           + [["total", _num(sum(seconds.values()), 1)]]))
-    if not (demo.path / "base").is_dir():
-        section.add(Missing("base LLM: this demo trained its decoder from scratch with the speech task (--base-steps "
-                            "0), so nothing can be inherited and the base-LLM scan is absent."))
+    if demo.config.get("tiny"):
+        section.add(Missing("base LLM: this demo trained its decoder from scratch with the speech task (--tiny), "
+                            "so nothing can be inherited and the base-LLM scan is absent."))
+    elif demo.config.get("base_llm"):
+        section.add(f"Base LLM: {demo.config['base_llm']}, scanned on the same text beside the SpeechLLM.")
     return section
 
 
