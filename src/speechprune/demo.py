@@ -48,7 +48,7 @@ class DemoRecipe:
 
 # on a real LLM: configs/train-on-smollm2.yaml; tiny: the offline default (BENCHMARKS.md, measured defaults)
 RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=60, joint_steps=300,
-                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="bf16"),
+                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no"),
            "tiny": DemoRecipe(ctc_steps=150, proj_steps=0, copy_steps=0, joint_steps=950,
                               fractions=(0.0, 0.125, 0.25, 0.375), heal_steps=80, mixed_precision="no")}
 
@@ -69,8 +69,8 @@ class DemoConfig:
     copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
                                                "only; empty: 60)")
     joint_steps: int | None = option(None, help="joint training steps (empty: 300 on a base LLM, 950 tiny)")
-    mixed_precision: str | None = option(None, help="training precision: bf16 (autocast, where the CPU or GPU has "
-                                                    "it) | no (empty: bf16 on a base LLM, no tiny)")
+    mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
+                                                    "where the CPU or GPU computes bf16 natively; empty: no)")
     fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
                                                       "0.2, 0.3 on a base LLM; 0, 0.125, 0.25, 0.375 tiny)")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")

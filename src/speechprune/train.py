@@ -436,8 +436,12 @@ class StageResult:
 
 
 def make_accelerator(loop: LoopConfig, out: Path) -> Accelerator:
+    on_cpu = loop.cpu or not torch.cuda.is_available()
+    if on_cpu and loop.mixed_precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        note("bf16 on this CPU is emulated (no AVX512-BF16 or AMX): about 7x slower than float32 here "
+             "(BENCHMARKS.md, bf16); --loop.mixed-precision no trains faster")
     return Accelerator(
-        cpu=loop.cpu or not torch.cuda.is_available(),
+        cpu=on_cpu,
         mixed_precision=loop.mixed_precision,
         gradient_accumulation_steps=loop.grad_accum,
         log_with=loop.log_with,
