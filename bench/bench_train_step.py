@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stack", type=int, default=4)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
+                        help="bf16 autocast is emulated (several times slower) on a CPU without AVX512-BF16 or AMX")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     utterances = load_manifest(args.data)[: args.batch]
@@ -65,20 +67,25 @@ def main() -> None:
         with FlopCounterMode(display=False) as counter:
             timed_step(training, batch, stage, bf16=False)
         gflop = counter.get_total_flops() / 1e9
-        seconds: dict[bool, list[float]] = {False: [], True: []}
+        precisions = [precision == "bf16" for precision in args.precisions]
+        seconds: dict[bool, list[float]] = {bf16: [] for bf16 in precisions}
         losses: dict[bool, dict] = {}
-        for bf16 in (False, True):  # warm-up
+        for bf16 in precisions:  # warm-up
             timed_step(training, batch, stage, bf16)
         for _ in range(args.rounds):
-            for bf16 in (False, True):
+            for bf16 in precisions:
                 step, losses[bf16] = timed_step(training, batch, stage, bf16)
                 seconds[bf16].append(step)
-        fp32, bf16 = statistics.median(seconds[False]), statistics.median(seconds[True])
-        loss32, loss16 = losses[False]["total"], losses[True]["total"]
-        print(f"{name:<14} {gflop:7.1f} {fp32:7.2f} {bf16:7.2f} {bf16 / fp32:9.2f} {gflop / fp32:12.1f} "
-              f"{gflop / bf16:12.1f} {loss32:10.4f} {loss16:10.4f} {abs(loss16 - loss32) / loss32:9.1e}")
-        print("  " + ", ".join(f"{key} {losses[False][key]:.4f} / {losses[True][key]:.4f}"
-                               for key in losses[False] if key != "total"))
+        median = {bf16: statistics.median(values) for bf16, values in seconds.items()}
+        cells = [f"{median[bf16]:7.2f}" if bf16 in median else f"{'-':>7}" for bf16 in (False, True)]
+        ratio = f"{median[True] / median[False]:9.2f}" if len(median) == 2 else f"{'-':>9}"
+        rates = [f"{gflop / median[bf16]:12.1f}" if bf16 in median else f"{'-':>12}" for bf16 in (False, True)]
+        loss = [f"{losses[bf16]['total']:10.4f}" if bf16 in losses else f"{'-':>10}" for bf16 in (False, True)]
+        difference = (f"{abs(losses[True]['total'] - losses[False]['total']) / losses[False]['total']:9.1e}"
+                      if len(losses) == 2 else f"{'-':>9}")
+        print(f"{name:<14} {gflop:7.1f} {' '.join(cells)} {ratio} {' '.join(rates)} {' '.join(loss)} {difference}")
+        print("  " + ", ".join(f"{key} " + " / ".join(f"{losses[bf16][key]:.4f}" for bf16 in losses)
+                               for key in losses[precisions[0]] if key != "total"))
 
 
 if __name__ == "__main__":

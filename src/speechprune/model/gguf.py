@@ -186,13 +186,21 @@ def _write_checkpoint(file: Path, architecture: str, out: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
     folder, name = str(file.parent), file.name
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not sys.stderr.isatty():  # a log file gets the two lines around this, not a redrawn bar
+        hf_logging.disable_progress_bar()
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{file}: transformers cannot dequantise this {architecture} GGUF ({reason})") from None
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the quantizer would stay attached and refuse save_pretrained
