@@ -4,20 +4,23 @@ errors that name the option and the value, and the progress helper's plain lines
 from __future__ import annotations
 
 import importlib
+import json
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from omegaconf import OmegaConf
 
 import speechprune.console as console
-from speechprune.cli import COMMANDS, main
+from speechprune.cli import COMMANDS, main, plain_text
 from speechprune.config import argv_to_dotlist, build_config, describe_options
 from speechprune.errors import UserError
 
 
 def config_class(name: str) -> type:
-    command = COMMANDS[name]
-    return getattr(importlib.import_module(command.module), command.config)
+    return COMMANDS[name].config_class()
 
 
 def one_error(capsys) -> str:
@@ -167,3 +170,46 @@ def test_help_is_plain_text_without_docstring_markup(name, capsys):
     assert "``" not in text and not re.search(r":(func|class|mod|meth|data):`", text), text
     description = text.split("\n\noptions:")[0]
     assert not re.search(r"\n {4}\S", description), "continuation lines keep the docstring's indentation"
+
+
+# what a command's help must not load: its own module does, when the command runs
+HEAVY = ("torch", "transformers", "peft", "accelerate", "datasets", "numpy", "scipy", "matplotlib")
+
+
+def test_help_of_every_command_loads_no_heavy_library():
+    """Every command's --help, in a fresh interpreter, imports none of the libraries that make a
+    command slow to start (torch alone takes over a second): the configs live in
+    speechprune.options and the docstring is read from the command's source."""
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from speechprune.cli import COMMANDS, main
+        texts = {{}}
+        for name in COMMANDS:
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                status = main([*name.split(), "--help"])
+            texts[name] = (status, out.getvalue())
+        print(json.dumps({{"loaded": [m for m in {HEAVY!r} if m in sys.modules], "texts": texts}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report["loaded"] == []
+    for name, (status, text) in report["texts"].items():
+        assert status == 0 and text.startswith(f"usage: speechprune {name} "), (name, text[:200])
+        assert "options:" in text and "--" in text.split("options:", 1)[1], name
+
+
+def test_help_shows_the_docstring_of_the_function_the_command_runs(capsys):
+    """The docstring read from the source is the function's own (what importing it would give)."""
+
+    for name, command in COMMANDS.items():
+        assert main([*name.split(), "--help"]) == 0
+        description = capsys.readouterr().out.split("\n\noptions:")[0].split("\n\n", 1)[1]
+        function = getattr(importlib.import_module(command.module), command.function)
+        assert description == plain_text(function.__doc__ or command.summary), name
+
+
+def test_every_config_is_the_one_its_command_module_exports():
+    """One class per config: the command's module re-exports the class from speechprune.options
+    (``from speechprune.scan.run import ScanConfig`` keeps working and is the same class)."""
+    for command in COMMANDS.values():
+        assert getattr(importlib.import_module(command.module), command.config) is command.config_class()

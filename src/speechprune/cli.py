@@ -1,6 +1,10 @@
 """The ``speechprune`` command: a thin layer that fills a command's config dataclass from the
 command line and calls the Python function behind it. Bad input ends in one line and exit 2.
 
+A command's config comes from its torch-free module in :mod:`speechprune.options`; the module of
+its function (and torch, transformers, ... with it) is imported only when the command runs, so
+``--help`` and a bad option answer at once.
+
     speechprune COMMAND [--option value ...] [section.key=value ...] [--config FILE.yaml]
 """
 
@@ -13,6 +17,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from speechprune.config import argv_to_dotlist, build_config, describe_options
 from speechprune.errors import UserError
@@ -20,39 +25,43 @@ from speechprune.errors import UserError
 
 @dataclass(frozen=True)
 class Command:
-    module: str
+    options: str  # the torch-free module that holds the config class
     config: str
+    module: str  # the module of the function, imported only when the command runs
     function: str
     summary: str
+
+    def config_class(self) -> type:
+        return getattr(importlib.import_module(self.options), self.config)
 
 
 # Imported lazily, so that `speechprune --help` is fast and a command loads only its own stage.
 COMMANDS: dict[str, Command] = {
-    "data synth": Command("speechprune.data.synth", "SynthConfig", "synthesize",
+    "data synth": Command("speechprune.options.data", "SynthConfig", "speechprune.data.synth", "synthesize",
                           "speak a seeded multilingual ASR/ST corpus with espeak-ng"),
-    "data hf": Command("speechprune.data.hf", "HFDataConfig", "export_hf_dataset",
+    "data hf": Command("speechprune.options.data", "HFDataConfig", "speechprune.data.hf", "export_hf_dataset",
                        "write a Hugging Face dataset (LibriSpeech, CoVoST2, FLEURS, audio folder) as a manifest"),
-    "train": Command("speechprune.train", "TrainConfig", "train",
+    "train": Command("speechprune.options.train", "TrainConfig", "speechprune.train", "train",
                      "build or load a SpeechLLM and train it in stages (Accelerate)"),
-    "base-llm": Command("speechprune.base_llm", "BaseLLMConfig", "pretrain_base_llm",
+    "base-llm": Command("speechprune.options.base_llm", "BaseLLMConfig", "speechprune.base_llm", "pretrain_base_llm",
                         "pretrain a decoder on grammar text alone: a Hugging Face base LLM"),
-    "eval": Command("speechprune.evaluate", "EvalConfig", "evaluate",
+    "eval": Command("speechprune.options.evaluate", "EvalConfig", "speechprune.evaluate", "evaluate",
                     "batched decoding; WER, BLEU and chrF"),
-    "scan": Command("speechprune.scan.run", "ScanConfig", "scan",
+    "scan": Command("speechprune.options.scan", "ScanConfig", "speechprune.scan.run", "scan",
                     "angular distance between every pair of decoder layers, one streaming pass"),
-    "compare": Command("speechprune.scan.compare", "CompareConfig", "compare",
+    "compare": Command("speechprune.options.scan", "CompareConfig", "speechprune.scan.compare", "compare",
                        "how much two or more scans agree on the redundant blocks"),
-    "prune": Command("speechprune.prune.run", "PruneConfig", "prune",
+    "prune": Command("speechprune.options.prune", "PruneConfig", "speechprune.prune.run", "prune",
                      "remove decoder layers and export a standard checkpoint"),
-    "heal": Command("speechprune.heal", "HealConfig", "heal",
+    "heal": Command("speechprune.options.heal", "HealConfig", "speechprune.heal", "heal",
                     "LoRA healing of a pruned SpeechLLM"),
-    "sweep": Command("speechprune.sweep", "SweepConfig", "sweep",
+    "sweep": Command("speechprune.options.sweep", "SweepConfig", "speechprune.sweep", "sweep",
                      "prune -> heal -> evaluate over fractions, strategies and healing"),
-    "report": Command("speechprune.report", "ReportConfig", "report",
+    "report": Command("speechprune.report", "ReportConfig", "speechprune.report", "report",
                       "one self-contained HTML page and a Markdown summary of a run directory"),
-    "study": Command("speechprune.study", "StudyConfig", "study",
+    "study": Command("speechprune.options.study", "StudyConfig", "speechprune.study", "study",
                      "the paper's study: base LLMs, SpeechLLMs, scans, agreement and claims in one run"),
-    "demo": Command("speechprune.demo", "DemoConfig", "demo",
+    "demo": Command("speechprune.options.demo", "DemoConfig", "speechprune.demo", "demo",
                     "the whole chain on the offline default"),
 }
 
@@ -103,10 +112,44 @@ def plain_text(docstring: str) -> str:
     return inspect.cleandoc(text)
 
 
+def _source_docstring(module: str, function: str) -> str | None:
+    """The docstring of ``module.function`` read from the module's source, without importing the
+    module (nor its package's ``__init__``): "" for a function without one, None where the source
+    or the function is not found."""
+    import ast
+    from importlib.machinery import PathFinder
+
+    import speechprune
+
+    name, search, spec = "speechprune", list(speechprune.__path__), None
+    for part in module.split(".")[1:]:
+        name += "." + part
+        spec = PathFinder.find_spec(name, search)
+        if spec is None or not spec.has_location:
+            return None
+        search = spec.submodule_search_locations
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            return ast.get_docstring(node, clean=False) or ""
+    return None
+
+
+def _docstring(command: Command) -> str | None:
+    """What the command's function says of itself; read from its source so that ``--help`` does
+    not import the function's module (and torch with it), imported only where that fails."""
+    if command.module.startswith("speechprune."):
+        doc = _source_docstring(command.module, command.function)
+        if doc is not None:
+            return doc
+    return getattr(importlib.import_module(command.module), command.function).__doc__
+
+
 def _help(name: str, config_cls: type) -> str:
-    module = importlib.import_module(COMMANDS[name].module)
-    function = getattr(module, COMMANDS[name].function)
-    doc = plain_text(function.__doc__ or COMMANDS[name].summary)
+    doc = plain_text(_docstring(COMMANDS[name]) or COMMANDS[name].summary)
     positional = getattr(config_cls, "positional", None)
     usage = f"usage: speechprune {name} [options]" + (f" {positional.upper()} ..." if positional else "")
     lines = [usage, "", doc, "",
@@ -152,8 +195,7 @@ def run(argv: list[str]) -> object:
         return None
     name, rest = _split_command(argv)
     command = COMMANDS[name]
-    module = importlib.import_module(command.module)
-    config_cls = getattr(module, command.config)
+    config_cls = command.config_class()
     rest = _take_loading_flags(rest, config_cls, name)
     if any(token in ("-h", "--help") for token in rest):
         print(_help(name, config_cls))
@@ -166,7 +208,7 @@ def run(argv: list[str]) -> object:
     if positional_field and positional:
         dotlist.append(f"{positional_field}=[{','.join(repr(p) for p in positional)}]")
     config = build_config(config_cls, dotlist, config_file)
-    return getattr(module, command.function)(config)
+    return getattr(importlib.import_module(command.module), command.function)(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,82 +21,16 @@ from __future__ import annotations
 
 import importlib
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from speechprune.config import option, require, require_choice, save_config
+from speechprune.config import save_config
 from speechprune.console import stderr, step_needed
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json
 from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
-from speechprune.train import MODES, LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
-
-
-@dataclass(frozen=True)
-class DemoRecipe:
-    """Training steps and sweep grid of one kind of demo (each can be changed by its option)."""
-
-    ctc_steps: int
-    proj_steps: int
-    copy_steps: int
-    joint_steps: int
-    fractions: tuple[float, ...]
-    heal_steps: int
-    mixed_precision: str
-
-
-# on a real LLM: configs/train-on-smollm2.yaml; tiny: the offline default (BENCHMARKS.md, measured defaults)
-RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=60, joint_steps=300,
-                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no"),
-           "tiny": DemoRecipe(ctc_steps=150, proj_steps=0, copy_steps=0, joint_steps=950,
-                              fractions=(0.0, 0.125, 0.25, 0.375), heal_steps=80, mixed_precision="no")}
-
-
-@dataclass
-class DemoConfig:
-    out: str = option("runs/demo", help="where every step writes its directory")
-    tiny: bool = option(False, help="the quick look (about 8 minutes): an 8-layer decoder trained from scratch with "
-                                    "the speech task, no base LLM")
-    base_llm: str = option("smollm2-135m", help="the pretrained LLM the SpeechLLM is built on: a GGUF short name "
-                                                "(smollm2-135m, gemma3-270m), .gguf file, checkpoint folder or hub id")
-    decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
-    languages: list[str] = option(["en"], help="languages of the synthetic corpus")
-    st_pairs: list[str] = option([], help="speech-translation pairs")
-    train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
-    ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny)")
-    proj_steps: int | None = option(None, help="projector warm-up steps on the token CTC (base LLM only; empty: 800)")
-    copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
-                                               "only; empty: 60)")
-    joint_steps: int | None = option(None, help="joint training steps (empty: 300 on a base LLM, 950 tiny)")
-    mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
-                                                    "where the CPU or GPU computes bf16 natively; empty: no)")
-    fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
-                                                      "0.2, 0.3 on a base LLM; 0, 0.125, 0.25, 0.375 tiny)")
-    strategies: list[str] = option(["angular"], help="sweep: pruning strategies")
-    heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
-    heal_steps: int | None = option(None, help="LoRA healing steps per sweep cell (empty: 40 on a base LLM, 80 tiny)")
-    prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
-    test_utterances: int | None = option(None, help="in-domain test utterances per sweep cell (empty: all, the "
-                                                    "evaluation's: the sweep's baseline is then the evaluated one)")
-    overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
-
-    def __post_init__(self):
-        require_choice(self.decoder, MODES, "--decoder")
-        if self.mixed_precision is not None:
-            require_choice(self.mixed_precision, ("bf16", "no"), "--mixed-precision")
-        for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):
-            value = getattr(self, name)
-            require(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0, not {value}")
-
-    def recipe(self) -> DemoRecipe:
-        """The kind's recipe with every step count and the grid this config sets."""
-        recipe = RECIPES["tiny" if self.tiny else "base LLM"]
-        chosen = {name: getattr(self, name) for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps",
-                                                         "heal_steps", "mixed_precision") if getattr(self, name) is not None}
-        if self.fractions is not None:
-            chosen["fractions"] = tuple(self.fractions)
-        return replace(recipe, **chosen)
+from speechprune.options.demo import DemoConfig
+from speechprune.train import LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
 
 
 def _optional(module: str, config: str, function: str):

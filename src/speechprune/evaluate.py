@@ -21,17 +21,14 @@ import numpy as np
 import torch
 
 from speechprune.bootstrap import Interval, interval, sacrebleu_statistics, utterance_statistics
-from speechprune.config import option, require, require_choice, save_config
+from speechprune.config import save_config
 from speechprune.console import Progress, show, table
 from speechprune.data.manifest import Utterance
 from speechprune.data.sources import load_data, require_audio
 from speechprune.files import claims_output, staged_dir, write_json, write_text
 from speechprune.model.decoder import sequence_log_losses
-from speechprune.model.interface import LoadedModel, load_model
-from speechprune.model.safety import LoadingPolicy
-
-METRICS = ("auto", "decode", "perplexity")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from speechprune.model.interface import DTYPES, LoadedModel, load_model
+from speechprune.options.evaluate import METRICS, EvalConfig  # noqa: F401  (re-exported)
 
 WER_NORMALISER = jiwer.Compose([
     jiwer.ToLowerCase(),
@@ -40,31 +37,6 @@ WER_NORMALISER = jiwer.Compose([
     jiwer.Strip(),
     jiwer.ReduceToListOfListOfWords(),
 ])
-
-
-@dataclass
-class EvalConfig:
-    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
-    data: list[str] = option(help="test manifest(s), comma-separated")
-    out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, "
-                           "config.yaml; with --metric perplexity: <manifest>.losses.jsonl in place of the hypotheses")
-    metric: str = option("auto", help="decode (generate; WER, BLEU, chrF) | perplexity (of the references, "
-                                      "teacher-forced: nothing is generated) | auto (perplexity for a plain "
-                                      "causal LM, decode for a speech model)")
-    batch_size: int = option(16, help="utterances decoded together")
-    max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
-    num_beams: int = option(1, help="1 = greedy")
-    dtype: str = option("float32", help="float32 | bfloat16 | float16")
-    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
-    max_utterances: int | None = option(None, help="evaluate only the first N utterances")
-    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
-    overwrite: bool = option(False, help="replace an existing --out")
-    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
-
-    def __post_init__(self):
-        require_choice(self.dtype, list(DTYPES), "--dtype")
-        require_choice(self.metric, METRICS, "--metric")
-        require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")
 
 
 @dataclass

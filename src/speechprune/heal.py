@@ -17,53 +17,22 @@ best. The export merges the LoRA into a standard checkpoint and keeps the adapte
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import PartialState
 from torch import nn
 
-from speechprune.config import option, require, require_choice, save_config
+from speechprune.config import save_config
 from speechprune.console import show
 from speechprune.data.manifest import load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
-from speechprune.model.safety import LoadingPolicy
+from speechprune.options.heal import TARGETS, HealConfig  # noqa: F401  (re-exported)
 from speechprune.prune.surgery import receiving_layers
 from speechprune.train import LoopConfig, StageConfig, StageResult, make_accelerator, run_stages
 from speechprune.train import summary as train_summary
-
-TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
-
-
-@dataclass
-class HealConfig:
-    model: str = option(help="pruned model directory written by prune (its pruning.json names the receiving layers)")
-    data: list[str] = option(help="training manifest(s), comma-separated")
-    out: str = option(help="output directory, of the same kind as --model")
-    target: str = option("receiving-mlp", help="receiving-mlp | all-mlp | all-linear")
-    projector: bool = option(False, help="also train the projector (fully; SpeechLLM directories only)")
-    steps: int = option(200, help="optimiser steps of LoRA training")
-    lr: float = option(1e-3, help="peak learning rate (warm-up, then cosine decay)")
-    rank: int = option(8, help="LoRA rank r")
-    alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
-    batch_size: int = option(16, help="utterances per optimiser step (per process)")
-    grad_accum: int = option(1, help="batches whose gradients add up to one optimiser step")
-    checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
-    seed: int = option(0, help="seed of LoRA initialisation and data order")
-    resume: bool = option(True, help="continue from OUT/checkpoints when present")
-    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
-    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
-    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
-
-    def __post_init__(self):
-        require_choice(self.target, TARGETS, "--target")
-        require(self.steps >= 1, "--steps must be >= 1")
-        require(self.batch_size >= 1 and self.grad_accum >= 1, "--batch-size and --grad-accum must be >= 1")
-        require(self.checkpoint_every >= 1, "--checkpoint-every must be >= 1")
-        require(len(self.data) > 0, "--data needs at least one manifest")
 
 
 def healing_layers(kept: list[int], original_num_layers: int) -> list[int]:

@@ -40,7 +40,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from speechprune.config import option, require, save_config
+from speechprune.config import save_config
 from speechprune.console import note, show, stderr, table
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
@@ -48,158 +48,12 @@ from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import next_token_loss
 from speechprune.model.interface import LoadedModel
 from speechprune.model.kinds import SpeechLLMModel
-from speechprune.model.safety import LoadingPolicy
-from speechprune.model.speechllm import ModelConfig, SpeechLLM, decoder_texts
+from speechprune.model.speechllm import SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
+from speechprune.options.train import (COMPONENTS, MODES, LoopConfig, LoraConfig,  # noqa: F401  (re-exported)
+                                       StageConfig, TrainConfig, base_llm_stages, default_stages)
 
-MODES = ("frozen", "lora", "full")
-INPUTS = ("speech", "text", "lm")
-COMPONENTS = ("encoder", "projector", "decoder")
 LATEST = "latest.json"  # names the newest whole checkpoint under OUT/checkpoints
-
-
-@dataclass
-class StageConfig:
-    steps: int = option(0, help="optimiser steps in this stage; 0 skips it")
-    input: str = option("speech", help="speech: the full SpeechLLM; text: the source transcript in place of the "
-                                       "speech (no audio is read); lm: the decoder alone as a language model "
-                                       "on the corpus text")
-    lm_weight: float = option(1.0, help="weight of the next-token loss on the target")
-    ctc_weight: float = option(0.0, help="weight of the character CTC loss on the encoder")
-    token_ctc_weight: float = option(0.0, help="weight of the CTC between projected speech and the transcript's "
-                                               "token embeddings (pulls speech towards the text it says); an "
-                                               "utterance with fewer speech positions than transcript tokens "
-                                               "cannot align and adds nothing (near-character tokens at stack 4)")
-    encoder: str = option("full", help="frozen | lora | full")
-    projector: str = option("full", help="frozen | full")
-    decoder: str = option("full", help="frozen | lora | full")
-    lr: float = option(2e-3, help="peak learning rate")
-    warmup: float = option(0.1, help="fraction of the stage's steps spent warming up")
-    weight_decay: float = option(0.01, help="AdamW weight decay")
-    batch_size: int | None = option(None, help="override the loop's batch size in this stage")
-    projector_lr: float | None = option(None, help="the projector's own peak learning rate (default: lr); a frozen "
-                                                   "or LoRA decoder needs a projector that moves much faster")
-
-    def __post_init__(self):
-        require(self.steps >= 0, "stage steps must be >= 0")
-        for component in COMPONENTS:
-            require(getattr(self, component) in MODES,
-                    f"stage {component} mode must be one of {', '.join(MODES)}, not {getattr(self, component)!r}")
-        require(self.projector != "lora", "the projector is small: train it full or keep it frozen")
-        require(self.lm_weight > 0 or self.ctc_weight > 0 or self.token_ctc_weight > 0,
-                "a stage needs a loss: lm_weight, ctc_weight or token_ctc_weight > 0")
-        require(self.input in INPUTS, f"stage input must be one of {', '.join(INPUTS)}, not {self.input!r}")
-        require(self.input == "speech" or self.ctc_weight == self.token_ctc_weight == 0,
-                f"a stage with input {self.input} has no audio for CTC")
-        require(0 <= self.warmup < 1, "stage warmup must be in [0, 1)")
-
-
-@dataclass
-class LoraConfig:
-    rank: int = option(8, help="LoRA rank r")
-    alpha: int = option(16, help="LoRA alpha (the update is scaled by alpha / rank)")
-    dropout: float = option(0.0, help="dropout on the LoRA input")
-    decoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                        help="module names (or full-name regex) that get LoRA in the decoder")
-    encoder_targets: list[str] = option(["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-                                        help="module names (or full-name regex) that get LoRA in the encoder")
-
-
-@dataclass
-class LoopConfig:
-    batch_size: int = option(8, help="utterances per optimiser step (per process); why 8: BENCHMARKS.md, "
-                                     "measured defaults")
-    grad_accum: int = option(1, help="gradient accumulation steps")
-    mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
-    cpu: bool = option(False, help="force the CPU even when a GPU is present")
-    seed: int = option(0, help="seed of initialisation, data order and dropout")
-    checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
-    log_every: int = option(25, help="optimiser steps between loss records (train_log.json; a line each when not on a terminal)")
-    log_with: str | None = option(None, help="tensorboard | wandb (through Accelerate's trackers)")
-    max_grad_norm: float = option(1.0, help="clip the gradient norm to this (0 = no clipping)")
-    max_seconds: float | None = option(20.0, help="cut audio longer than this")
-    lora: LoraConfig = option(LoraConfig())
-
-    def __post_init__(self):
-        require(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16")
-
-
-def default_stages() -> dict:
-    # measured on the offline default: 60 text-lm steps first left WER at 0.31 instead of 0.045
-    # after the same joint stage, so text pretraining is there to switch on, not on by default
-    return {
-        "text-lm": StageConfig(steps=0, input="lm", encoder="frozen", projector="frozen", lr=2e-3, batch_size=32),
-        "ctc": StageConfig(steps=150, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen", lr=2e-3,
-                           batch_size=16),
-        "joint": StageConfig(steps=1100, ctc_weight=0.3, lr=1e-3),
-    }
-
-
-def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int = 200, joint_steps: int = 800,
-                    lr: float = 1e-3, projector_lr: float = 3e-3, ctc_weight: float = 0.3,
-                    proj_steps: int = 0) -> dict:
-    """The recipe for a SpeechLLM on a text-pretrained base LLM (``model.decoder.pretrained``),
-    with the decoder adapted as ``decoder`` (lora: frozen with LoRA adapters, as in the paper;
-    frozen: projector only; full). Up to four stages, in this order:
-
-    - ``ctc``: the encoder warmed up alone (skip it with 0 when ``--encoder-from`` gives a warm one);
-    - ``proj``: the projector warmed up alone on the token CTC, encoder and decoder frozen, so the
-      decoder never runs and the encoder's states are computed once per utterance: speech leaves
-      the projector already looking like the tokens it says (0 steps: skipped);
-    - ``copy``: the source transcript in the speech slot, no audio: the decoder learns to read its
-      source segment and write it out, cheaply, before any speech arrives;
-    - ``joint``: speech, with the encoder's CTC and a token CTC that pulls each projected speech
-      position towards the embedding of the token spoken there, so speech enters the decoder
-      looking like the text the copy stage taught it to read. The token CTC needs at least as many
-      speech positions as tokens: use a projector stack of 2 with the near-character BPE.
-
-    Measured on the English offline corpus (docs/study.md, recipes): the joint stage alone left a LoRA
-    decoder at its text-only loss for 800 steps (WER 0.68); on SmolLM2-135M the ``proj`` warm-up
-    took WER from 0.399 to 0.171 at fewer joint steps."""
-    stages = {
-        "ctc": StageConfig(steps=ctc_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen",
-                           lr=2e-3, batch_size=16),
-        "proj": StageConfig(steps=proj_steps, lm_weight=0.0, token_ctc_weight=1.0, encoder="frozen", projector="full",
-                            decoder="frozen", lr=3e-3, batch_size=16),
-        "copy": StageConfig(steps=copy_steps, input="text", encoder="frozen", projector="frozen", decoder=decoder,
-                            lr=2e-3, batch_size=16),
-        "joint": StageConfig(steps=joint_steps, ctc_weight=ctc_weight, token_ctc_weight=1.0, lr=lr,
-                             projector_lr=projector_lr, decoder=decoder),
-    }
-    if decoder == "frozen":  # nothing in the decoder to teach: the copy stage would train nothing
-        del stages["copy"]
-    return {name: stage for name, stage in stages.items() if stage.steps > 0}
-
-
-@dataclass
-class TrainConfig:
-    train: list[str] = option(help="training manifest(s), comma-separated; ASR and ST sets are mixed")
-    out: str = option(help="output directory: becomes the SpeechLLM directory")
-    init: str | None = option(None, help="continue from this SpeechLLM directory instead of building one")
-    encoder_from: str | None = option(None, help="SpeechLLM directory whose encoder and CTC head (a warmed-up "
-                                                 "encoder) replace the newly built ones: one warm-up serves "
-                                                 "every decoder")
-    model: ModelConfig = option(ModelConfig())
-    stages: dict[str, StageConfig] = option(default_stages(), help="training stages by name")
-    stage_order: list[str] = option([], help="the order to run stages in (default: as listed; a YAML file that "
-                                             "adds a stage appends it after the default ones)")
-    loop: LoopConfig = option(LoopConfig())
-    resume: bool = option(True, help="continue from OUT/checkpoints when present")
-    loading: LoadingPolicy = option(LoadingPolicy(), help="what pretrained parts (--model.decoder.pretrained, --model.encoder.pretrained, --init) may do while they load")
-    overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
-    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
-
-    def __post_init__(self):
-        require(len(self.train) > 0, "--train needs at least one manifest")
-        require(not (self.init and self.encoder_from), "--init loads a whole SpeechLLM: --encoder-from has no use with it")
-        unknown = [name for name in self.stage_order if name not in self.stages]
-        require(not unknown, f"stage_order names unknown stage(s) {unknown}; stages are {list(self.stages)}")
-        require(any(stage.steps > 0 for stage in self.ordered_stages().values()), "every stage has 0 steps: nothing to train")
-
-    def ordered_stages(self) -> dict[str, StageConfig]:
-        names = self.stage_order or list(self.stages)
-        return {name: self.stages[name] for name in names}
 
 
 # ----------------------------------------------------------------------------- what the loop trains

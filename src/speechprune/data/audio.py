@@ -14,13 +14,13 @@ import numpy as np
 import soundfile as sf
 
 from speechprune.errors import UserError
+from speechprune.options.data import NOISE_KINDS
 
 SAMPLE_RATE = 16000
 # One utterance is at most this long: longer files are refused from their header, before any
 # decoding (a two-hour file resampled to float32 would take gigabytes). Cut long recordings into
 # utterances first.
 MAX_AUDIO_SECONDS = 600.0
-NOISE_KINDS = ("white", "pink", "babble")
 
 
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from num2words import num2words
 
-LANGUAGES = ("en", "fr", "de", "es")
+from speechprune.options.data import LANGUAGES
+
 TEMPLATES = ("act_count", "act_def", "exist", "loc", "prop")
 # How often each template is drawn (they differ in length: prop/loc are the short ones).
 TEMPLATE_WEIGHTS = (0.30, 0.25, 0.15, 0.15, 0.15)

@@ -12,60 +12,16 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from speechprune.config import option, require, require_choice
 from speechprune.data.audio import SAMPLE_RATE, decode_audio_bytes, load_audio, save_audio
 from speechprune.data.manifest import Utterance, text_utterance, write_manifest
 from speechprune.errors import UserError
 from speechprune.files import claims_output, staged_dir
-
-# Column candidates per preset: the first one the dataset has is used. ``langs_from_name``: the
-# subset name carries the languages (CoVoST2 "en_de" -> en, de; FLEURS "fr_fr" -> fr).
-PRESETS: dict[str, dict[str, Any]] = {
-    "librispeech": {"task": "asr", "src_lang": "en", "audio": ["audio"], "text": ["text"],
-                    "target": [], "id": ["id"]},
-    "covost2": {"task": "st", "audio": ["audio"], "text": ["sentence"], "target": ["translation"],
-                "id": ["id", "file"], "langs_from_name": True},
-    "fleurs": {"task": "asr", "audio": ["audio"], "text": ["raw_transcription", "transcription"],
-               "target": [], "id": ["id"], "langs_from_name": True},
-    "audiofolder": {"task": "asr", "audio": ["audio"],
-                    "text": ["text", "transcription", "sentence", "transcript"],
-                    "target": ["target", "translation"], "id": ["id", "file_name"]},
-    "custom": {"audio": ["audio"], "text": [], "target": [], "id": []},
-}
-
-
-@dataclass
-class HFDataConfig:
-    dataset: str = option(help="hub id, a save_to_disk folder, or a local audio folder (with metadata.csv)")
-    out: str = option(help="manifest to write (.jsonl); the WAV files go to audio/STEM/ beside it")
-    name: Optional[str] = option(None, help="subset / config name (e.g. en_de for CoVoST2, en_us for FLEURS)")
-    split: str = option("test", help="split to export")
-    preset: str = option("custom", help="column preset: " + ", ".join(PRESETS))
-    audio_column: Optional[str] = option(None, help="audio column (default: the preset's)")
-    text_column: Optional[str] = option(None, help="source transcript column (default: the preset's)")
-    target_column: Optional[str] = option(None, help="translation column for task st (default: the preset's)")
-    id_column: Optional[str] = option(None, help="id column (default: the preset's, else the row number)")
-    task: Optional[str] = option(None, help="asr or st (default: the preset's)")
-    src_lang: Optional[str] = option(None, help="source language code (default: from the preset or subset name)")
-    tgt_lang: Optional[str] = option(None, help="target language code for st (asr: the source language)")
-    max_items: Optional[int] = option(None, help="stop after this many utterances")
-    max_seconds: Optional[float] = option(None, help="skip utterances longer than this (their text would not fit a cut)")
-    streaming: bool = option(False, help="stream a hub dataset instead of downloading it whole")
-    cache_dir: Optional[str] = option(None, help="datasets cache folder (default: the datasets default)")
-    overwrite: bool = option(False, help="replace an existing manifest at --out")
-
-    def __post_init__(self) -> None:
-        require_choice(self.preset, list(PRESETS), "--preset")
-        require(self.task in (None, "asr", "st"), f"--task: unknown {self.task!r} (asr or st)")
-        require(self.max_items is None or self.max_items > 0, "--max-items must be positive")
-        require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")
-        require(str(self.out).endswith(".jsonl"), f"--out {self.out}: a manifest path ending in .jsonl")
+from speechprune.options.data import PRESETS, HFDataConfig  # noqa: F401  (re-exported)
 
 
 def _resolve_settings(config: HFDataConfig) -> dict[str, Any]:

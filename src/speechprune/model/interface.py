@@ -20,9 +20,11 @@ import torch
 from speechprune.errors import UserError
 from speechprune.model.loaded import LoadedModel
 from speechprune.model.safety import SAFE, LoadingPolicy
+from speechprune.options.model import DTYPE_NAMES
 
 __all__ = ["LoadedModel", "load_model", "supported_config_classes"]
 
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype -> the torch dtype
 # what the hub takes as a model id: "name" or "org/name", letters, digits, "-", "_", "."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 

@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-REGIONS = ("speech", "prompt", "target", "last", "all")
-LAYOUTS = ("task", "plain")
-LAYOUT_REGIONS = {"task": REGIONS, "plain": ("last", "all")}
+from speechprune.options.model import LAYOUT_REGIONS, LAYOUTS, REGIONS  # noqa: F401  (re-exported)
+
 IGNORE_INDEX = -100
 
 

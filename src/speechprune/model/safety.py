@@ -9,25 +9,13 @@ a model's own Python files (``trust_remote_code``): a model from elsewhere must 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from speechprune.config import option
 from speechprune.errors import UserError
+from speechprune.options.model import LoadingPolicy
 
 PICKLED = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-
-@dataclass(frozen=True)
-class LoadingPolicy:
-    """What a model from elsewhere may do while it is loaded."""
-
-    trust_remote_code: bool = option(False, help="run Python code shipped with a model (never by default)")
-    allow_pickle: bool = option(False, help="load pickled .bin/.pt weights, which can run code (safetensors only "
-                                            "by default)")
-
-
 SAFE = LoadingPolicy()
 
 

@@ -15,7 +15,6 @@ a strategy the scan cannot serve (from :mod:`~speechprune.prune.strategies`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from speechprune.config import require
 from speechprune.console import Progress
 from speechprune.errors import UserError
 from speechprune.model.decoder import decoder_layers, text_config
+from speechprune.options.prune import drop_layers
 from speechprune.prune import strategies
 from speechprune.prune.surgery import (
     INDEX_CONVENTION,
@@ -92,24 +92,14 @@ def read_scan(scan: str) -> ScanResult:
 
 def parse_drop(drop: str, num_layers: int | None = None) -> list[int]:
     """``"10:14,20:22"`` -> [10, 11, 12, 13, 20, 21]; 0-based, end-exclusive blocks. Checks the
-    syntax, START < END, no overlap, and (given ``num_layers``) the range."""
-    removed: list[int] = []
-    for block in drop.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", block)
-        if not match:
-            raise UserError(f"--drop {drop!r}: {block.strip()!r} is not a START:END block (0-based, end-exclusive, "
-                            "e.g. 10:14 removes layers 10..13)")
-        start, end = int(match[1]), int(match[2])
-        if start >= end:
-            raise UserError(f"--drop {drop!r}: block {start}:{end} is empty (END is exclusive and must exceed START)")
-        removed.extend(range(start, end))
-    if len(set(removed)) != len(removed):
-        raise UserError(f"--drop {drop!r}: blocks overlap")
+    syntax, START < END, no overlap (:func:`~speechprune.options.prune.drop_layers`) and (given
+    ``num_layers``) the range."""
+    removed = drop_layers(drop)
     if num_layers is not None:
         if max(removed) >= num_layers:
             raise UserError(f"--drop {drop!r}: layer {max(removed)} is out of range; the decoder has layers 0..{num_layers - 1}")
         validate_indices(removed, num_layers, f"--drop {drop!r}")
-    return sorted(removed)
+    return removed
 
 
 def prune_model(model: Any, selection: Selection, measurement: Callable[[], Measurement] | None = None,

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 
 from speechprune.errors import UserError
+from speechprune.options.prune import (DEFAULT_INPUT, DEFAULT_REGION, MODEL_STRATEGIES,  # noqa: F401  (re-exported)
+                                       SCAN_STRATEGY_NAMES, STRATEGIES)
 from speechprune.prune.surgery import skip_layers
 from speechprune.scan.blocks import layers_for_fraction  # noqa: F401  (one definition, re-exported)
 from speechprune.scan.result import ScanResult
 
-DEFAULT_INPUT = "auto"
-DEFAULT_REGION = "all"
 
 # a scan result, or the dict of a scan.json (read through ScanResult, which checks it)
 Scan = ScanResult | Mapping[str, Any]
@@ -112,15 +112,8 @@ def _last_from_scan(scan: Scan, n: int, input: str = DEFAULT_INPUT, region: str 
 
 
 # Strategies that choose from a scan alone: name -> function(scan, n, input, region).
-SCAN_STRATEGIES: dict[str, Callable[..., list[int]]] = {
-    "angular": angular,
-    "bi": block_influence,
-    "last": _last_from_scan,
-}
-
-# Strategies that need the model and a measurement callable.
-MODEL_STRATEGIES = ("iterative", "greedy-score")
-STRATEGIES = (*SCAN_STRATEGIES, *MODEL_STRATEGIES)
+SCAN_STRATEGIES: dict[str, Callable[..., list[int]]] = dict(
+    zip(SCAN_STRATEGY_NAMES, (angular, block_influence, _last_from_scan), strict=True))
 
 
 def iterative(

@@ -64,15 +64,14 @@ def _num(value, digits: int = 3) -> str:
 
 def _classes() -> dict[str, tuple[str, type]]:
     """Each output kind -> the command that makes it and that command's config class."""
-    from speechprune.base_llm import BaseLLMConfig
-    from speechprune.demo import DemoConfig
-    from speechprune.evaluate import EvalConfig
-    from speechprune.heal import HealConfig
-    from speechprune.prune.run import PruneConfig
-    from speechprune.scan.compare import CompareConfig
-    from speechprune.scan.run import ScanConfig
-    from speechprune.study import StudyConfig
-    from speechprune.sweep import SweepConfig
+    from speechprune.options.base_llm import BaseLLMConfig
+    from speechprune.options.demo import DemoConfig
+    from speechprune.options.evaluate import EvalConfig
+    from speechprune.options.heal import HealConfig
+    from speechprune.options.prune import PruneConfig
+    from speechprune.options.scan import CompareConfig, ScanConfig
+    from speechprune.options.study import StudyConfig
+    from speechprune.options.sweep import SweepConfig
 
     return {"scan": ("scan", ScanConfig), "compare": ("compare", CompareConfig), "sweep": ("sweep", SweepConfig),
             "eval": ("eval", EvalConfig), "study": ("study", StudyConfig), "base": ("base-llm", BaseLLMConfig),

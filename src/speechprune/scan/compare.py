@@ -10,40 +10,17 @@ of the layers each would remove at the given fractions. Writes compare.json and 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from speechprune.config import option, require, require_choice, save_config
+from speechprune.config import require, save_config
 from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
-from speechprune.model.layout import REGIONS
+from speechprune.options.scan import CompareConfig  # noqa: F401  (re-exported)
 from speechprune.scan.blocks import best_blocks, block_distances, layers_for_fraction, removed_layers
 from speechprune.scan.result import ScanResult
-
-
-@dataclass
-class CompareConfig:
-    positional = "scans"
-
-    out: str = option(help="output directory: compare.json, config.yaml, compare_<region>.png (heatmaps side by side)")
-    scans: list[str] = option([], help="scan directories (or their scan.json), given as bare arguments")
-    input: str = option("", help="speech | text: compare only this input of each scan (default: every input)")
-    regions: list[str] = option(["all", "last"], help="regions to compare")
-    fractions: list[float] = option([0.25, 0.5], help="removed fractions for the Jaccard of removed layers")
-    labels: list[str] = option([], help="one label per profile (default: scan folder/input)")
-    plots: bool = option(True, help="write PNG figures")
-    overwrite: bool = option(False, help="replace an existing --out")
-
-    def __post_init__(self) -> None:
-        require(len(self.scans) >= 1, "compare needs at least one scan: speechprune compare SCAN [SCAN ...] --out DIR")
-        require_choice(self.input, ("speech", "text", ""), "--input")
-        bad = [r for r in self.regions if r not in REGIONS]
-        require(not bad, f"--regions: unknown region {bad[0] if bad else ''!r} (known: {', '.join(REGIONS)})")
-        bad = [f for f in self.fractions if not 0.0 < f < 1.0]
-        require(not bad, f"--fractions: {bad[0] if bad else ''} is not between 0 and 1")
 
 
 def agreement(a: np.ndarray, b: np.ndarray, fractions: list[float]) -> dict:

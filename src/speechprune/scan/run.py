@@ -9,75 +9,27 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 
-from speechprune.config import option, require, require_choice, require_choices
+from speechprune.config import require
 from speechprune.console import Progress, show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output
-from speechprune.model.layout import LAYOUT_REGIONS, LAYOUTS, REGIONS
-from speechprune.model.safety import LoadingPolicy
+from speechprune.model.layout import LAYOUT_REGIONS
 from speechprune.scan.blocks import INDEX_CONVENTION, best_blocks, block_influence
 from speechprune.scan.result import SCAN_FILE, RegionResult, ScanResult
-from speechprune.scan.scanner import INPUTS, ScanBatch, Scanner
+from speechprune.options.scan import INPUTS, ScanConfig  # noqa: F401  (re-exported)
+from speechprune.scan.scanner import ScanBatch, Scanner
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHECKPOINT_DIR = ".checkpoint"
-
-
-@dataclass
-class ScanConfig:
-    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
-    data: str = option(help="what is scanned: a manifest (.jsonl), a text file (.txt, one text per line), "
-                            "or a Hugging Face text dataset (save_to_disk folder, dataset folder or hub id)")
-    out: str = option(help="output directory: scan.json, config.yaml, heatmap_<input>_<region>.png, "
-                           "stability_<input>_<region>.png, best_blocks.png")
-    input: str = option("auto", help="speech | text | both | auto (every input the model takes: both for a "
-                                           "speech model, text for a plain LLM)")
-    layout: str = option("auto", help="layout of text input: plain (the text alone, as its tokenizer frames it) | "
-                                      "task (the model's own sequence with the source text in the speech slot: "
-                                      "for base-vs-speech-model comparisons) | auto (plain for a plain causal LM, "
-                                      "task for a speech model)")
-    regions: list[str] = option([], help="regions to accumulate (default: all the layout has): speech, prompt, "
-                                         "target, last, all on the task layout; last, all on the plain layout")
-    text_column: Optional[str] = option(None, help="text column of a Hugging Face dataset (default: text, "
-                                                   "sentence, content or transcription, the first it has)")
-    split: Optional[str] = option(None, help="split of a Hugging Face dataset (default: its only split)")
-    batch_size: int = option(8, help="utterances per forward")
-    max_utterances: int = option(0, help="scan only the first N utterances of --data (0 = all)")
-    dtype: str = option("float32", help="model dtype: float32 | bfloat16 | float16 (sums are float64 always)")
-    device: str = option("auto", help="auto | cpu | cuda | cuda:N (under accelerate launch: each process's own)")
-    device_map: Optional[str] = option(None, help="'auto' spreads a decoder too large for one GPU over all GPUs")
-    stability_regions: list[str] = option(["all", "last"],
-                                          help="regions whose per-utterance sums are kept for the bootstrap")
-    bootstrap: int = option(1000, help="bootstrap resamples for the stability of l*(n) (0 = none)")
-    seed: int = option(0, help="seed of the bootstrap")
-    checkpoint_every: int = option(20, help="save the sums and the data position every N batches (0 = never)")
-    fresh: bool = option(False, help="ignore an existing checkpoint in OUT and start over")
-    plots: bool = option(True, help="write PNG figures")
-    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
-    overwrite: bool = option(False, help="replace an existing --out (else only this scan's unfinished work is resumed)")
-    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
-
-    def __post_init__(self) -> None:
-        require_choice(self.input, INPUTS + ("both", "auto"), "--input")
-        require_choice(self.layout, LAYOUTS + ("auto",), "--layout")
-        require_choices(self.regions, REGIONS, "--regions")
-        require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
-        require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
-        require_choice(self.dtype, list(DTYPES), "--dtype")
-        require(self.device_map in (None, "", "auto"), f"--device-map must be 'auto' or empty, not {self.device_map!r}")
-        require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, not {self.bootstrap}")
-        require(self.checkpoint_every >= 0, f"--checkpoint-every must be 0 or more, not {self.checkpoint_every}")
 
 
 # loading ---------------------------------------------------------------------------------------
 def _load(config: ScanConfig, device: torch.device):
-    from speechprune.model.interface import load_model
+    from speechprune.model.interface import DTYPES, load_model
 
     return load_model(config.model, dtype=DTYPES[config.dtype], device=str(device),
                       device_map="auto" if config.device_map else None, loading=config.loading)

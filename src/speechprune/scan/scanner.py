@@ -12,10 +12,9 @@ import torch
 
 from speechprune.model.decoder import base_model, decoder_layers
 from speechprune.model.layout import REGIONS, DecoderInputs
+from speechprune.options.scan import INPUTS
 from speechprune.scan.accumulate import PairwiseStats
 from speechprune.scan.hooks import LayerCapture, StopForward
-
-INPUTS = ("speech", "text")
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""Configuration of ``speechprune eval`` (:class:`EvalConfig`): decoding and scoring
+(:mod:`speechprune.evaluate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechprune.config import option, require, require_choice
+from speechprune.options.model import DTYPE_NAMES, LoadingPolicy
+
+METRICS = ("auto", "decode", "perplexity")
+
+
+@dataclass
+class EvalConfig:
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
+    data: list[str] = option(help="test manifest(s), comma-separated")
+    out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, "
+                           "config.yaml; with --metric perplexity: <manifest>.losses.jsonl in place of the hypotheses")
+    metric: str = option("auto", help="decode (generate; WER, BLEU, chrF) | perplexity (of the references, "
+                                      "teacher-forced: nothing is generated) | auto (perplexity for a plain "
+                                      "causal LM, decode for a speech model)")
+    batch_size: int = option(16, help="utterances decoded together")
+    max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
+    num_beams: int = option(1, help="1 = greedy")
+    dtype: str = option("float32", help="float32 | bfloat16 | float16")
+    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
+    max_utterances: int | None = option(None, help="evaluate only the first N utterances")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
+    overwrite: bool = option(False, help="replace an existing --out")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
+
+    def __post_init__(self):
+        require_choice(self.dtype, DTYPE_NAMES, "--dtype")
+        require_choice(self.metric, METRICS, "--metric")
+        require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")

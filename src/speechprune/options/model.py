@@ -1,0 +1,76 @@
+"""Configuration of the model stage: how a SpeechLLM is built (:class:`ModelConfig` and its parts),
+what a model from elsewhere may do while it loads (:class:`LoadingPolicy`), and the names of the
+layouts, regions and dtypes that the commands' options take."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechprune.config import option, require
+
+# the decoder's input layouts and their regions (model/layout.py)
+REGIONS = ("speech", "prompt", "target", "last", "all")
+LAYOUTS = ("task", "plain")
+LAYOUT_REGIONS = {"task": REGIONS, "plain": ("last", "all")}
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype of the commands that load a model
+DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the speech into {target_language}."}
+
+
+@dataclass(frozen=True)
+class LoadingPolicy:
+    """What a model from elsewhere may do while it is loaded."""
+
+    trust_remote_code: bool = option(False, help="run Python code shipped with a model (never by default)")
+    allow_pickle: bool = option(False, help="load pickled .bin/.pt weights, which can run code (safetensors only "
+                                            "by default)")
+
+
+@dataclass
+class EncoderConfig:
+    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); empty: build one from --model.encoder.config")
+    config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 192, "encoder_layers": 4,
+                           "encoder_attention_heads": 4, "encoder_ffn_dim": 768, "max_source_positions": 750,
+                           "dropout": 0.0},
+                          help="config of a randomly initialised encoder (model_type: whisper|wav2vec2|hubert|wavlm)")
+    hop_length: int = option(320, help="mel hop (samples) of a newly built Whisper encoder: 320 = 50 frames/s, "
+                                       "25 encoder positions/s after its stride-2 conv (real Whisper: 160)")
+    window: str = option("dynamic", help="Whisper window: dynamic (fit the batch) or full (30 s)")
+
+    def __post_init__(self):
+        require(self.window in ("dynamic", "full"), f"encoder.window must be dynamic or full, not {self.window!r}")
+
+
+@dataclass
+class ProjectorConfig:
+    stack: int = option(4, help="encoder frames stacked into one decoder position")
+    kind: str = option("mlp", help="mlp (Linear-ReLU-Linear) or linear")
+    hidden_dim: int = option(512, help="hidden width of the mlp projector")
+
+    def __post_init__(self):
+        require(self.stack >= 1, "projector.stack must be >= 1")
+        require(self.kind in ("mlp", "linear"), f"projector.kind must be mlp or linear, not {self.kind!r}")
+
+
+@dataclass
+class DecoderConfig:
+    pretrained: str | None = option(None, help="causal LM checkpoint (local path, hub id, .gguf file, or a GGUF short "
+                                               "name: smollm2-135m, gemma3-270m); empty: build one from "
+                                               "--model.decoder.config")
+    config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
+                           "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
+                           "max_position_embeddings": 512, "tie_word_embeddings": True},
+                          help="config of a randomly initialised decoder (any AutoConfig model_type)")
+    tokenizer: str | None = option(None, help="tokenizer path; default: the decoder's, or a BPE trained on the data")
+    bpe_vocab_size: int = option(300, help="vocabulary of the locally trained byte-level BPE; 300 = the 256 bytes "
+                                           "and a few merges, nearly characters, which the decoder learns to align "
+                                           "with a CTC-trained encoder much faster than word-sized tokens")
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = option(EncoderConfig())
+    projector: ProjectorConfig = option(ProjectorConfig())
+    decoder: DecoderConfig = option(DecoderConfig())
+    prompts: dict = option(dict(DEFAULT_PROMPTS), help="instruction per task; {target_language} is filled in")
+    ctc: bool = option(True, help="add a character CTC head on the encoder (used by training stages)")
+

@@ -1,0 +1,150 @@
+"""Configuration of ``speechprune study`` (:class:`StudyConfig` and its sections) and its
+:class:`Condition`: one SpeechLLM of the study's plan (:func:`speechprune.study.conditions`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechprune.config import option, require
+from speechprune.options.model import EncoderConfig, ProjectorConfig
+from speechprune.options.train import LoopConfig, LoraConfig
+
+MODES = ("lora", "frozen")
+
+
+def llama_config(layers: int) -> dict:
+    """A small Llama decoder of ``layers`` layers (the study's decoder axis)."""
+    return {"model_type": "llama", "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "max_position_embeddings": 512,
+            "tie_word_embeddings": True}
+
+
+def qwen2_config(layers: int) -> dict:
+    """A small Qwen2 decoder of ``layers`` layers (the study's decoder axis)."""
+    return {"model_type": "qwen2", "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "tie_word_embeddings": True}
+
+
+@dataclass
+class NamedConfig:
+    """A decoder or encoder of the study: a name used in folder names and its model config."""
+    name: str = option(help="short name (folder names, tables)")
+    config: dict = option({}, help="the config a new model is built from (model_type and its fields)")
+
+
+@dataclass
+class CorpusSettings:
+    path: str = option("", help="an existing corpus folder (speechprune data synth) instead of synthesising one")
+    train_sentences: int = option(1500, help="meanings per language in the synthesised training split")
+    dev_sentences: int = option(100, help="meanings per language in the dev split")
+    test_sentences: int = option(100, help="meanings per language in the test split")
+    seed: int = option(0, help="seed of the synthesised corpus (sentences, voices, noise)")
+
+
+@dataclass
+class BaseSettings:
+    sentences: int = option(10000, help="meanings rendered in every language for text pretraining")
+    dev_sentences: int = option(100, help="held-out meanings per language for the base LLM's dev perplexity")
+    steps: int = option(300, help="optimiser steps of text pretraining")
+    lr: float = option(1e-3, help="peak learning rate of text pretraining (in 300 steps of 8 documents, 2e-3 "
+                                  "left an 8-layer decoder at dev perplexity 10.6, 1e-3 at 3.1)")
+    batch_size: int = option(8, help="documents (of 4 sentences) per optimiser step of text pretraining")
+    eval_every: int = option(50, help="steps between dev-perplexity measurements")
+
+
+@dataclass
+class SpeechLLMSettings:
+    warmup_steps: int = option(250, help="CTC steps of each shared encoder warm-up")
+    warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
+    warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
+    copy_steps: int = option(60, help="steps of the copy stage (source text in the speech slot) per condition")
+    joint_steps: int = option(300, help="steps of joint SpeechLLM training per condition")
+    lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
+    projector_lr: float = option(3e-3, help="the projector's own peak lr")
+    ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
+    batch_size: int = option(8, help="utterances per optimiser step of joint training")
+    projector: ProjectorConfig = option(ProjectorConfig(stack=2), help="stack 2: the joint stage's token CTC "
+                                                                       "needs as many speech positions as tokens")
+
+
+@dataclass
+class EvalSettings:
+    test_utterances: int = option(50, help="utterances per test set (evaluation and sweeps)")
+    scan_utterances: int = option(100, help="dev utterances each scan reads (the same for base and SpeechLLM)")
+    fractions: list[float] = option([0.0, 0.25, 0.5], help="removed fractions of every sweep")
+    heal_steps: int = option(60, help="LoRA healing steps per healed sweep cell")
+    max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
+    wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
+    wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
+    bleu_drop: float = option(0.25, help="acceptable relative BLEU loss (sweep rule)")
+
+
+@dataclass
+class StudyConfig:
+    out: str = option("runs/study", help="the study's directory")
+    languages: list[str] = option(["en", "fr", "es"], help="corpus languages (ASR axis, base-LLM text)")
+    tasks: list[str] = option(["asr-en", "asr-fr", "asr-es", "st-en-fr", "st-fr-en"],
+                              help="task axis (asr-LANG or st-SRC-TGT); its ASR tasks are the language axis")
+    decoders: list[NamedConfig] = option(
+        [NamedConfig(f"{family}-{layers}", make(layers)) for family, make in (("llama", llama_config), ("qwen2", qwen2_config))
+         for layers in (4, 7, 8)],
+        help="decoder axis (family x size: 4/7/8 layers, the depths of Llama-3.2-1B/3B/3.1-8B (16/28/32) divided by 4)")
+    encoders: list[NamedConfig] = option(
+        [NamedConfig("whisper", dict(EncoderConfig().config)),
+         NamedConfig("wav2vec2", {"model_type": "wav2vec2", "hidden_size": 192, "num_hidden_layers": 4,
+                                  "num_attention_heads": 4, "intermediate_size": 768,
+                                  "conv_dim": [32, 32, 64, 64, 128, 128, 192],  # narrow early: see BENCHMARKS.md
+                                  "conv_stride": [5, 2, 2, 2, 2, 2, 2], "conv_kernel": [10, 3, 3, 3, 3, 2, 2],
+                                  "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
+                                  "do_stable_layer_norm": True, "feat_extract_norm": "layer"})],
+        help="encoder axis; the first is the reference")
+    modes: list[str] = option(["lora", "frozen"], help="training-mode axis: lora | frozen (projector only)")
+    multitask: bool = option(True, help="train one SpeechLLM on every task and language (claim 5)")
+    reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the deepest, the first "
+                                             "listed among equals: block structure needs depth)")
+    plots: bool = option(True, help="write the scans' and comparisons' figures")
+    corpus: CorpusSettings = option(CorpusSettings())
+    base: BaseSettings = option(BaseSettings())
+    speechllm: SpeechLLMSettings = option(SpeechLLMSettings())
+    evaluation: EvalSettings = option(EvalSettings())
+    loop: LoopConfig = option(LoopConfig(lora=LoraConfig(rank=16, alpha=32)),
+                              help="every training's loop; loop.lora is the decoder's LoRA in joint training (lora mode)")
+    overwrite: bool = option(False, help="replace an existing --out (else only this study's own work is resumed "
+                                         "or reused)")
+
+    def __post_init__(self):
+        require(len(self.decoders) >= 1 and len(self.encoders) >= 1, "a study needs a decoder and an encoder")
+        for kind in ("decoders", "encoders"):
+            names = [d.name for d in getattr(self, kind)]
+            require(len(set(names)) == len(names), f"{kind}: names repeat ({names})")
+            require(all(n and "/" not in n and "." not in n for n in names), f"{kind}: names must be plain words")
+        require(not self.reference_decoder or self.reference_decoder in [d.name for d in self.decoders],
+                f"reference_decoder {self.reference_decoder!r} is not among the decoders")
+        require(len(self.modes) >= 1 and all(m in MODES for m in self.modes), f"modes must be among {MODES}")
+        for task in self.tasks:
+            parts = task.split("-")
+            valid = (parts[0] == "asr" and len(parts) == 2) or (parts[0] == "st" and len(parts) == 3)
+            require(valid, f"tasks: {task!r} is not asr-LANG or st-SRC-TGT")
+            require(all(lang in self.languages for lang in parts[1:]), f"tasks: {task!r} uses a language not in --languages")
+        require(f"asr-{self.languages[0]}" in self.tasks,
+                f"tasks must include asr-{self.languages[0]} (the reference task: ASR in the first language)")
+
+
+# ----------------------------------------------------------------------------- conditions
+@dataclass(frozen=True)
+class Condition:
+    decoder: str
+    encoder: str
+    tasks: tuple[str, ...]
+    mode: str
+    axes: tuple[str, ...]  # the axes this condition belongs to
+
+    @property
+    def name(self) -> str:
+        task = "multi" if len(self.tasks) > 1 else self.tasks[0]
+        return f"{self.decoder}.{self.encoder}.{task}.{self.mode}"
+
+    def source_languages(self) -> tuple[str, ...]:
+        return tuple(sorted({task.split("-")[1] for task in self.tasks}))
+

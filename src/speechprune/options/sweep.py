@@ -1,0 +1,52 @@
+"""Configuration of ``speechprune sweep`` (:class:`SweepConfig`): prune -> heal -> evaluate over
+fractions, strategies and healing, and the acceptability rules (:mod:`speechprune.sweep`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speechprune.config import option, require, require_choice, require_choices
+from speechprune.options.evaluate import METRICS
+from speechprune.options.heal import TARGETS as HEAL_TARGETS
+from speechprune.options.model import LoadingPolicy
+from speechprune.options.prune import SCAN_STRATEGY_NAMES
+
+
+@dataclass
+class SweepConfig:
+    model: str = option(help="model to prune: SpeechLLM directory, Hugging Face speech-LLM or causal LM")
+    scan: str = option(help="scan directory (scan.json) of that model")
+    train: list[str] = option(help="healing data: manifest(s), or for a plain LLM text files or text datasets")
+    test: list[str] = option(help="test data, each scored separately (e.g. in-domain and out-of-domain): manifests, "
+                                  "or for a plain LLM text files (.txt) or text datasets")
+    out: str = option(help="sweep directory: cells/<cell>.json, results.csv, results.json, summary.json, "
+                                "curve_<test set>.png, config.yaml")
+    metric: str = option("auto", help="decode (WER, BLEU) | perplexity (of the test texts, nothing generated) | "
+                                      "auto (perplexity for a plain causal LM, decode for a speech model)")
+    fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], help="fractions of decoder layers removed")
+    strategies: list[str] = option(["angular", "bi", "last"], help="pruning strategies, chosen from the scan: angular | bi | last")
+    heal: list[str] = option(["none", "receiving-mlp"], help="none | receiving-mlp | all-mlp | all-linear")
+    prefill_only: bool = option(False, help="also evaluate skipping the chosen layers only while the speech and "
+                                            "prompt prefix is encoded (full decoder for generated tokens)")
+    heal_steps: int = option(200, help="LoRA healing steps per cell")
+    heal_lr: float = option(1e-3, help="peak learning rate of healing")
+    heal_projector: bool = option(False, help="unfreeze the projector while healing")
+    input: str = option("auto", help="scan input the strategies choose by")
+    region: str = option("all", help="scan region the strategies choose by")
+    max_test_utterances: int | None = option(None, help="score only the first N utterances of each test manifest (empty: all)")
+    batch_size: int = option(16, help="utterances per batch, in healing and decoding")
+    wer_rise: float = option(0.25, help="acceptable relative WER rise")
+    wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
+    bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
+    perplexity_rise: float = option(0.25, help="acceptable relative perplexity rise (--metric perplexity)")
+    loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
+    overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
+    skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
+
+    def __post_init__(self):
+        bad = [f for f in self.fractions if not 0 <= f < 1]
+        require(not bad, f"--fractions: {bad[0] if bad else ''} is not in [0, 1) (a fraction of decoder layers removed)")
+        require_choices(self.strategies, SCAN_STRATEGY_NAMES, "--strategies")
+        require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
+        require_choice(self.metric, METRICS, "--metric")
+
