@@ -144,3 +144,24 @@ def test_the_sweep_refuses_what_prune_refuses(tiny_speechllm, tiny_manifest, tmp
                               strategies=["angular"], heal=["none"]))
         assert str(by_sweep.value) == str(by_prune.value)
         assert not (tmp_path / "pruned").exists()
+
+
+def test_a_cell_stops_decoding_at_twice_the_longest_reference(tiny_speechllm, tiny_manifest, tmp_path, monkeypatch):
+    limits = []
+    original = sweep_module.measure
+
+    def recording(*args, **kwargs):
+        limits.append(kwargs.get("max_new_tokens"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "measure", recording)
+    scan = fake_scan(tmp_path, 6)
+    common = dict(model=str(tiny_speechllm), scan=str(scan), train=[str(tiny_manifest)], test=[str(tiny_manifest)],
+                  fractions=[0.0], strategies=["angular"], heal=["none"], batch_size=6)
+    sweep(SweepConfig(out=str(tmp_path / "a"), **common))
+    tokenizer = SpeechLLM.load(tiny_speechllm).tokenizer
+    longest = max(len(tokenizer(u.target, add_special_tokens=False).input_ids) for u in load_manifest(tiny_manifest))
+    assert limits == [2 * longest + 16]
+    assert json.loads((tmp_path / "a" / "cells" / "baseline.json").read_text())["max_new_tokens"] == 2 * longest + 16
+    sweep(SweepConfig(out=str(tmp_path / "b"), max_new_tokens=5, **common))
+    assert limits[-1] == 5

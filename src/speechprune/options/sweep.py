@@ -35,6 +35,9 @@ class SweepConfig:
     region: str = option("all", help="scan region the strategies choose by")
     max_test_utterances: int | None = option(None, help="score only the first N utterances of each test manifest (empty: all)")
     batch_size: int = option(16, help="utterances per batch, in healing and decoding")
+    max_new_tokens: int | None = option(None, help="stop decoding after this many tokens (empty: twice the test sets' "
+                                                   "longest reference plus 16, so that a broken model that never "
+                                                   "stops costs no more than a sane one)")
     wer_rise: float = option(0.25, help="acceptable relative WER rise")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
