@@ -323,7 +323,9 @@ def test_a_perplexity_result_is_reported_with_its_interval_and_tokens(tmp_path):
                                                                                    "wer_floor": 0.02, "bleu_drop": 0.25}})
     html, md = _report(tmp_path)
     assert "| perplexity of llm on text | 12.30 [11.00, 13.90] | 5 utterances, 120 tokens; 95% bootstrap |" in md
-    assert "| sweep baseline perplexity of ? on text (nothing removed) | 12.30 [11.30, 13.30] |" in md
+    assert ("| sweep baseline perplexity of ? on text (nothing removed) | 12.30 [11.30, 13.30] | 5 utterances, "
+            "120 tokens; 95% bootstrap |") in md
     assert "0.000 (0 layers; not ruled out: 0.250, 1 layer)" in md
+    assert "120 words" not in md, "a perplexity rests on tokens, not words"
     assert "| text | angular | none | 1 | 0 | - | - | 14.00 [13.00, 15.00] | +13.8% | undecided |" in md
     assert html.count('alt="sweep curve text"') == 1

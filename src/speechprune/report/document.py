@@ -20,8 +20,8 @@ from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, scan_counts,
-                                        swept_model)
+from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, rows_unit,
+                                        scan_counts, swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
 
 
@@ -305,14 +305,16 @@ def sweep_section(sweep: Found, run: Run) -> Section:
     rules = summary.get("rules", {})
     section.add(f"Prune, heal and evaluate at each removed fraction. Acceptable: WER at most "
                 f"+{rules.get('wer_rise', 0) * 100:.0f}% relative (and at least +{rules.get('wer_floor', 0)} "
-                f"absolute is allowed), BLEU at most -{rules.get('bleu_drop', 0) * 100:.0f}% relative; each level is "
+                f"absolute is allowed), BLEU at most -{rules.get('bleu_drop', 0) * 100:.0f}% relative, perplexity at "
+                f"most +{rules.get('perplexity_rise', 0) * 100:.0f}% relative; each level is "
                 "judged by a paired bootstrap against the baseline on the same utterances: acceptable, not acceptable, "
                 "or undecided at this test size.")
     command = made_by("sweep", sweep.path, run)
     heals = sorted({r["heal"] for r in rows if r["removed"] > 0})
+    unit = rows_unit(rows)
     for set_name in sorted({r["set"] for r in rows}):
         baseline = next((r for r in rows if r["set"] == set_name and r["removed"] == 0), {})
-        basis = counts(baseline.get("utterances"), baseline.get("words"))
+        basis = counts(baseline.get("utterances"), baseline.get("words"), unit)
         image, hidden = figures.sweep_png(rows, summary, set_name)
         says = (f"Quality on {set_name} against the fraction of decoder layers removed, "
                 f"{'with and without healing' if len(heals) > 1 else 'healing: ' + ', '.join(heals)}; "
@@ -330,7 +332,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
         strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
         largest.append([strategy, heal, set_name, _num(value["fraction"]), str(value["removed_count"]),
                         " ".join(map(str, value.get("removed", []))) or "none",
-                        _num(value.get("fraction_not_ruled_out")), counts(value.get("utterances"), value.get("words"))])
+                        _num(value.get("fraction_not_ruled_out")), counts(value.get("utterances"), value.get("words"), unit)])
     section.add(Table(["strategy", "healing", "test set", "largest acceptable fraction", "layers removed",
                        "removed layers (0-based)", "largest not ruled out", "rests on"], largest,
                       "the largest level that it and every smaller level are decided acceptable at; not ruled out: "
@@ -343,7 +345,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                              for _, metric, _, digits, _ in shown),
                            _change(r) if r["removed"] else "baseline",
                            r.get("verdict", "-") if r["removed"] else "-", _num(r.get("decoder_size_ratio"), 2),
-                           counts(r.get("utterances"), r.get("words"))])
+                           counts(r.get("utterances"), r.get("words"), unit)])
     section.add(Table(["test set", "strategy", "healing", "removed", "removed layers (0-based)",
                        *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "relative change [95% CI]", "verdict", "decoder size ratio", "rests on"],
                       table_rows, "the baseline (nothing removed) is the first row of each test set"))

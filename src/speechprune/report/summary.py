@@ -23,6 +23,15 @@ QUALITY = (("asr", "wer", "WER", 3, "word"), ("st", "bleu", "BLEU", 1, "word"),
            ("lm", "perplexity", "perplexity", 2, "token"))
 
 
+UNITS = {metric: unit for _, metric, _, _, unit in QUALITY}
+
+
+def rows_unit(rows: list[dict]) -> str:
+    """What sweep ``rows`` count besides utterances: tokens for a perplexity sweep, else words."""
+    shown = row_metric(rows)
+    return UNITS[shown[0]] if shown else "word"
+
+
 def entry_counts(entry: dict, unit: str = "word") -> str:
     """The utterances and words (tokens, for a perplexity) an evaluation entry rests on."""
     return counts(entry.get("utterances"), entry.get("words", entry.get("tokens")), unit)
@@ -108,7 +117,7 @@ def _quality(run: Run) -> list[Finding]:
                 text = interval_text(row[metric], row.get(f"{metric}_low"), row.get(f"{metric}_high"), digits)
                 found.append(Finding(f"sweep baseline {label} of {swept_model(sweep, run)} on {row['set']} "
                                      "(nothing removed)", text,
-                                     counts(row.get("utterances"), row.get("words")) + "; 95% bootstrap",
+                                     counts(row.get("utterances"), row.get("words"), UNITS[metric]) + "; 95% bootstrap",
                                      run.relative(sweep.path)))
     return found
 
@@ -122,7 +131,7 @@ def _largest(run: Run) -> list[Finding]:
             found.append(Finding(f"largest acceptable fraction of {swept_model(sweep, run)} ({strategy}, healing {heal}, "
                                  f"{set_name})",
                                  f"{largest_text(best)}; removes layers {removed}",
-                                 counts(best.get("utterances"), best.get("words"))
+                                 counts(best.get("utterances"), best.get("words"), rows_unit(sweep.extra["rows"]))
                                  + "; paired bootstrap against the baseline, 95%", run.relative(sweep.path)))
     return found
 
