@@ -159,3 +159,26 @@ def test_decoder_texts_count_each_prompt_once_per_utterance(tiny_manifest):
     texts = decoder_texts(DEFAULT_PROMPTS, utterances)
     assert texts.count(DEFAULT_PROMPTS["asr"]) == sum(u.task == "asr" for u in utterances)
     assert len(texts) == 3 * len(utterances)
+
+
+def test_speech_enters_a_scaled_embedding_decoder_at_the_token_vectors_scale(tiny_manifest):
+    """Gemma's embedding module scales token vectors by sqrt(hidden); projected speech and the
+    markers, which bypass it, are scaled alike (a Llama decoder, unscaled, takes them as they are)."""
+    from speechprune.data.manifest import load_manifest
+
+    utterances = [u for u in load_manifest(tiny_manifest) if u.task == "asr"][:3]
+    for decoder_type in ("gemma3_text", "llama"):
+        torch.manual_seed(0)
+        model = build_tiny_speechllm(utterances, decoder_type=decoder_type).eval()
+        embedding = model.decoder.get_input_embeddings()
+        scale = float(getattr(embedding, "embed_scale", 1.0))
+        assert (scale > 5) == (decoder_type == "gemma3_text")
+        batch = next(model.batches(utterances, batch_size=3))
+        speech = model.project(*model.encode(batch))
+        inputs = model.decoder_inputs(batch, speech=speech)
+        first = inputs.inputs_embeds[0]
+        assert torch.allclose(first[0], model.projector.markers[0] * scale)
+        assert torch.allclose(first[1: 1 + len(speech[0])], speech[0] * scale)
+        text = model.decoder_inputs(batch, source="text").inputs_embeds[0]
+        ids = batch.source_ids[0]
+        assert torch.allclose(text[1: 1 + len(ids)], embedding.weight[ids] * scale)

@@ -201,3 +201,52 @@ def test_the_shipped_smollm2_recipe_is_base_llm_stages_with_a_projector_warm_up(
     steps = {f"{name}_steps": stage.steps for name, stage in stages.items()}
     assert stages == base_llm_stages("lora", **steps)
     assert list(base_llm_stages("frozen", **steps)) == ["ctc", "proj", "joint"]
+
+
+def test_token_ctc_over_the_corpus_vocabulary(tiny_manifest):
+    """Over every token it is the full token CTC; over the corpus's tokens alone it is never larger
+    (each path's tokens are normalised over fewer competitors) and it refuses a batch it lacks."""
+    from speechprune.data.manifest import load_manifest
+    from speechprune.errors import UserError
+
+    utterances = [u for u in load_manifest(tiny_manifest) if u.task == "asr"]
+    torch.manual_seed(0)
+    model = build_tiny_speechllm(utterances)
+    batch = next(model.batches(utterances, batch_size=6))
+    full = model(batch, lm_weight=0.0, token_ctc_weight=1.0)["token_ctc"]
+    model.token_ctc_vocabulary = torch.arange(len(model.decoder.get_input_embeddings().weight))
+    every = model(batch, lm_weight=0.0, token_ctc_weight=1.0)["token_ctc"]
+    assert torch.allclose(every, full, rtol=1e-5, atol=1e-6)
+    vocabulary = model.corpus_vocabulary(utterances)
+    assert set(torch.cat(batch.source_ids).tolist()) | {model.tokenizer.pad_token_id} <= set(vocabulary.tolist())
+    assert len(vocabulary) < len(model.decoder.get_input_embeddings().weight)
+    model.token_ctc_vocabulary = vocabulary
+    corpus = model(batch, lm_weight=0.0, token_ctc_weight=1.0)["token_ctc"]
+    assert float(corpus) < float(full)
+    corpus.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector.parameters())
+    model.token_ctc_vocabulary = vocabulary[vocabulary != int(batch.source_ids[0][0])]
+    with pytest.raises(UserError, match="vocabulary lacks"):
+        model(batch, lm_weight=0.0, token_ctc_weight=1.0)
+
+
+def test_a_stage_trains_its_token_ctc_over_the_corpus_vocabulary(tiny_manifest, tmp_path, monkeypatch):
+    seen: list[int | None] = []
+    original = SpeechLLM.token_ctc_loss
+
+    def recording(self, speech, batch, scale=16.0):
+        seen.append(None if self.token_ctc_vocabulary is None else len(self.token_ctc_vocabulary))
+        return original(self, speech, batch, scale)
+
+    monkeypatch.setattr(SpeechLLM, "token_ctc_loss", recording)
+    config = tiny_train_config(tiny_manifest, tmp_path / "run")
+    config.stages = {
+        "proj": StageConfig(steps=2, lm_weight=0.0, token_ctc_weight=1.0, encoder="frozen", projector="full",
+                            decoder="frozen", lr=3e-3, token_ctc_vocabulary="corpus"),
+        "joint": StageConfig(steps=2, token_ctc_weight=1.0, lr=3e-3),
+    }
+    trained = SpeechLLM.load(train(config))
+    assert seen[:2] == [seen[0]] * 2 and seen[0] is not None and seen[2:] == [None, None]
+    assert seen[0] < len(trained.tokenizer)
+    with pytest.raises(Exception, match="token_ctc_vocabulary"):
+        StageConfig(token_ctc_weight=1.0, token_ctc_vocabulary="words")

@@ -121,6 +121,7 @@ class SpeechLLMTraining:
         self.model = model
         self.utterances = utterances
         self.speech_data = model.dataset(utterances, loop.max_seconds)  # caches features across epochs
+        self._corpus_vocabulary: torch.Tensor | None = None
 
     @property
     def module(self) -> nn.Module:
@@ -149,11 +150,17 @@ class SpeechLLMTraining:
             model.encoder_cache = model.encoder_cache if model.encoder_cache is not None else {}
         else:
             model.encoder_cache = None
+        model.token_ctc_vocabulary = self.corpus_vocabulary() if stage.token_ctc_vocabulary == "corpus" else None
         if stage.ctc_weight > 0:
             if model.ctc_head is None:
                 raise UserError("a stage asks for CTC but the model has no CTC head (model.ctc=false?)")
             model.ctc_head.requires_grad_(True)
         return [p for p in model.parameters() if p.requires_grad]
+
+    def corpus_vocabulary(self) -> torch.Tensor:
+        if self._corpus_vocabulary is None:
+            self._corpus_vocabulary = self.model.corpus_vocabulary(self.utterances)
+        return self._corpus_vocabulary
 
     def param_groups(self, params: list[nn.Parameter], stage: StageConfig) -> list[dict]:
         return _param_groups(self.model, params, stage)
@@ -400,6 +407,7 @@ def run_stages(model: SpeechLLM | LoadedModel, utterances: list[Utterance], stag
     module.requires_grad_(False)
     if isinstance(module, SpeechLLM):
         module.encoder_cache = None  # training is over: the encoder runs as usual again
+        module.token_ctc_vocabulary = None
     return results
 
 

@@ -98,6 +98,8 @@ class SpeechLLM(nn.Module):
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
         # utterance id -> encoder states, while a training stage keeps the encoder frozen (None: off)
         self.encoder_cache: dict[str, torch.Tensor] | None = None
+        # token ids the token CTC normalises over (sorted, with the blank); None: the whole vocabulary
+        self.token_ctc_vocabulary: torch.Tensor | None = None
 
     # ---- construction
     @classmethod
@@ -257,15 +259,39 @@ class SpeechLLM(nn.Module):
         """CTC between the projected speech positions and the source transcript's tokens, scored
         by cosine similarity with the decoder's (frozen) token embeddings: it pulls each speech
         position towards the embedding of the token spoken there, so speech enters the decoder
-        looking like the text it says. The pad token serves as the CTC blank."""
-        embeddings = nn.functional.normalize(self.decoder.get_input_embeddings().weight.detach().float(), dim=-1)
+        looking like the text it says. The pad token serves as the CTC blank.
+
+        With :attr:`token_ctc_vocabulary` set (a training corpus's tokens and the blank), the
+        softmax runs over those tokens alone: the same pull towards the spoken token, pushed away
+        from the corpus's other tokens only. Its cost follows the corpus, not the vocabulary
+        (a few thousand tokens against 49,152 for SmolLM2, 262,144 for Gemma-3)."""
+        embeddings = self.decoder.get_input_embeddings().weight.detach()
+        targets = torch.cat(batch.source_ids).to(embeddings.device)
+        blank = self.tokenizer.pad_token_id
+        vocabulary = self.token_ctc_vocabulary
+        if vocabulary is not None:
+            vocabulary = vocabulary.to(embeddings.device)
+            embeddings = embeddings[vocabulary]
+            positions = torch.searchsorted(vocabulary, targets).clamp(max=len(vocabulary) - 1)
+            if not torch.equal(vocabulary[positions], targets):
+                missing = sorted(set(targets.tolist()) - set(vocabulary.tolist()))[:5]
+                raise UserError(f"the token CTC's vocabulary lacks tokens of this batch ({missing}): it must hold "
+                                f"every source token of the training utterances")
+            targets, blank = positions, int(torch.searchsorted(vocabulary, torch.tensor(blank)))
+        embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
         lengths = torch.tensor([len(s) for s in speech], device=embeddings.device)
         padded = nn.utils.rnn.pad_sequence([s.float() for s in speech], batch_first=True)
         logits = scale * nn.functional.normalize(padded, dim=-1) @ embeddings.T
-        targets = torch.cat(batch.source_ids).to(embeddings.device)
         target_lengths = torch.tensor([len(t) for t in batch.source_ids], device=embeddings.device)
         return nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, lengths, target_lengths,
-                                      blank=self.tokenizer.pad_token_id, zero_infinity=True)
+                                      blank=blank, zero_infinity=True)
+
+    def corpus_vocabulary(self, utterances: list[Utterance]) -> torch.Tensor:
+        """The sorted token ids of ``utterances``' source transcripts and the CTC blank (pad)."""
+        ids = {self.tokenizer.pad_token_id}
+        for utt in utterances:
+            ids.update(self.tokenize(utt)["source_ids"].tolist())
+        return torch.tensor(sorted(ids), dtype=torch.long)
 
     def losses(self, batch: SpeechBatch, lm_weight: float = 1.0, ctc_weight: float = 0.0,
                token_ctc_weight: float = 0.0) -> dict[str, torch.Tensor]:
@@ -424,7 +450,11 @@ def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator
     tokens there instead. ``markers`` are the <audio-start>/<audio-end> embeddings (None for a
     plain LLM, which has none)."""
     embedding = decoder.get_input_embeddings()
-    device = embedding.weight.device
+    device, dtype = embedding.weight.device, embedding.weight.dtype
+    # Gemma's embedding module multiplies every token vector by a fixed scale (sqrt(hidden), about 25
+    # for Gemma-3-270M); speech and markers bypass that module, so they get the same scale: they
+    # live in the raw embedding space, where the token CTC compares them with the token vectors
+    scale = float(getattr(embedding, "embed_scale", 1.0))
     sep = torch.tensor([separator])
     pieces = []  # per utterance, token-id runs in a fixed order, embedded in one call below
     for row in range(len(batch)):
@@ -442,11 +472,10 @@ def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator
         if speech is None:
             source, (prompt, separator_vec, target) = Segment(vectors[0], "speech", runs[0]), vectors[1:]
         else:
-            source, (prompt, separator_vec, target) = Segment(speech[row].to(embedding.weight.dtype), "speech"), vectors
+            source, (prompt, separator_vec, target) = Segment(speech[row].to(dtype) * scale, "speech"), vectors
         segs = [source]
         if markers is not None:
-            segs = [Segment(markers[:1].to(embedding.weight.dtype), None), source,
-                    Segment(markers[1:].to(embedding.weight.dtype), None)]
+            segs = [Segment(markers[:1].to(dtype) * scale, None), source, Segment(markers[1:].to(dtype) * scale, None)]
         segs += [Segment(prompt, "prompt", runs[-3]), Segment(separator_vec, None, runs[-2])]
         if with_target:
             segs.append(Segment(target, "target", runs[-1]))

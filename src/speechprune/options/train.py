@@ -12,6 +12,7 @@ from speechprune.options.model import LoadingPolicy, ModelConfig
 MODES = ("frozen", "lora", "full")
 INPUTS = ("speech", "text", "lm")
 COMPONENTS = ("encoder", "projector", "decoder")
+TOKEN_CTC_VOCABULARIES = ("full", "corpus")
 
 
 @dataclass
@@ -26,6 +27,9 @@ class StageConfig:
                                                "token embeddings (pulls speech towards the text it says); an "
                                                "utterance with fewer speech positions than transcript tokens "
                                                "cannot align and adds nothing (near-character tokens at stack 4)")
+    token_ctc_vocabulary: str = option("full", help="full: the token CTC's softmax runs over the decoder's whole "
+                                                    "vocabulary; corpus: over the training transcripts' tokens "
+                                                    "alone (its cost follows the corpus, not a 49k-262k vocabulary)")
     encoder: str = option("full", help="frozen | lora | full")
     projector: str = option("full", help="frozen | full")
     decoder: str = option("full", help="frozen | lora | full")
@@ -48,6 +52,9 @@ class StageConfig:
         require(self.input == "speech" or self.ctc_weight == self.token_ctc_weight == 0,
                 f"a stage with input {self.input} has no audio for CTC")
         require(0 <= self.warmup < 1, "stage warmup must be in [0, 1)")
+        require(self.token_ctc_vocabulary in TOKEN_CTC_VOCABULARIES,
+                f"stage token_ctc_vocabulary must be one of {', '.join(TOKEN_CTC_VOCABULARIES)}, "
+                f"not {self.token_ctc_vocabulary!r}")
 
 
 @dataclass
