@@ -78,7 +78,7 @@ def demo(config: DemoConfig) -> Path:
         model = ModelConfig()
     else:
         stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
-                                 proj_steps=recipe.proj_steps)
+                                 proj_steps=recipe.proj_steps, token_ctc_vocabulary=recipe.token_ctc_vocabulary)
         model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
     timer.run("train", model_dir / "speechllm.json", lambda: train(TrainConfig(
         train=[train_manifest], out=str(model_dir), stages=stages, model=model,

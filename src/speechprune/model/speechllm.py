@@ -256,35 +256,10 @@ class SpeechLLM(nn.Module):
         return {"lm": loss, "total": lm_weight * loss}
 
     def token_ctc_loss(self, speech: list[torch.Tensor], batch: SpeechBatch, scale: float = 16.0) -> torch.Tensor:
-        """CTC between the projected speech positions and the source transcript's tokens, scored
-        by cosine similarity with the decoder's (frozen) token embeddings: it pulls each speech
-        position towards the embedding of the token spoken there, so speech enters the decoder
-        looking like the text it says. The pad token serves as the CTC blank.
-
-        With :attr:`token_ctc_vocabulary` set (a training corpus's tokens and the blank), the
-        softmax runs over those tokens alone: the same pull towards the spoken token, pushed away
-        from the corpus's other tokens only. Its cost follows the corpus, not the vocabulary
-        (a few thousand tokens against 49,152 for SmolLM2, 262,144 for Gemma-3)."""
-        embeddings = self.decoder.get_input_embeddings().weight.detach()
-        targets = torch.cat(batch.source_ids).to(embeddings.device)
-        blank = self.tokenizer.pad_token_id
-        vocabulary = self.token_ctc_vocabulary
-        if vocabulary is not None:
-            vocabulary = vocabulary.to(embeddings.device)
-            embeddings = embeddings[vocabulary]
-            positions = torch.searchsorted(vocabulary, targets).clamp(max=len(vocabulary) - 1)
-            if not torch.equal(vocabulary[positions], targets):
-                missing = sorted(set(targets.tolist()) - set(vocabulary.tolist()))[:5]
-                raise UserError(f"the token CTC's vocabulary lacks tokens of this batch ({missing}): it must hold "
-                                f"every source token of the training utterances")
-            targets, blank = positions, int(torch.searchsorted(vocabulary, torch.tensor(blank)))
-        embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
-        lengths = torch.tensor([len(s) for s in speech], device=embeddings.device)
-        padded = nn.utils.rnn.pad_sequence([s.float() for s in speech], batch_first=True)
-        logits = scale * nn.functional.normalize(padded, dim=-1) @ embeddings.T
-        target_lengths = torch.tensor([len(t) for t in batch.source_ids], device=embeddings.device)
-        return nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, lengths, target_lengths,
-                                      blank=blank, zero_infinity=True)
+        """The token CTC (:func:`token_ctc`) of ``speech`` against the batch's source transcripts,
+        over :attr:`token_ctc_vocabulary` (the whole vocabulary when None); the pad token is the blank."""
+        return token_ctc(speech, batch.source_ids, self.decoder.get_input_embeddings().weight,
+                         self.tokenizer.pad_token_id, self.token_ctc_vocabulary, scale)
 
     def corpus_vocabulary(self, utterances: list[Utterance]) -> torch.Tensor:
         """The sorted token ids of ``utterances``' source transcripts and the CTC blank (pad)."""
@@ -439,6 +414,37 @@ def _load_part(module: nn.Module, path: Path, directory: Path) -> None:
         shapes = "; ".join(line.strip() for line in str(error).splitlines() if "size mismatch" in line)[:300]
         raise UserError(f"SpeechLLM {directory}: {path.name} does not fit the encoder and decoder beside it "
                         f"(was one of them replaced?): {shapes or str(error).splitlines()[0]}") from None
+
+
+def token_ctc(speech: list[torch.Tensor], source_ids: list[torch.Tensor], embeddings: torch.Tensor, blank: int,
+              vocabulary: torch.Tensor | None = None, scale: float = 16.0) -> torch.Tensor:
+    """CTC between projected speech positions and the source transcripts' tokens, scored by cosine
+    similarity with the decoder's (frozen) token embeddings: it pulls each speech position towards
+    the embedding of the token spoken there, so speech enters the decoder looking like the text it
+    says. ``blank`` is the token id that serves as the CTC blank.
+
+    With ``vocabulary`` (sorted token ids: a training corpus's tokens and the blank) the softmax runs
+    over those tokens alone: the same pull towards the spoken token, pushed away from the corpus's
+    other tokens only. Its cost follows the corpus, not the vocabulary (a few thousand tokens
+    against 49,152 for SmolLM2, 262,144 for Gemma-3)."""
+    embeddings = embeddings.detach()
+    targets = torch.cat(source_ids).to(embeddings.device)
+    if vocabulary is not None:
+        vocabulary = vocabulary.to(embeddings.device)
+        embeddings = embeddings[vocabulary]
+        positions = torch.searchsorted(vocabulary, targets).clamp(max=len(vocabulary) - 1)
+        if not torch.equal(vocabulary[positions], targets):
+            missing = sorted(set(targets.tolist()) - set(vocabulary.tolist()))[:5]
+            raise UserError(f"the token CTC's vocabulary lacks tokens of this batch ({missing}): it must hold "
+                            f"every source token of the training utterances")
+        targets, blank = positions, int(torch.searchsorted(vocabulary, torch.tensor(blank, device=vocabulary.device)))
+    embeddings = nn.functional.normalize(embeddings.float(), dim=-1)
+    lengths = torch.tensor([len(s) for s in speech], device=embeddings.device)
+    padded = nn.utils.rnn.pad_sequence([s.float() for s in speech], batch_first=True)
+    logits = scale * nn.functional.normalize(padded, dim=-1) @ embeddings.T
+    target_lengths = torch.tensor([len(t) for t in source_ids], device=embeddings.device)
+    return nn.functional.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, lengths, target_lengths,
+                                  blank=blank, zero_infinity=True)
 
 
 def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator: int,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.train import MODES
+from speechprune.options.train import MODES, TOKEN_CTC_VOCABULARIES
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,7 @@ class DemoRecipe:
     fractions: tuple[float, ...]
     heal_steps: int
     mixed_precision: str
+    token_ctc_vocabulary: str = "full"
 
 
 # on a real LLM: configs/train-on-smollm2.yaml with half its joint steps, for time (WER 0.208 against the
@@ -46,6 +47,9 @@ class DemoConfig:
     copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
                                                "only; empty: 60)")
     joint_steps: int | None = option(None, help="joint training steps (empty: 300 on a base LLM, 950 tiny)")
+    token_ctc_vocabulary: str | None = option(None, help="the token CTC's softmax (base LLM only): corpus (the "
+                                                         "training transcripts' tokens, tens of times cheaper) | "
+                                                         "full (the whole vocabulary; empty: full)")
     mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
                                                     "where the CPU or GPU computes bf16 natively; empty: no)")
     fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
@@ -62,6 +66,8 @@ class DemoConfig:
         require_choice(self.decoder, MODES, "--decoder")
         if self.mixed_precision is not None:
             require_choice(self.mixed_precision, ("bf16", "no"), "--mixed-precision")
+        if self.token_ctc_vocabulary is not None:
+            require_choice(self.token_ctc_vocabulary, TOKEN_CTC_VOCABULARIES, "--token-ctc-vocabulary")
         for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0, not {value}")
@@ -70,7 +76,8 @@ class DemoConfig:
         """The kind's recipe with every step count and the grid this config sets."""
         recipe = RECIPES["tiny" if self.tiny else "base LLM"]
         chosen = {name: getattr(self, name) for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps",
-                                                         "heal_steps", "mixed_precision") if getattr(self, name) is not None}
+                                                         "heal_steps", "mixed_precision", "token_ctc_vocabulary")
+                  if getattr(self, name) is not None}
         if self.fractions is not None:
             chosen["fractions"] = tuple(self.fractions)
         return replace(recipe, **chosen)

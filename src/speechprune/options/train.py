@@ -101,7 +101,7 @@ def default_stages() -> dict:
 
 def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int = 200, joint_steps: int = 800,
                     lr: float = 1e-3, projector_lr: float = 3e-3, ctc_weight: float = 0.3,
-                    proj_steps: int = 0) -> dict:
+                    proj_steps: int = 0, token_ctc_vocabulary: str = "full") -> dict:
     """The recipe for a SpeechLLM on a text-pretrained base LLM (``model.decoder.pretrained``),
     with the decoder adapted as ``decoder`` (lora: frozen with LoRA adapters, as in the paper;
     frozen: projector only; full). Up to four stages, in this order:
@@ -119,16 +119,17 @@ def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int
 
     Measured on the English offline corpus (docs/study.md, recipes): the joint stage alone left a LoRA
     decoder at its text-only loss for 800 steps (WER 0.68); on SmolLM2-135M the ``proj`` warm-up
-    took WER from 0.399 to 0.171 at fewer joint steps."""
+    took WER from 0.399 to 0.171 at fewer joint steps. ``token_ctc_vocabulary`` (``full`` or
+    ``corpus``) is the token CTC's softmax in ``proj`` and ``joint`` (StageConfig)."""
     stages = {
         "ctc": StageConfig(steps=ctc_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen", decoder="frozen",
                            lr=2e-3, batch_size=16),
         "proj": StageConfig(steps=proj_steps, lm_weight=0.0, token_ctc_weight=1.0, encoder="frozen", projector="full",
-                            decoder="frozen", lr=3e-3, batch_size=16),
+                            decoder="frozen", lr=3e-3, batch_size=16, token_ctc_vocabulary=token_ctc_vocabulary),
         "copy": StageConfig(steps=copy_steps, input="text", encoder="frozen", projector="frozen", decoder=decoder,
                             lr=2e-3, batch_size=16),
         "joint": StageConfig(steps=joint_steps, ctc_weight=ctc_weight, token_ctc_weight=1.0, lr=lr,
-                             projector_lr=projector_lr, decoder=decoder),
+                             projector_lr=projector_lr, decoder=decoder, token_ctc_vocabulary=token_ctc_vocabulary),
     }
     if decoder == "frozen":  # nothing in the decoder to teach: the copy stage would train nothing
         del stages["copy"]
