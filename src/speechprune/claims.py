@@ -2,11 +2,14 @@
 it came from, as study.json records them, as claims.md (a Markdown table) and as a terminal table.
 Every quality number carries its 95% bootstrap interval and the utterances and words it rests on;
 every largest acceptable fraction carries the largest fraction not ruled out at this test size.
+Every condition has its own row with its test metrics and the listening bar (:class:`ListeningBar`):
+a condition whose SpeechLLM misses it is marked "not evidence" and left out of every average.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from rich.table import Table
 
 from speechprune.console import counts
 
+AXES = ("encoder", "task", "language", "mode")  # the axes whose conditions are compared with each other (claim 4)
 PAPER = {
     "inherited": "redundancy is largely inherited from the pretrained LLM (base-on-text and SpeechLLM heatmaps alike)",
     "text_speech": "text and speech input give nearly identical distance heatmaps and the same redundant blocks",
@@ -75,58 +79,151 @@ def _fmt(values: list[float]) -> str:
     return f"{np.mean(values):.3f} (min {np.min(values):.3f}, n={len(values)})" if values else "not measured"
 
 
-def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, rel: Callable[[Path], str]) -> list[dict]:
-    """One claim per finding: ``claim``, ``measured``, ``paper`` and ``evidence`` (the study's folders).
+@dataclass(frozen=True)
+class ListeningBar:
+    """What a condition's SpeechLLM must reach to count as evidence: WER at most ``wer`` on every
+    ASR test set and BLEU at least ``bleu`` on every ST test set (0: BLEU stated only). A model
+    that does not transcribe or translate well says little about the paper's, which do."""
+
+    wer: float
+    bleu: float
+
+    def misses(self, metrics: dict) -> list[str]:
+        """``WER on asr-en.test 0.412 > 0.20``, for every test set of an eval's metrics over its bar."""
+        misses = []
+        for set_name, entries in metrics.get("sets", {}).items():
+            wer = (entries.get("asr") or {}).get("wer")
+            if wer is not None and wer > self.wer:
+                misses.append(f"WER on {set_name} {wer:.3f} > {self.wer:.2f}")
+            bleu = (entries.get("st") or {}).get("bleu")
+            if bleu is not None and bleu < self.bleu:
+                misses.append(f"BLEU on {set_name} {bleu:.1f} < {self.bleu:.1f}")
+        return misses
+
+    def describe(self) -> str:
+        bleu = f"BLEU >= {self.bleu:.1f} on every ST test set" if self.bleu > 0 else "BLEU stated only"
+        return f"WER <= {self.wer:.2f} on every ASR test set; {bleu}"
+
+
+def _families(sizes: dict[str, tuple[str, int]], decoders) -> dict[str, set[int]]:
+    """family -> the depths of ``decoders`` of that family."""
+    families: dict[str, set[int]] = {}
+    for decoder in decoders:
+        family, layers = sizes[decoder]
+        families.setdefault(family, set()).add(layers)
+    return families
+
+
+def _size_caveat(evidence: dict[str, dict], sizes: dict[str, tuple[str, int]]) -> str:
+    """Why claim (3) cannot be read off these sweeps, or "" when it can."""
+    if not any(len(depths) >= 2 for depths in _families(sizes, sizes).values()):
+        here = ", ".join(f"{name} ({family}, {layers} layers)" for name, (family, layers) in sizes.items())
+        return (f"not tested by these decoders: the claim needs several sizes of one family, and each family here "
+                f"has one ({here}); it stays with the synthetic study (configs/study.yaml). Per decoder: ")
+    swept = [r["condition"].decoder for r in evidence.values() if "sweep" in r]
+    if not any(len(depths) >= 2 for depths in _families(sizes, swept).values()):
+        return "not evidence: fewer than two sizes of one family passed the listening bar. Per decoder: "
+    return ""
+
+
+def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, rel: Callable[[Path], str],
+                 bar: ListeningBar, sizes: dict[str, tuple[str, int]]) -> list[dict]:
+    """One claim per finding: ``claim``, ``measured``, ``paper`` and ``evidence`` (the study's folders),
+    then one row per condition: its test metrics and whether it passed the listening bar.
 
     ``records``: per condition, ``inherited`` and ``text_speech`` (compare pairs), ``num_layers``,
-    ``condition`` (with its ``decoder``) and, where it was swept, ``sweep`` (the sweep summary) and
-    ``sweep_dir``; ``axes``: per axis, the agreement of its conditions (``pair_metrics``) and its
-    ``compare`` folder; ``backbone``: the multi-task backbone's sweeps, or None when not run;
-    ``rel``: a path as the study names it."""
+    ``condition`` (with its ``decoder``), ``metrics`` (its eval), ``misses`` (the listening bar's
+    :meth:`ListeningBar.misses`; a condition with any is not evidence: shown, marked, and left out of
+    every average), ``model`` and, where it was swept, ``sweep`` (the sweep summary) and
+    ``sweep_dir``; ``axes``: per axis of :data:`AXES` with two or more evidence conditions, their
+    agreement (``pair_metrics``) and its ``compare`` folder; ``backbone``: the multi-task model's
+    sweeps, or None when not run; ``rel``: a path as the study names it; ``sizes``: per decoder,
+    its family and depth."""
     claims = []
-    inherited = [r["inherited"] for r in records.values()]
+    evidence = {name: r for name, r in records.items() if not r["misses"]}
+    left_out = [name for name in records if name not in evidence]
+    left_out_note = f"; not evidence (missed the listening bar, left out): {', '.join(left_out)}" if left_out else ""
+    inherited = [r["inherited"] for r in evidence.values()]
     claims.append({
         "claim": "(1) decoder redundancy is inherited from the base LLM",
         "measured": f"Spearman base-on-text vs SpeechLLM-on-speech {_fmt([p['spearman'] for p in inherited])}; "
-                    f"same l*(n) share {_fmt([p['same_best_start'] for p in inherited])}; {_scanned(records)}",
+                    f"same l*(n) share {_fmt([p['same_best_start'] for p in inherited])}; {_scanned(evidence)}"
+                    f"{left_out_note}",
         "paper": PAPER["inherited"],
-        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
-    pairs = [r["text_speech"] for r in records.values()]
+        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in evidence)})
+    pairs = [r["text_speech"] for r in evidence.values()]
     claims.append({
         "claim": "(2) text and speech input find the same redundant blocks",
         "measured": f"Spearman SpeechLLM text vs speech {_fmt([p['spearman'] for p in pairs])}; "
-                    f"same l*(n) share {_fmt([p['same_best_start'] for p in pairs])}; {_scanned(records)}",
+                    f"same l*(n) share {_fmt([p['same_best_start'] for p in pairs])}; {_scanned(evidence)}"
+                    f"{left_out_note}",
         "paper": PAPER["text_speech"],
-        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in records)})
-    sizes = []
-    for r in records.values():
+        "evidence": ", ".join(f"conditions/{n}/compare-base" for n in evidence)})
+    lines = []
+    for name, r in records.items():
         if "sweep" in r:
             unhealed, healed = (smallest_largest(r["sweep"], "angular", heal) for heal in ("none", "receiving-mlp"))
-            sizes.append(f"{r['condition'].decoder} ({r['num_layers']} layers): baseline {_baseline(r['metrics'])}; "
+            flag = "" if name in evidence else f" [not evidence: {'; '.join(r['misses'])}]"
+            lines.append(f"{r['condition'].decoder} ({r['num_layers']} layers){flag}: "
+                         f"baseline {_baseline(r['metrics'])}; "
                          f"largest acceptable {_largest(unhealed).replace(' (', ' unhealed (', 1)}, "
                          f"{_largest(healed).replace(' (', ' healed (', 1)}")
     claims.append({
         "claim": "(3) larger decoders tolerate more pruning (largest acceptable removed fraction)",
-        "measured": "; ".join(sizes) or "not measured",
+        "measured": (_size_caveat(evidence, sizes) + "; ".join(lines)) if lines else "not measured",
         "paper": PAPER["size"],
         "evidence": ", ".join(rel(r["sweep_dir"]) for r in records.values() if "sweep_dir" in r)})
+    per_axis = []
+    for axis in AXES:
+        members = [name for name, r in records.items() if axis in r["condition"].axes]
+        if axis in axes:
+            a = axes[axis]
+            left = [name for name in members if name not in evidence]
+            per_axis.append(f"{axis}: Spearman {_fmt(a['spearman'])}, same l*(n) {_fmt(a['same_best_share'])}"
+                            + (f" (not evidence, left out: {', '.join(left)})" if left else ""))
+        elif len(members) >= 2:
+            passed = [name for name in members if name in evidence]
+            per_axis.append(f"{axis}: not measured (of its conditions only {', '.join(passed) or 'none'} passed "
+                            f"the listening bar)")
     claims.append({
         "claim": "(4) the same blocks are redundant across encoders, tasks and languages",
-        "measured": "; ".join(f"{axis}: Spearman {_fmt(a['spearman'])}, same l*(n) {_fmt(a['same_best_share'])}"
-                              for axis, a in axes.items()) or "not measured",
+        "measured": "; ".join(per_axis) or "not measured",
         "paper": PAPER["axes"],
         "evidence": ", ".join(a["compare"] for a in axes.values())})
-    if backbone:
-        largest = backbone.get("largest") or {}
-        detail = lambda key: _largest(largest[key]) if key in largest else f"{backbone[key]:.2f}"  # noqa: E731
-        measured = (f"consensus block, healed once: {detail('consensus_healed')} of the layers removable "
-                    f"with every task and language acceptable (unhealed {detail('consensus_unhealed')}; "
-                    f"the model's own blocks unhealed {detail('own_unhealed')})")
-    else:
-        measured = "not measured (multitask: false)"
-    claims.append({"claim": "(5) one pruned multi-task backbone", "measured": measured, "paper": PAPER["backbone"],
-                   "evidence": ", ".join(backbone["sweeps"]) if backbone else ""})
+    claims.append({"claim": "(5) one pruned multi-task backbone", "measured": _backbone_measured(backbone),
+                   "paper": PAPER["backbone"], "evidence": ", ".join(backbone["sweeps"]) if backbone else ""})
+    for name, r in records.items():
+        verdict = (f"listening bar missed ({'; '.join(r['misses'])}): not evidence" if r["misses"]
+                   else "listening bar passed")
+        claims.append({"claim": f"condition {name} ({', '.join(r['condition'].axes)})",
+                       "measured": f"{_baseline(r['metrics']) or 'no test metric'}; {verdict}",
+                       "paper": f"listening bar (this study's rule, not the paper's): {bar.describe()}",
+                       "evidence": rel(Path(r["model"]).parent / "eval")})
     return claims
+
+
+def _backbone_measured(backbone: dict | None) -> str:
+    if not backbone:
+        return "not measured (multitask: false)"
+    detail = lambda key: _largest(backbone["largest"][key])  # noqa: E731
+    parts = []
+    if backbone.get("misses"):
+        parts.append(f"not evidence: the multi-task model missed the listening bar ({'; '.join(backbone['misses'])})")
+    sources = backbone.get("consensus_of") or []
+    if "consensus_healed" in backbone["largest"]:
+        parts.append(f"consensus block of {len(sources)} single-task conditions, healed once: "
+                     f"{detail('consensus_healed')} of the layers removable with every task and language acceptable "
+                     f"(unhealed {detail('consensus_unhealed')})")
+    else:
+        parts.append("consensus block: not measured (no single-task condition of its decoder passed the listening "
+                     "bar)")
+    parts.append(f"the model's own blocks, unhealed: {detail('own_unhealed')}")
+    single = backbone.get("single_task") or {}
+    if single:
+        parts.append("each single-task condition's own block, unhealed: " + "; ".join(
+            f"{name}: {_largest(entry['largest'])}" + ("" if entry["evidence"] else " [its condition is not evidence]")
+            for name, entry in single.items()))
+    return "; ".join(parts)
 
 
 def claims_markdown(claims: list[dict]) -> str:

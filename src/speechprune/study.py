@@ -1,20 +1,27 @@
 """``speechprune study``: the paper's experiment in one command, one YAML, one output directory.
 
-Every model starts from a base LLM pretrained on text alone (:mod:`speechprune.base_llm`), as
-the paper's SpeechLLMs start from Llama and Qwen. Conditions vary one axis at a time from a
-reference (decoder, encoder, task, training mode): the decoder (family x size), the encoder,
-the task (ASR, speech translation), the ASR language, the training mode (LoRA or frozen decoder),
-and one multi-task model trained on every task and language together. For every condition the
-study trains the SpeechLLM, evaluates it, scans its decoder with speech and text input; the base
-LLM of every decoder is scanned on the same utterances (``task`` text layout, so both read the
-same sequences); then it compares, sweeps and builds a consensus backbone:
+Every model starts from a base LLM: a real pretrained one (``pretrained:``, e.g. SmolLM2 or
+Gemma-3 from their GGUF wheels), or one the study pretrains on text alone
+(:mod:`speechprune.base_llm`), as the paper's SpeechLLMs start from Llama and Qwen. Conditions
+vary one axis at a time from a reference (decoder, encoder, task, training mode): the decoder
+(family x size), the encoder, the task (ASR, speech translation), the ASR language, the training
+mode (LoRA or frozen decoder), and one multi-task model trained on every task and language
+together. The task, language and multi-task conditions use the multilingual decoder (default:
+the reference one; SmolLM2 reads English only). For every condition the study trains the
+SpeechLLM, evaluates it, scans its decoder with speech and text input; the base LLM of every
+decoder is scanned on the same utterances (``task`` text layout, so both read the same
+sequences); then it compares, sweeps and builds a consensus backbone. A condition whose SpeechLLM
+misses the listening bar (``evaluation.wer_bar``, ``bleu_bar``) is not evidence: it is shown and
+left out of every average, agreement and consensus.
 
     OUT/corpus/                         the synthetic corpus (or the one named by --corpus)
-    OUT/base/{decoder}/                 base LLM (Hugging Face checkpoint) and its text scan
+    OUT/base/{decoder}/                 base LLM (Hugging Face checkpoint; a pretrained one stays
+                                        where it is) and its text scans
     OUT/encoders/{encoder}-{langs}/     one warmed-up (CTC) encoder per encoder and language set
     OUT/conditions/{condition}/         model/ eval/ scan/ compare-base/ [sweep/]
     OUT/agreement/{axis}/               compare across the conditions of one axis (speech input)
-    OUT/consensus/                      consensus scan, multi-task sweep with it and with its own scan
+    OUT/consensus/                      consensus scan; the multi-task model swept with it, with its
+                                        own scan and with each single-task condition's (sweep-from-*)
     OUT/study.json  OUT/claims.md       every number, the commands' outputs it came from
 
 The agreement and consensus of scans are :mod:`speechprune.scan.consensus`, the claims text is
@@ -34,13 +41,14 @@ from pathlib import Path
 from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
-from speechprune.claims import claims_markdown, print_claims, smallest_largest, study_claims
+from speechprune.claims import AXES, ListeningBar, claims_markdown, print_claims, smallest_largest, study_claims
 from speechprune.console import step_needed
 from speechprune.config import require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json, write_text
+from speechprune.model.gguf import decoder_checkpoint
 from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, SpeechLLM
 from speechprune.scan.compare import CompareConfig, compare
 from speechprune.scan.consensus import Consensus, agreement_matrices, consensus, find_pair, pair_metrics
@@ -55,25 +63,44 @@ REGION = "all"  # the region every agreement and consensus is computed on
 
 
 # ----------------------------------------------------------------------------- conditions
+def decoder_shape(decoder: NamedConfig) -> tuple[str, int]:
+    """(family, depth) of a study decoder: its config's, or a pretrained one's checkpoint config (a
+    GGUF model's dequantised cache, made on first use)."""
+    config = decoder.config
+    if decoder.pretrained:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(decoder_checkpoint(decoder.pretrained)).get_text_config(decoder=True)
+        config = config.to_dict()
+    return str(config.get("model_type", "llama")), int(config.get("num_hidden_layers", 0))
+
+
 def reference_decoder(config: StudyConfig) -> str:
     if config.reference_decoder:
         return config.reference_decoder
-    depth = lambda d: int(d.config.get("num_hidden_layers", 0))  # noqa: E731
-    return max(config.decoders, key=depth).name  # max keeps the first of equals
+    return max(config.decoders, key=lambda d: decoder_shape(d)[1]).name  # max keeps the first of equals
+
+
+def multilingual_decoder(config: StudyConfig) -> str:
+    return config.multilingual_decoder or reference_decoder(config)
 
 
 def conditions(config: StudyConfig) -> list[Condition]:
-    """The reference and every one-axis variation of it (each condition once, with all its axes)."""
+    """The reference and every one-axis variation of it (each condition once, with all its axes).
+    The task, language and multi-task conditions vary from the multilingual decoder's reference
+    condition, so every axis compares conditions that share one decoder."""
     ref_decoder = reference_decoder(config)
     ref = dict(decoder=ref_decoder, encoder=config.encoders[0].name, tasks=(f"asr-{config.languages[0]}",),
                mode=config.modes[0])
+    multilingual = {"decoder": multilingual_decoder(config)}
     variations = [("decoder", {"decoder": d.name}) for d in config.decoders]
     variations += [("encoder", {"encoder": e.name}) for e in config.encoders]
-    variations += [("task", {"tasks": (t,)}) for t in config.tasks if t == ref["tasks"][0] or t.startswith("st-")]
-    variations += [("language", {"tasks": (t,)}) for t in config.tasks if t.startswith("asr-")]
+    variations += [("task", {**multilingual, "tasks": (t,)}) for t in config.tasks
+                   if t == ref["tasks"][0] or t.startswith("st-")]
+    variations += [("language", {**multilingual, "tasks": (t,)}) for t in config.tasks if t.startswith("asr-")]
     variations += [("mode", {"mode": m}) for m in config.modes]
     if config.multitask:
-        variations.append(("multitask", {"tasks": tuple(config.tasks)}))
+        variations.append(("multitask", {**multilingual, "tasks": tuple(config.tasks)}))
     found: dict[str, Condition] = {}
     for axis, change in variations:
         settings = {**ref, **change}
@@ -121,7 +148,11 @@ def _corpus(config: StudyConfig, out: Path) -> Path:
     return corpus
 
 
-def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig) -> Path:
+def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig) -> str:
+    """The base LLM's checkpoint: a pretrained decoder's own (not text-pretrained again), else one
+    pretrained here on the corpus languages' text."""
+    if decoder.pretrained:
+        return decoder_checkpoint(decoder.pretrained)
     path = out / "base" / decoder.name / "model"
     if step_needed(f"base LLM {decoder.name}", path / "curve.json"):
         held_out = [str(_manifest(corpus, t, s)) for t in config.tasks for s in ("dev", "test")]
@@ -130,7 +161,7 @@ def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig
                                         dev_sentences=b.dev_sentences, exclude=held_out,
                                         decoder=DecoderConfig(config=dict(decoder.config)), steps=b.steps, lr=b.lr,
                                         batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config)))
-    return path
+    return str(path)
 
 
 def _loop(config: StudyConfig) -> LoopConfig:
@@ -157,17 +188,20 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
     return path
 
 
-def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: Path, warm: Path) -> Path:
+def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path) -> Path:
     path = out / "conditions" / condition.name / "model"
     if step_needed(f"SpeechLLM {condition.name}", path / "speechllm.json"):
         s = config.speechllm
         loop = _loop(config)
         loop.batch_size = s.batch_size
         stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=s.joint_steps,
-                                 lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight)
+                                 lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
+                                 proj_steps=s.proj_steps)
+        stages = {name: dataclasses.replace(stage, token_ctc_vocabulary=s.token_ctc_vocabulary)
+                  if stage.token_ctc_weight > 0 else stage for name, stage in stages.items()}
         train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
                           encoder_from=str(warm), stages=stages, loop=loop,
-                          model=ModelConfig(decoder=DecoderConfig(pretrained=str(base)), projector=s.projector)))
+                          model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector)))
     return path
 
 
@@ -180,7 +214,7 @@ def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Pa
     return path
 
 
-def _scan(model: Path, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
+def _scan(model: Path | str, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
     if step_needed(f"scan {label}", path / "scan.json"):
         settings = dict(model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances,
                         bootstrap=0, regions=["all", "last"], plots=plots)
@@ -220,6 +254,7 @@ def study(config: StudyConfig) -> dict:
     save_config(config, out / "config.yaml")
     corpus = _corpus(config, out)
     e = config.evaluation
+    bar = ListeningBar(e.wer_bar, e.bleu_bar)
     decoders = {d.name: d for d in config.decoders}
     encoders = {x.name: x for x in config.encoders}
     plan = conditions(config)
@@ -246,6 +281,7 @@ def study(config: StudyConfig) -> dict:
         base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
+            "misses": bar.misses(metrics),
             "encoder_ctc_cer": read_json(warm / "ctc_cer.json")["cer"],
             "num_layers": scanned.num_layers,
             "inherited": find_pair(base_compare, "base/text", "speechllm/speech", REGION),
@@ -257,44 +293,35 @@ def study(config: StudyConfig) -> dict:
                                                       condition.tasks, ["none", "receiving-mlp"], train_manifest)
             records[condition.name]["sweep_dir"] = folder / "sweep"
 
-    # agreement over the conditions a one-axis change separates (same depth: the reference decoder's)
-    reference = next(r for r in records.values() if r["condition"].axes and "decoder" in r["condition"].axes
-                     and r["condition"].decoder == reference_decoder(config))
-    comparable = {name: r for name, r in records.items() if r["num_layers"] == reference["num_layers"]
-                  and r["condition"].decoder == reference["condition"].decoder}
-    angulars = {name: ScanResult.load(r["scan"]).matrix("speech", REGION) for name, r in comparable.items()}
+    # agreement over the conditions that passed the listening bar: per axis (its conditions share a
+    # decoder by construction) and, per decoder, every two of its conditions (same depth)
+    evidence = {name: r for name, r in records.items() if not r["misses"]}
+    angulars = {name: ScanResult.load(r["scan"]).matrix("speech", REGION) for name, r in evidence.items()}
     axes = {}
-    for axis in ("encoder", "task", "language", "mode"):
-        members = [name for name, r in comparable.items() if axis in r["condition"].axes]
+    for axis in AXES:
+        members = [name for name, r in evidence.items() if axis in r["condition"].axes]
         if len(members) >= 2:
-            payload = _compare([comparable[m]["scan"] for m in members], out / "agreement" / axis, members,
+            payload = _compare([evidence[m]["scan"] for m in members], out / "agreement" / axis, members,
                                config.plots, "speech")
             axes[axis] = {"conditions": members, "compare": f"agreement/{axis}", **pair_metrics(payload, REGION)}
-    single_task = {n: a for n, a in angulars.items() if len(comparable[n]["condition"].tasks) == 1}
-    backbone = consensus(single_task or angulars, "speech", REGION)
+    matrices = {}
+    for decoder in decoders:
+        members = {name: a for name, a in angulars.items() if evidence[name]["condition"].decoder == decoder}
+        if len(members) >= 2:
+            matrices[decoder] = agreement_matrices(members)
 
-    # claim 5: the multi-task model pruned with the consensus block, healed once on the mixed tasks
-    multitask = next((r for r in comparable.values() if "multitask" in r["condition"].axes), None)
-    backbone_result = None
-    if multitask is not None:
-        consensus_scan = out / "consensus" / "scan"
-        if not (consensus_scan / SCAN_FILE).exists():
-            backbone.scan.save(consensus_scan)
-        tasks = multitask["condition"].tasks
-        train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
-        with_consensus = _sweep(config, corpus, multitask["model"], consensus_scan, out / "consensus" / "sweep",
-                                tasks, ["none", "receiving-mlp"], train_manifest)
-        with_own = _sweep(config, corpus, multitask["model"], multitask["scan"], out / "consensus" / "sweep-own",
-                          tasks, ["none"], train_manifest)
-        sets = [f"{t}.test" for t in tasks]
-        largest = {"consensus_healed": smallest_largest(with_consensus, "angular", "receiving-mlp"),
-                   "consensus_unhealed": smallest_largest(with_consensus, "angular", "none"),
-                   "own_unhealed": smallest_largest(with_own, "angular", "none")}
-        backbone_result = {"condition": multitask["condition"].name, "sets": sets,
-                           **{key: entry["fraction"] for key, entry in largest.items()}, "largest": largest,
-                           "sweeps": ["consensus/sweep", "consensus/sweep-own"]}
+    # claim 5: the consensus of the multilingual decoder's single-task conditions; its multi-task model
+    multilingual = multilingual_decoder(config)
+    single_task = {name: r for name, r in records.items()
+                   if r["condition"].decoder == multilingual and len(r["condition"].tasks) == 1}
+    sources = {name: a for name, a in angulars.items() if name in single_task}
+    backbone = consensus(sources, "speech", REGION) if sources else None
+    multitask = next((r for r in records.values() if "multitask" in r["condition"].axes), None)
+    backbone_result = (_backbone_sweeps(config, out, corpus, multitask, backbone, single_task)
+                       if multitask is not None else None)
 
-    payload = _payload(config, out, records, axes, agreement_matrices(angulars), backbone, backbone_result,
+    sizes = {name: decoder_shape(decoder) for name, decoder in decoders.items()}
+    payload = _payload(config, out, records, axes, matrices, backbone, backbone_result, bar, sizes,
                        time.perf_counter() - started)
     write_json(out / "study.json", payload)
     write_text(out / "claims.md", claims_markdown(payload["claims"]))
@@ -303,28 +330,70 @@ def study(config: StudyConfig) -> dict:
     return payload
 
 
-def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices: dict, backbone: Consensus,
-             backbone_result: dict | None, seconds: float) -> dict:
+def _backbone_sweeps(config: StudyConfig, out: Path, corpus: Path, multitask: dict, backbone: Consensus | None,
+                     single_task: dict[str, dict]) -> dict:
+    """The multi-task model pruned with the consensus block (healed once on the mixed tasks, and
+    unhealed), with its own scan's blocks, and with each single-task condition's own blocks
+    (unhealed): for each, the largest fraction at which every task and language stays acceptable."""
+    tasks = multitask["condition"].tasks
+    train_manifest = [str(_manifest(corpus, t, "train")) for t in tasks]
+    folder = out / "consensus"
+    result = {"condition": multitask["condition"].name, "sets": [f"{t}.test" for t in tasks],
+              "misses": multitask["misses"], "largest": {}, "sweeps": []}
+
+    def swept(scan_dir: Path, name: str, heal: list[str]) -> dict:
+        summary = _sweep(config, corpus, multitask["model"], scan_dir, folder / name, tasks, heal, train_manifest)
+        result["sweeps"].append(f"consensus/{name}")
+        return summary
+
+    if backbone is not None:
+        consensus_scan = folder / "scan"
+        if not (consensus_scan / SCAN_FILE).exists():
+            backbone.scan.save(consensus_scan)
+        summary = swept(consensus_scan, "sweep", ["none", "receiving-mlp"])
+        result["consensus_of"] = list(backbone.scan.consensus_of)
+        result["largest"]["consensus_healed"] = smallest_largest(summary, "angular", "receiving-mlp")
+        result["largest"]["consensus_unhealed"] = smallest_largest(summary, "angular", "none")
+    result["largest"]["own_unhealed"] = smallest_largest(swept(multitask["scan"], "sweep-own", ["none"]),
+                                                         "angular", "none")
+    result["single_task"] = {}
+    for name, r in single_task.items():
+        entry = smallest_largest(swept(r["scan"], f"sweep-from-{name}", ["none"]), "angular", "none")
+        result["single_task"][name] = {"fraction": entry["fraction"], "largest": entry, "evidence": not r["misses"],
+                                       "sweep": f"consensus/sweep-from-{name}"}
+    result.update({key: entry["fraction"] for key, entry in result["largest"].items()})
+    return result
+
+
+def _payload(config: StudyConfig, out: Path, records: dict, axes: dict, matrices: dict, backbone: Consensus | None,
+             backbone_result: dict | None, bar: ListeningBar, sizes: dict[str, tuple[str, int]],
+             seconds: float) -> dict:
     rel = lambda p: str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p)  # noqa: E731
-    claims = study_claims(records, axes, backbone_result, rel)
+    claims = study_claims(records, axes, backbone_result, rel, bar, sizes)
     conditions_out = {}
     for name, r in records.items():
         c = r["condition"]
         conditions_out[name] = {"decoder": c.decoder, "encoder": c.encoder, "tasks": list(c.tasks), "mode": c.mode,
                                 "axes": list(c.axes), "num_layers": r["num_layers"], "model": rel(r["model"]),
                                 "scan": rel(r["scan"]), "metrics": r["metrics"]["sets"],
+                                "evidence": not r["misses"], "bar_misses": r["misses"],
                                 "encoder_ctc_cer": r["encoder_ctc_cer"],
                                 "inherited": {k: r["inherited"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")},
                                 "text_speech": {k: r["text_speech"][k] for k in ("spearman", "same_best_start", "mean_abs_delta_start")}}
+    sweeps = {name: rel(r["sweep_dir"]) for name, r in records.items() if "sweep_dir" in r}
+    if backbone_result:  # consensus/sweep -> consensus, consensus/sweep-own -> consensus-own, ...
+        sweeps |= {f"consensus{path.removeprefix('consensus/sweep')}": path for path in backbone_result["sweeps"]}
     return {
         "index_convention": "0-based layers; block [l, l+n) end-exclusive; l*(n) = best start for block size n",
         "region": REGION,
+        "listening_bar": {"wer": bar.wer, "bleu": bar.bleu, "rule": bar.describe()},
+        "decoders": {d.name: {"family": sizes[d.name][0], "num_layers": sizes[d.name][1],
+                              **({"pretrained": d.pretrained} if d.pretrained else {})} for d in config.decoders},
         "claims": claims,
         "agreement": matrices,
         "axes": axes,
-        "consensus": {"rows": backbone.rows, "backbone": backbone_result},
+        "consensus": {"rows": backbone.rows if backbone else [], "backbone": backbone_result},
         "conditions": conditions_out,
-        "sweeps": {name: rel(r["sweep_dir"]) for name, r in records.items() if "sweep_dir" in r}
-                  | ({"consensus": "consensus/sweep", "consensus-own": "consensus/sweep-own"} if backbone_result else {}),
+        "sweeps": sweeps,
         "seconds": seconds,
     }

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from speechprune.config import option, require
+from speechprune.config import option, require, require_choice
 from speechprune.options.model import EncoderConfig, ProjectorConfig
-from speechprune.options.train import LoopConfig, LoraConfig
+from speechprune.options.train import TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
 
 MODES = ("lora", "frozen")
 
@@ -28,9 +28,19 @@ def qwen2_config(layers: int) -> dict:
 
 @dataclass
 class NamedConfig:
-    """A decoder or encoder of the study: a name used in folder names and its model config."""
+    """A decoder or encoder of the study: a name used in folder names, and either the config a new
+    model is built from or (decoders) a pretrained LLM."""
     name: str = option(help="short name (folder names, tables)")
-    config: dict = option({}, help="the config a new model is built from (model_type and its fields)")
+    config: dict = option({}, help="the config a new model is built from (model_type and its fields); a new "
+                                   "decoder is text-pretrained by the study")
+    pretrained: str = option("", help="decoders: a pretrained causal LM, used as it is (not text-pretrained): a "
+                                      "GGUF short name (smollm2-135m, gemma3-270m), a .gguf file, a checkpoint "
+                                      "folder or a hub id")
+
+    def __post_init__(self):
+        require(bool(self.config) != bool(self.pretrained),
+                f"{self.name}: set exactly one of config and pretrained, not "
+                f"{'both' if self.config else 'neither'}")
 
 
 @dataclass
@@ -64,8 +74,18 @@ class SpeechLLMSettings:
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
     ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
     batch_size: int = option(8, help="utterances per optimiser step of joint training")
+    proj_steps: int = option(0, help="steps of the projector warm-up per condition (token CTC alone, encoder and "
+                                     "decoder frozen: the decoder never runs); 0 skips it (the synthetic recipe)")
+    token_ctc_vocabulary: str = option("full", help="the token CTC's softmax in the proj and joint stages: full "
+                                                    "(the decoder's vocabulary) or corpus (the training "
+                                                    "transcripts' tokens: Gemma's 262k vocabulary needs it)")
     projector: ProjectorConfig = option(ProjectorConfig(stack=2), help="stack 2: the joint stage's token CTC "
                                                                        "needs as many speech positions as tokens")
+
+    def __post_init__(self):
+        require(min(self.warmup_steps, self.proj_steps, self.copy_steps, self.joint_steps) >= 0,
+                "speechllm: step counts must be >= 0")
+        require_choice(self.token_ctc_vocabulary, TOKEN_CTC_VOCABULARIES, "speechllm.token_ctc_vocabulary")
 
 
 @dataclass
@@ -78,6 +98,15 @@ class EvalSettings:
     wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss (sweep rule)")
+    wer_bar: float = option(0.20, help="listening bar: a condition whose WER on any of its ASR test sets (the "
+                                       "multi-task model's too) is above this is not evidence: the claims show "
+                                       "it, marked, and leave it out of every average, agreement and consensus")
+    bleu_bar: float = option(0.0, help="listening bar for speech translation: BLEU (0-100) on every ST test set "
+                                       "at least this; 0: BLEU is stated, never a reason to leave a condition out")
+
+    def __post_init__(self):
+        require(self.wer_bar >= 0, f"evaluation.wer_bar must be >= 0, not {self.wer_bar}")
+        require(0 <= self.bleu_bar <= 100, f"evaluation.bleu_bar must be in [0, 100], not {self.bleu_bar}")
 
 
 @dataclass
@@ -101,8 +130,12 @@ class StudyConfig:
         help="encoder axis; the first is the reference")
     modes: list[str] = option(["lora", "frozen"], help="training-mode axis: lora | frozen (projector only)")
     multitask: bool = option(True, help="train one SpeechLLM on every task and language (claim 5)")
-    reference_decoder: str = option("", help="decoder of every non-decoder condition (default: the deepest, the first "
-                                             "listed among equals: block structure needs depth)")
+    reference_decoder: str = option("", help="decoder of the reference, encoder and mode conditions (default: the "
+                                             "deepest, the first listed among equals: block structure needs "
+                                             "depth; a pretrained one's depth is read from its checkpoint)")
+    multilingual_decoder: str = option("", help="decoder of the task, language and multi-task conditions, and of "
+                                               "the consensus backbone (default: the reference decoder); with real "
+                                               "LLMs a multilingual one (Gemma: SmolLM2 reads English only)")
     plots: bool = option(True, help="write the scans' and comparisons' figures")
     corpus: CorpusSettings = option(CorpusSettings())
     base: BaseSettings = option(BaseSettings())
@@ -119,8 +152,13 @@ class StudyConfig:
             names = [d.name for d in getattr(self, kind)]
             require(len(set(names)) == len(names), f"{kind}: names repeat ({names})")
             require(all(n and "/" not in n and "." not in n for n in names), f"{kind}: names must be plain words")
-        require(not self.reference_decoder or self.reference_decoder in [d.name for d in self.decoders],
-                f"reference_decoder {self.reference_decoder!r} is not among the decoders")
+        for setting in ("reference_decoder", "multilingual_decoder"):
+            value = getattr(self, setting)
+            require(not value or value in [d.name for d in self.decoders],
+                    f"{setting} {value!r} is not among the decoders")
+        pretrained = [e.name for e in self.encoders if e.pretrained]
+        require(not pretrained, f"encoders {pretrained}: the study builds its encoders from a config; pretrained "
+                                f"is for decoders")
         require(len(self.modes) >= 1 and all(m in MODES for m in self.modes), f"modes must be among {MODES}")
         for task in self.tasks:
             parts = task.split("-")

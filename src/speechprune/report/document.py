@@ -400,14 +400,18 @@ def study_sections(study: Found, run: Run) -> list[Section]:
     else:
         section.add(Missing(f"{where}: study.json has no claims table."))
     agreement = data.get("agreement") or {}
-    conditions, metrics = agreement.get("conditions"), agreement.get("metrics") or {}
-    if conditions and any(metrics.values()):
-        section.add(Figure(f'<img alt="agreement across conditions" '
+    # one matrix per decoder; a study.json from before that holds a single matrix
+    matrices = {"": agreement} if "conditions" in agreement else agreement
+    drawn = [(decoder, m["conditions"], m.get("metrics") or {}) for decoder, m in matrices.items()
+             if isinstance(m, dict) and m.get("conditions") and any((m.get("metrics") or {}).values())]
+    for decoder, conditions, metrics in drawn:
+        among = f" of decoder {decoder}" if decoder else ""
+        section.add(Figure(f'<img alt="agreement across conditions{among}" '
                            f'src="{figures.agreement_matrix_png(conditions, metrics)}">',
-                           "Agreement of the redundancy profiles between every two conditions of the study "
+                           f"Agreement of the redundancy profiles between every two conditions{among} of the study "
                            "(Spearman of block distances, share of n with the same l*(n), mean |Δl*(n)|); each "
                            "condition's scan states its utterances below.", command))
-    else:
+    if not drawn:
         section.add(Missing(f"{where}: study.json has no agreement matrix across conditions."))
     consensus = (data.get("consensus") or {}).get("rows")
     if consensus:
