@@ -23,10 +23,12 @@ class DemoRecipe:
     token_ctc_vocabulary: str = "full"
 
 
-# on a real LLM: configs/train-on-smollm2.yaml with half its joint steps, for time (WER 0.208 against the
-# file's 0.091; --joint-steps 600 trains the file's model); tiny: the offline default (BENCHMARKS.md)
-RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=60, joint_steps=300,
-                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no"),
+# on a real LLM: configs/train-on-smollm2.yaml with a token CTC over the corpus's tokens (the projector's
+# warm-up 427 s -> about 60 s), half its copy steps (a real LLM copies at once) and 450 of its 600 joint
+# steps, for time (docs/real-decoders.md); tiny: the offline default (BENCHMARKS.md)
+RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=30, joint_steps=450,
+                                  fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no",
+                                  token_ctc_vocabulary="corpus"),
            "tiny": DemoRecipe(ctc_steps=150, proj_steps=0, copy_steps=0, joint_steps=950,
                               fractions=(0.0, 0.125, 0.25, 0.375), heal_steps=80, mixed_precision="no")}
 
@@ -45,11 +47,11 @@ class DemoConfig:
     ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny)")
     proj_steps: int | None = option(None, help="projector warm-up steps on the token CTC (base LLM only; empty: 800)")
     copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
-                                               "only; empty: 60)")
-    joint_steps: int | None = option(None, help="joint training steps (empty: 300 on a base LLM, 950 tiny)")
+                                               "only; empty: 30)")
+    joint_steps: int | None = option(None, help="joint training steps (empty: 450 on a base LLM, 950 tiny)")
     token_ctc_vocabulary: str | None = option(None, help="the token CTC's softmax (base LLM only): corpus (the "
-                                                         "training transcripts' tokens, tens of times cheaper) | "
-                                                         "full (the whole vocabulary; empty: full)")
+                                                         "training transcripts' tokens, tens of times cheaper; "
+                                                         "empty: corpus) | full (the whole vocabulary)")
     mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
                                                     "where the CPU or GPU computes bf16 natively; empty: no)")
     fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
