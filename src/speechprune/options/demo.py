@@ -23,9 +23,8 @@ class DemoRecipe:
     token_ctc_vocabulary: str = "full"
 
 
-# on a real LLM: configs/train-on-smollm2.yaml with a token CTC over the corpus's tokens (the projector's
-# warm-up 427 s -> about 60 s), half its copy steps (a real LLM copies at once) and 450 of its 600 joint
-# steps, for time (docs/real-decoders.md); tiny: the offline default (BENCHMARKS.md)
+# on a real LLM: configs/train-on-smollm2.yaml, step for step (a test checks it); tiny: the offline
+# default (BENCHMARKS.md)
 RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=30, joint_steps=450,
                                   fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no",
                                   token_ctc_vocabulary="corpus"),
