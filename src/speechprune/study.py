@@ -196,9 +196,7 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
         loop.batch_size = s.batch_size
         stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=s.joint_steps,
                                  lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
-                                 proj_steps=s.proj_steps)
-        stages = {name: dataclasses.replace(stage, token_ctc_vocabulary=s.token_ctc_vocabulary)
-                  if stage.token_ctc_weight > 0 else stage for name, stage in stages.items()}
+                                 proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
         train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
                           encoder_from=str(warm), stages=stages, loop=loop,
                           model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector)))
