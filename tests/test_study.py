@@ -228,11 +228,12 @@ def test_the_shipped_real_config_plans_nine_conditions_without_a_model_file(monk
                                                                           ("gemma3", "gemma3-270m", {})]
     assert config.encoders == build_config(StudyConfig).encoders  # the synthetic study's encoders
     s, e = config.speechllm, config.evaluation
-    assert (s.warmup_steps, s.warmup_batch_size, s.proj_steps, s.copy_steps, s.joint_steps) == (800, 16, 800, 40, 500)
+    assert (s.warmup_steps, s.warmup_batch_size, s.proj_steps, s.copy_steps) == (800, 16, 800, 30)
+    assert (s.joint_steps, s.multitask_joint_steps, s.warmup_languages) == (200, 400, "study")
     assert (s.projector.stack, s.token_ctc_vocabulary) == (4, "corpus")
     assert (config.loop.lora.rank, config.loop.lora.alpha) == (16, 32)
     corpus = config.corpus
-    assert (corpus.train_sentences, corpus.dev_sentences, corpus.test_sentences) == (2000, 100, 200)
+    assert (corpus.train_sentences, corpus.dev_sentences, corpus.test_sentences) == (2000, 100, 100)
     assert (e.fractions, e.test_utterances, e.wer_bar, e.bleu_bar) == ([0.0, 0.1, 0.2, 0.3, 0.4], 100, 0.2, 0.0)
     plan = {c.name: set(c.axes) for c in conditions(config)}
     assert plan == {

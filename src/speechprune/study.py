@@ -194,7 +194,8 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
         s = config.speechllm
         loop = _loop(config)
         loop.batch_size = s.batch_size
-        stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=s.joint_steps,
+        joint_steps = s.multitask_joint_steps if "multitask" in condition.axes and s.multitask_joint_steps else s.joint_steps
+        stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=joint_steps,
                                  lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
                                  proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
         train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
@@ -262,7 +263,9 @@ def study(config: StudyConfig) -> dict:
     base_scans: dict[tuple[str, tuple], Path] = {}
     for condition in plan:
         base = _base_llm(config, out, corpus, decoders[condition.decoder])
-        warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], condition.source_languages())
+        languages = (tuple(config.languages) if config.speechllm.warmup_languages == "study"
+                     else condition.source_languages())
+        warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], languages)
         model = _speechllm(config, out, corpus, condition, base, warm)
         folder = model.parent
         metrics = read_json(_evaluate(config, corpus, condition, model) / "metrics.json")

@@ -10,6 +10,7 @@ from speechprune.options.model import EncoderConfig, ProjectorConfig
 from speechprune.options.train import TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
 
 MODES = ("lora", "frozen")
+WARMUP_LANGUAGES = ("condition", "study")
 
 
 def llama_config(layers: int) -> dict:
@@ -66,10 +67,16 @@ class BaseSettings:
 @dataclass
 class SpeechLLMSettings:
     warmup_steps: int = option(250, help="CTC steps of each shared encoder warm-up")
+    warmup_languages: str = option("condition", help="condition: one warm-up per encoder and set of source "
+                                                     "languages; study: one per encoder on every language of the "
+                                                     "study, shared by all its conditions (the cost of a warm-up is "
+                                                     "its steps, not its languages)")
     warmup_lr: float = option(2e-3, help="peak learning rate of the encoder warm-up")
     warmup_batch_size: int = option(16, help="utterances per optimiser step of the encoder warm-up")
     copy_steps: int = option(60, help="steps of the copy stage (source text in the speech slot) per condition")
     joint_steps: int = option(300, help="steps of joint SpeechLLM training per condition")
+    multitask_joint_steps: int = option(0, help="steps of joint training of the multi-task SpeechLLM, which learns "
+                                               "every task in them; 0: joint_steps")
     lr: float = option(1e-3, help="peak lr of the encoder and of the decoder's LoRA")
     projector_lr: float = option(3e-3, help="the projector's own peak lr")
     ctc_weight: float = option(0.3, help="weight of the encoder's CTC loss in joint training")
@@ -83,8 +90,9 @@ class SpeechLLMSettings:
                                                                        "needs as many speech positions as tokens")
 
     def __post_init__(self):
-        require(min(self.warmup_steps, self.proj_steps, self.copy_steps, self.joint_steps) >= 0,
-                "speechllm: step counts must be >= 0")
+        require(min(self.warmup_steps, self.proj_steps, self.copy_steps, self.joint_steps,
+                    self.multitask_joint_steps) >= 0, "speechllm: step counts must be >= 0")
+        require_choice(self.warmup_languages, WARMUP_LANGUAGES, "speechllm.warmup_languages")
         require_choice(self.token_ctc_vocabulary, TOKEN_CTC_VOCABULARIES, "speechllm.token_ctc_vocabulary")
 
 
