@@ -549,7 +549,8 @@ def tiny_real_study_config(tmp_path: Path) -> StudyConfig:
         {"name": "llama", "pretrained": str(write_tiny_gguf(folder / "tiny-llama.gguf", "llama", layers=4))},
         {"name": "gemma3", "pretrained": str(write_tiny_gguf(folder / "tiny-gemma3.gguf", "gemma3", layers=3))}]
     settings["multilingual_decoder"] = "gemma3"
-    settings["speechllm"].update(proj_steps=2, copy_steps=2, token_ctc_vocabulary="corpus")
+    settings["speechllm"].update(proj_steps=2, copy_steps=2, token_ctc_vocabulary="corpus", warmup_languages="study",
+                                 multitask_joint_steps=settings["speechllm"]["joint_steps"] + 2)
     settings["evaluation"]["bleu_bar"] = 100.0
     return _study_config(tmp_path, settings)
 

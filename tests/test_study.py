@@ -273,6 +273,24 @@ def test_miniature_study_on_pretrained_gguf_decoders(tmp_path, monkeypatch, caps
     assert saved["decoders"] == {"llama": {"family": "llama", "num_layers": 4, "pretrained": files[0]},
                                  "gemma3": {"family": "gemma3_text", "num_layers": 3, "pretrained": files[1]}}
     assert not list(out.glob("base/*/model"))
+
+    # one warm-up per encoder on every language of the study; the multi-task model its own joint steps
+    assert sorted(p.name for p in (out / "encoders").iterdir()) == ["wav2vec2-en+fr", "whisper-en+fr"]
+    for name, entry in saved["conditions"].items():
+        log = json.loads((out / entry["model"] / "train_log.json").read_text())
+        joint = next(stage["steps"] for stage in log["stages"] if stage["name"] == "joint")
+        assert joint == (5 if name == multi else 3)
+
+    # where the time went: every step that ran, timed once and grouped by kind
+    spent = saved["time"]
+    assert {"encoder warm-ups", "SpeechLLM training", "evaluations", "scans", "compares",
+            "sweeps"} <= set(spent["seconds_by_kind"])
+    trained = sorted(step for step in spent["seconds_by_step"] if step.startswith("SpeechLLM "))
+    assert trained == sorted(f"SpeechLLM {name}" for name in saved["conditions"])
+    assert spent["seconds_by_kind"]["SpeechLLM training"] == pytest.approx(
+        sum(spent["seconds_by_step"][step] for step in trained), abs=0.5)
+    assert spent["seconds_measured"] == pytest.approx(sum(spent["seconds_by_step"].values()), abs=0.5)
+    assert "where the time went" in capsys.readouterr().out
     for entry in saved["conditions"].values():
         decoder = json.loads((out / entry["model"] / "decoder" / "config.json").read_text())
         assert (decoder["model_type"], decoder["hidden_size"]) == (saved["decoders"][entry["decoder"]]["family"], 64)

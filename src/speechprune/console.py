@@ -95,6 +95,47 @@ def step_needed(name: str, done_marker: Path | str) -> bool:
     return True
 
 
+class StepTimes:
+    """Seconds per step of a pipeline of reused steps (demo, study), kept in ``path`` across reruns:
+    a step that runs is timed; a reused one keeps the time of the run that made it. ``kind`` groups
+    steps for the summary of where the time went (every SpeechLLM's training, every sweep)."""
+
+    def __init__(self, path: Path):
+        from speechprune.files import read_json
+
+        self.path = path
+        found = read_json(path) if path.exists() else {}
+        self.seconds: dict[str, float] = found.get("seconds", {})
+        self.kinds: dict[str, str] = found.get("kinds", {})
+
+    def run(self, name: str, marker: Path, work, kind: str = "") -> None:
+        """``work()`` unless ``marker`` exists (``step_needed``), timed."""
+        if not step_needed(name, marker):
+            return
+        started = time.perf_counter()
+        work()
+        self.record(name, time.perf_counter() - started, kind)
+
+    def record(self, name: str, seconds: float, kind: str = "") -> None:
+        self.seconds[name] = round(seconds, 1)
+        if kind:
+            self.kinds[name] = kind
+        self.save()
+
+    def save(self) -> None:
+        from speechprune.files import write_json
+
+        write_json(self.path, {"seconds": self.seconds, **({"kinds": self.kinds} if self.kinds else {})})
+
+    def by_kind(self) -> dict[str, float]:
+        """Seconds summed per kind (a step without one is its own kind), in the order first run."""
+        totals: dict[str, float] = {}
+        for name, seconds in self.seconds.items():
+            kind = self.kinds.get(name, name)
+            totals[kind] = round(totals.get(kind, 0.0) + seconds, 1)
+        return totals
+
+
 def note(message: str) -> None:
     """One line on stdout that tells the user about a choice made for them (a resume, a default)."""
     stdout().print(message, markup=False, soft_wrap=True)

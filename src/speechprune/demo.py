@@ -20,14 +20,13 @@ CLI calls; nothing here is demo-only logic.
 from __future__ import annotations
 
 import importlib
-import time
 from pathlib import Path
 
 from speechprune.config import save_config
-from speechprune.console import stderr, step_needed
+from speechprune.console import StepTimes, stderr
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
-from speechprune.files import claims_output, read_json, write_json
+from speechprune.files import claims_output
 from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
 from speechprune.options.demo import DemoConfig
 from speechprune.train import LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
@@ -39,22 +38,6 @@ def _optional(module: str, config: str, function: str):
     return getattr(loaded, config), getattr(loaded, function)
 
 
-class _Timer:
-    """Seconds per step, kept in OUT/demo.json across reruns (a reused step keeps its first time)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.seconds: dict[str, float] = read_json(path).get("seconds", {}) if path.exists() else {}
-
-    def run(self, name: str, marker: Path, work) -> None:
-        if not step_needed(name, marker):
-            return
-        started = time.perf_counter()
-        work()
-        self.seconds[name] = round(time.perf_counter() - started, 1)
-        write_json(self.path, {"seconds": self.seconds})
-
-
 @claims_output("demo", resumable=True, reusable=True)
 def demo(config: DemoConfig) -> Path:
     """Synthesise the corpus, train the SpeechLLM (on the base LLM, or from scratch with ``tiny``),
@@ -64,7 +47,7 @@ def demo(config: DemoConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")  # the report's "Made by" reads it back
     corpus, model_dir = out / "corpus", out / "model"
-    timer = _Timer(out / "demo.json")
+    timer = StepTimes(out / "demo.json")
     recipe = config.recipe()
     train_manifest = str(corpus / "asr-en.train.jsonl")
     tests = [str(corpus / "asr-en.test.jsonl"), str(corpus / "asr-en.test-ood.jsonl")]
@@ -110,7 +93,7 @@ def demo(config: DemoConfig) -> Path:
             model=config.base_llm, scan=str(out / "scan-base"), train=[train_manifest], test=tests[:1],
             metric="perplexity", fractions=list(recipe.fractions), strategies=config.strategies, heal=["none"],
             out=str(out / "sweep-base"))))
-    write_json(timer.path, {"seconds": timer.seconds})  # also when every step was reused: marks a demo run
+    timer.save()  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
     stderr().rule("[bold]report")  # always rebuilt: it is fast and reflects every step above
     report_path = report(ReportConfig(run=[str(out)]))

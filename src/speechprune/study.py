@@ -42,7 +42,7 @@ from rich.console import Console
 
 from speechprune.base_llm import BaseLLMConfig, pretrain_base_llm
 from speechprune.claims import AXES, ListeningBar, claims_markdown, print_claims, smallest_largest, study_claims
-from speechprune.console import step_needed
+from speechprune.console import StepTimes, show
 from speechprune.config import require, save_config
 from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
@@ -132,7 +132,7 @@ def _mixed_manifest(out: Path, corpus: Path, tasks: tuple[str, ...], split: str,
     return path
 
 
-def _corpus(config: StudyConfig, out: Path) -> Path:
+def _corpus(config: StudyConfig, out: Path, timer: StepTimes) -> Path:
     if config.corpus.path:
         corpus = Path(config.corpus.path)
         missing = [t for t in config.tasks if not _manifest(corpus, t, "train").exists()]
@@ -140,27 +140,29 @@ def _corpus(config: StudyConfig, out: Path) -> Path:
         return corpus
     corpus = out / "corpus"
     pairs = sorted({"-".join(t.split("-")[1:]) for t in config.tasks if t.startswith("st-")})
-    if step_needed("corpus", corpus / "corpus.json"):
-        synthesize(SynthConfig(out=str(corpus), seed=config.corpus.seed, languages=list(config.languages),
-                               st_pairs=pairs, train_sentences=config.corpus.train_sentences,
-                               dev_sentences=config.corpus.dev_sentences, test_sentences=config.corpus.test_sentences,
-                               test_ood_sentences=0, overwrite=True))
+    timer.run("corpus", corpus / "corpus.json", lambda: synthesize(SynthConfig(
+        out=str(corpus), seed=config.corpus.seed, languages=list(config.languages), st_pairs=pairs,
+        train_sentences=config.corpus.train_sentences, dev_sentences=config.corpus.dev_sentences,
+        test_sentences=config.corpus.test_sentences, test_ood_sentences=0, overwrite=True)), "corpus")
     return corpus
 
 
-def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig) -> str:
+def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig, timer: StepTimes) -> str:
     """The base LLM's checkpoint: a pretrained decoder's own (not text-pretrained again), else one
     pretrained here on the corpus languages' text."""
     if decoder.pretrained:
-        return decoder_checkpoint(decoder.pretrained)
+        started = time.perf_counter()
+        checkpoint = decoder_checkpoint(decoder.pretrained)  # a GGUF file is dequantised on first use
+        if time.perf_counter() - started > 1:  # a cached one opens at once
+            timer.record(f"base LLM {decoder.name}", time.perf_counter() - started, "base LLMs")
+        return checkpoint
     path = out / "base" / decoder.name / "model"
-    if step_needed(f"base LLM {decoder.name}", path / "curve.json"):
-        held_out = [str(_manifest(corpus, t, s)) for t in config.tasks for s in ("dev", "test")]
-        b = config.base
-        pretrain_base_llm(BaseLLMConfig(out=str(path), languages=list(config.languages), sentences=b.sentences,
-                                        dev_sentences=b.dev_sentences, exclude=held_out,
-                                        decoder=DecoderConfig(config=dict(decoder.config)), steps=b.steps, lr=b.lr,
-                                        batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config)))
+    held_out = [str(_manifest(corpus, t, s)) for t in config.tasks for s in ("dev", "test")]
+    b = config.base
+    timer.run(f"base LLM {decoder.name}", path / "curve.json", lambda: pretrain_base_llm(BaseLLMConfig(
+        out=str(path), languages=list(config.languages), sentences=b.sentences, dev_sentences=b.dev_sentences,
+        exclude=held_out, decoder=DecoderConfig(config=dict(decoder.config)), steps=b.steps, lr=b.lr,
+        batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config))), "base LLMs")
     return str(path)
 
 
@@ -168,19 +170,19 @@ def _loop(config: StudyConfig) -> LoopConfig:
     return dataclasses.replace(config.loop, lora=dataclasses.replace(config.loop.lora))
 
 
-def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...]) -> Path:
+def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...],
+                  timer: StepTimes) -> Path:
     path = out / "encoders" / f"{encoder.name}-{'+'.join(languages)}"
-    if step_needed(f"encoder warm-up {path.name}", path / "speechllm.json"):
-        s = config.speechllm
-        stages = {"ctc": StageConfig(steps=s.warmup_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
-                                     decoder="frozen", lr=s.warmup_lr, batch_size=s.warmup_batch_size)}
-        # the decoder here is never trained: a one-layer stand-in keeps the warm-up cheap
-        stand_in = {**llama_config(1), "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-                    "num_key_value_heads": 2}
-        train(TrainConfig(train=[str(_manifest(corpus, f"asr-{lang}", "train")) for lang in languages],
-                          out=str(path), stages=stages, loop=_loop(config),
-                          model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
-                                            decoder=DecoderConfig(config=stand_in))))
+    s = config.speechllm
+    stages = {"ctc": StageConfig(steps=s.warmup_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
+                                 decoder="frozen", lr=s.warmup_lr, batch_size=s.warmup_batch_size)}
+    # the decoder here is never trained: a one-layer stand-in keeps the warm-up cheap
+    stand_in = {**llama_config(1), "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+                "num_key_value_heads": 2}
+    timer.run(f"encoder warm-up {path.name}", path / "speechllm.json", lambda: train(TrainConfig(
+        train=[str(_manifest(corpus, f"asr-{lang}", "train")) for lang in languages], out=str(path), stages=stages,
+        loop=_loop(config), model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
+                                              decoder=DecoderConfig(config=stand_in)))), "encoder warm-ups")
     if not (path / "ctc_cer.json").exists():  # how well the warmed-up encoder hears, alone
         dev = load_manifests([str(_manifest(corpus, f"asr-{lang}", "dev")) for lang in languages])
         dev = dev[: config.evaluation.scan_utterances]
@@ -188,57 +190,57 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
     return path
 
 
-def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path) -> Path:
+def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path,
+               timer: StepTimes) -> Path:
     path = out / "conditions" / condition.name / "model"
-    if step_needed(f"SpeechLLM {condition.name}", path / "speechllm.json"):
-        s = config.speechllm
-        loop = _loop(config)
-        loop.batch_size = s.batch_size
-        joint_steps = s.multitask_joint_steps if "multitask" in condition.axes and s.multitask_joint_steps else s.joint_steps
-        stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=joint_steps,
-                                 lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
-                                 proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
-        train(TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path),
-                          encoder_from=str(warm), stages=stages, loop=loop,
-                          model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector)))
+    s = config.speechllm
+    loop = _loop(config)
+    loop.batch_size = s.batch_size
+    joint_steps = s.multitask_joint_steps if "multitask" in condition.axes and s.multitask_joint_steps else s.joint_steps
+    stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=joint_steps,
+                             lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
+                             proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
+    timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json", lambda: train(TrainConfig(
+        train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path), encoder_from=str(warm),
+        stages=stages, loop=loop, model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector))),
+        "SpeechLLM training")
     return path
 
 
-def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Path) -> Path:
+def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Path, timer: StepTimes) -> Path:
     path = model.parent / "eval"
-    if step_needed(f"eval {condition.name}", path / "metrics.json"):
-        evaluate(EvalConfig(model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks],
-                            out=str(path), max_utterances=config.evaluation.test_utterances,
-                            max_new_tokens=config.evaluation.max_new_tokens))
+    timer.run(f"eval {condition.name}", path / "metrics.json", lambda: evaluate(EvalConfig(
+        model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks], out=str(path),
+        max_utterances=config.evaluation.test_utterances, max_new_tokens=config.evaluation.max_new_tokens)),
+        "evaluations")
     return path
 
 
-def _scan(model: Path | str, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool) -> Path:
-    if step_needed(f"scan {label}", path / "scan.json"):
-        settings = dict(model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances,
-                        bootstrap=0, regions=["all", "last"], plots=plots)
-        if "layout" in {f.name for f in dataclasses.fields(ScanConfig)}:
-            settings["layout"] = "task"  # the SpeechLLM's own sequences, so base and SpeechLLM read the same
-        scan(ScanConfig(**settings))
+def _scan(model: Path | str, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool,
+          timer: StepTimes) -> Path:
+    # layout task: the SpeechLLM's own sequences, so base and SpeechLLM read the same
+    timer.run(f"scan {label}", path / "scan.json", lambda: scan(ScanConfig(
+        model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances, bootstrap=0,
+        regions=["all", "last"], plots=plots, layout="task")), "scans")
     return path
 
 
-def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, input: str = "") -> dict:
-    if step_needed(f"compare {path.name}", path / "compare.json"):
-        compare(CompareConfig(scans=[str(s) for s in scans], out=str(path), labels=labels, input=input,
-                              regions=[REGION, "last"], plots=plots))
+def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, timer: StepTimes, input: str = "") -> dict:
+    timer.run(f"compare {path.parent.name}/{path.name}", path / "compare.json", lambda: compare(CompareConfig(
+        scans=[str(s) for s in scans], out=str(path), labels=labels, input=input, regions=[REGION, "last"],
+        plots=plots)), "compares")
     return read_json(path / "compare.json")
 
 
 def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path: Path, tasks: tuple[str, ...],
-           heal: list[str], train_manifest: list[str]) -> dict:
-    if step_needed(f"sweep {path.parent.name}/{path.name}", path / "summary.json"):
-        e = config.evaluation
-        sweep(SweepConfig(model=str(model), scan=str(scan_dir), train=train_manifest,
-                          test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path),
-                          fractions=list(e.fractions), strategies=["angular"], heal=heal, heal_steps=e.heal_steps,
-                          input="speech", region=REGION, max_test_utterances=e.test_utterances,
-                          wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop))
+           heal: list[str], train_manifest: list[str], timer: StepTimes) -> dict:
+    e = config.evaluation
+    timer.run(f"sweep {path.parent.name}/{path.name}", path / "summary.json", lambda: sweep(SweepConfig(
+        model=str(model), scan=str(scan_dir), train=train_manifest,
+        test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path), fractions=list(e.fractions),
+        strategies=["angular"], heal=heal, heal_steps=e.heal_steps, input="speech", region=REGION,
+        max_test_utterances=e.test_utterances, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop)),
+        "sweeps")
     return read_json(path / "summary.json")
 
 
@@ -251,7 +253,8 @@ def study(config: StudyConfig) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    corpus = _corpus(config, out)
+    timer = StepTimes(out / "timing.json")
+    corpus = _corpus(config, out, timer)
     e = config.evaluation
     bar = ListeningBar(e.wer_bar, e.bleu_bar)
     decoders = {d.name: d for d in config.decoders}
@@ -262,24 +265,25 @@ def study(config: StudyConfig) -> dict:
     records: dict[str, dict] = {}
     base_scans: dict[tuple[str, tuple], Path] = {}
     for condition in plan:
-        base = _base_llm(config, out, corpus, decoders[condition.decoder])
+        base = _base_llm(config, out, corpus, decoders[condition.decoder], timer)
         languages = (tuple(config.languages) if config.speechllm.warmup_languages == "study"
                      else condition.source_languages())
-        warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], languages)
-        model = _speechllm(config, out, corpus, condition, base, warm)
+        warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], languages, timer)
+        model = _speechllm(config, out, corpus, condition, base, warm, timer)
         folder = model.parent
-        metrics = read_json(_evaluate(config, corpus, condition, model) / "metrics.json")
+        metrics = read_json(_evaluate(config, corpus, condition, model, timer) / "metrics.json")
         data = _mixed_manifest(out, corpus, condition.tasks, "dev",
                                None if len(condition.tasks) == 1 else max(1, e.scan_utterances // len(condition.tasks)))
-        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots)
+        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots, timer)
         key = (condition.decoder, condition.tasks)
         if key not in base_scans:
             base_scans[key] = _scan(base, data, out / "base" / condition.decoder / f"scan-{'+'.join(condition.tasks)}",
-                                    "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots)
+                                    "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots,
+                                    timer)
         scanned = ScanResult.load(scan_dir)
         labels = [f"base/{input}" for input in ScanResult.load(base_scans[key]).inputs]
         labels += [f"speechllm/{input}" for input in scanned.inputs]
-        base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots)
+        base_compare = _compare([base_scans[key], scan_dir], folder / "compare-base", labels, config.plots, timer)
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
             "misses": bar.misses(metrics),
@@ -291,7 +295,8 @@ def study(config: StudyConfig) -> dict:
         if "decoder" in condition.axes:
             train_manifest = [str(_manifest(corpus, t, "train")) for t in condition.tasks]
             records[condition.name]["sweep"] = _sweep(config, corpus, model, scan_dir, folder / "sweep",
-                                                      condition.tasks, ["none", "receiving-mlp"], train_manifest)
+                                                      condition.tasks, ["none", "receiving-mlp"], train_manifest,
+                                                      timer)
             records[condition.name]["sweep_dir"] = folder / "sweep"
 
     # agreement over the conditions that passed the listening bar: per axis (its conditions share a
@@ -303,7 +308,7 @@ def study(config: StudyConfig) -> dict:
         members = [name for name, r in evidence.items() if axis in r["condition"].axes]
         if len(members) >= 2:
             payload = _compare([evidence[m]["scan"] for m in members], out / "agreement" / axis, members,
-                               config.plots, "speech")
+                               config.plots, timer, "speech")
             axes[axis] = {"conditions": members, "compare": f"agreement/{axis}", **pair_metrics(payload, REGION)}
     matrices = {}
     for decoder in decoders:
@@ -318,21 +323,28 @@ def study(config: StudyConfig) -> dict:
     sources = {name: a for name, a in angulars.items() if name in single_task}
     backbone = consensus(sources, "speech", REGION) if sources else None
     multitask = next((r for r in records.values() if "multitask" in r["condition"].axes), None)
-    backbone_result = (_backbone_sweeps(config, out, corpus, multitask, backbone, single_task)
+    backbone_result = (_backbone_sweeps(config, out, corpus, multitask, backbone, single_task, timer)
                        if multitask is not None else None)
 
     sizes = {name: decoder_shape(decoder) for name, decoder in decoders.items()}
     payload = _payload(config, out, records, axes, matrices, backbone, backbone_result, bar, sizes,
                        time.perf_counter() - started)
+    by_kind = timer.by_kind()
+    payload["time"] = {"seconds_by_kind": by_kind, "seconds_by_step": timer.seconds,
+                       "seconds_measured": round(sum(by_kind.values()), 1),
+                       "note": "each step timed in the run that made it; a reused step keeps that time"}
     write_json(out / "study.json", payload)
     write_text(out / "claims.md", claims_markdown(payload["claims"]))
     print_claims(payload["claims"])
+    show("where the time went (each step timed in the run that made it): "
+         + ", ".join(f"{kind} {seconds:,.0f} s" for kind, seconds in by_kind.items())
+         + f"; {sum(by_kind.values()) / 60:.1f} min in all")
     console.print(f"[bold green]study finished[/] in {payload['seconds']:.0f} s: {out / 'study.json'}")
     return payload
 
 
 def _backbone_sweeps(config: StudyConfig, out: Path, corpus: Path, multitask: dict, backbone: Consensus | None,
-                     single_task: dict[str, dict]) -> dict:
+                     single_task: dict[str, dict], timer: StepTimes) -> dict:
     """The multi-task model pruned with the consensus block (healed once on the mixed tasks, and
     unhealed), with its own scan's blocks, and with each single-task condition's own blocks
     (unhealed): for each, the largest fraction at which every task and language stays acceptable."""
@@ -343,7 +355,8 @@ def _backbone_sweeps(config: StudyConfig, out: Path, corpus: Path, multitask: di
               "misses": multitask["misses"], "largest": {}, "sweeps": []}
 
     def swept(scan_dir: Path, name: str, heal: list[str]) -> dict:
-        summary = _sweep(config, corpus, multitask["model"], scan_dir, folder / name, tasks, heal, train_manifest)
+        summary = _sweep(config, corpus, multitask["model"], scan_dir, folder / name, tasks, heal, train_manifest,
+                         timer)
         result["sweeps"].append(f"consensus/{name}")
         return summary
 
