@@ -18,7 +18,7 @@ from speechprune.prune.apply import read_scan
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.prune.strategies import layers_for_fraction
 from speechprune.sweep import SweepConfig, sweep
-from tests.helpers import build_tiny_speechllm, fake_scan
+from tests.helpers import build_tiny_speechllm, fake_scan, synthetic_scan, write_scan
 
 
 @pytest.fixture
@@ -165,3 +165,32 @@ def test_a_cell_stops_decoding_at_twice_the_longest_reference(tiny_speechllm, ti
     assert json.loads((tmp_path / "a" / "cells" / "baseline.json").read_text())["max_new_tokens"] == 2 * longest + 16
     sweep(SweepConfig(out=str(tmp_path / "b"), max_new_tokens=5, **common))
     assert limits[-1] == 5
+
+
+def test_a_cell_that_removes_layers_already_measured_is_reused_not_run(tiny_speechllm, tiny_manifest, tmp_path,
+                                                                        monkeypatch):
+    # layers 3..4 are the most redundant: angular and last (which keeps the final layer) both remove [3, 4]
+    scan = write_scan(tmp_path / "scan", synthetic_scan(6, (3, 5), inputs=("speech",)))
+    ran = []
+    run_cell = sweep_module.run_cell
+    monkeypatch.setattr(sweep_module, "run_cell", lambda *args: ran.append(args[2]) or run_cell(*args))
+
+    def swept(name: str, strategies: list[str], **settings) -> dict:
+        sweep(SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[str(tiny_manifest)],
+                          test=[str(tiny_manifest)], out=str(tmp_path / name), fractions=[0.0, 0.34],
+                          strategies=strategies, heal=["none"], batch_size=6, **settings))
+        return {p.stem: json.loads(p.read_text()) for p in (tmp_path / name / "cells").glob("*.json")}
+
+    first = swept("first", ["angular", "last"])
+    assert ran == ["none", "angular"]  # the baseline and one pruned model
+    assert first["last-remove2-none"]["reused_from"] == str(tmp_path / "first" / "cells" / "angular-remove2-none.json")
+    assert first["last-remove2-none"]["strategy"] == "last" and first["last-remove2-none"]["removed"] == [3, 4]
+    assert first["last-remove2-none"]["sets"] == first["angular-remove2-none"]["sets"]
+
+    second = swept("second", ["last"], reuse=[str(tmp_path / "first")])
+    assert len(ran) == 2, "another sweep of the same model and test set reuses every cell it shares"
+    assert second["baseline"]["sets"] == first["baseline"]["sets"]
+    assert second["last-remove2-none"]["reused_from"] == first["last-remove2-none"]["reused_from"]
+
+    swept("third", ["last"], reuse=[str(tmp_path / "first")], max_test_utterances=3)
+    assert len(ran) == 4, "other test utterances are another measurement"

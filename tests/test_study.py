@@ -346,6 +346,11 @@ def test_miniature_study_on_pretrained_gguf_decoders(tmp_path, monkeypatch, caps
     assert backbone["consensus_healed"] == _largest_unhealed(out / "consensus" / "sweep", "receiving-mlp")
     assert backbone["consensus_unhealed"] == _largest_unhealed(out / "consensus" / "sweep")
     assert backbone["own_unhealed"] == _largest_unhealed(out / "consensus" / "sweep-own")
+    # one model and test sets: its sweeps measure the unpruned model once, and a block two sources share once
+    first, *others = backbone["sweeps"]
+    for other in others:
+        cell = json.loads((out / other / "cells" / "baseline.json").read_text())
+        assert cell["reused_from"] == str(out / first / "cells" / "baseline.json")
     measured = claims["(5)"]["measured"]
     assert measured.startswith("not evidence: the multi-task model missed the listening bar (BLEU on st-en-fr.test")
     assert list(backbone["single_task"]) == [asr_en, st, asr_fr]  # in plan order

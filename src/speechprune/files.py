@@ -42,7 +42,7 @@ _pause_matches = 0
 # What a killed write leaves behind (atomic_path's and staged_dir's temporary names): not content.
 LEFTOVER = re.compile(r"^\..+\.(tmp(\.\w+)?|partial|old)$")
 # Settings that say how to run, not what to make: a rerun that changes them is the same run.
-NOT_IN_SIGNATURE = ("overwrite", "resume", "fresh", "skip_bad")
+NOT_IN_SIGNATURE = ("overwrite", "resume", "fresh", "skip_bad", "reuse")  # how a run is made, not what
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EFBIG: "the file grew past the size limit", errno.EROFS: "the file system is read-only",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied"}

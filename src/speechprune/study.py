@@ -233,13 +233,14 @@ def _compare(scans: list[Path], path: Path, labels: list[str], plots: bool, time
 
 
 def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path: Path, tasks: tuple[str, ...],
-           heal: list[str], train_manifest: list[str], timer: StepTimes) -> dict:
+           heal: list[str], train_manifest: list[str], timer: StepTimes, reuse: tuple[Path, ...] = ()) -> dict:
     e = config.evaluation
     timer.run(f"sweep {path.parent.name}/{path.name}", path / "summary.json", lambda: sweep(SweepConfig(
         model=str(model), scan=str(scan_dir), train=train_manifest,
         test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path), fractions=list(e.fractions),
         strategies=["angular"], heal=heal, heal_steps=e.heal_steps, input="speech", region=REGION,
-        max_test_utterances=e.test_utterances, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop)),
+        max_test_utterances=e.test_utterances, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop,
+        reuse=[str(p) for p in reuse])),
         "sweeps")
     return read_json(path / "summary.json")
 
@@ -354,9 +355,13 @@ def _backbone_sweeps(config: StudyConfig, out: Path, corpus: Path, multitask: di
     result = {"condition": multitask["condition"].name, "sets": [f"{t}.test" for t in tasks],
               "misses": multitask["misses"], "largest": {}, "sweeps": []}
 
+    # one model, one test set list: a block two sources agree on (and the unpruned baseline) is measured once
+    names = ["sweep", "sweep-own", *(f"sweep-from-{name}" for name in single_task)]
+
     def swept(scan_dir: Path, name: str, heal: list[str]) -> dict:
+        reuse = tuple(folder / other for other in names if other != name)
         summary = _sweep(config, corpus, multitask["model"], scan_dir, folder / name, tasks, heal, train_manifest,
-                         timer)
+                         timer, reuse)
         result["sweeps"].append(f"consensus/{name}")
         return summary
 

@@ -20,7 +20,10 @@ Every cell prunes its model through the one pruning path (:func:`~speechprune.pr
 it is the model that ``prune`` makes from the same scan, and what ``prune`` refuses (an architecture
 whose layers cannot be removed safely, a scan of another model) the sweep refuses at its first cell.
 
-Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished cells.
+Every cell writes ``cells/<name>.json`` as it finishes; a rerun skips finished cells. A cell is its
+model with some layers removed, measured on the test utterances: one that removes the same layers as
+a finished cell of this sweep (two strategies choosing one block) or of a ``--reuse`` sweep of the same
+model, test sets, decoding and healing is that cell's copy (``reused_from`` names it), not a new run.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
 from speechprune.options.sweep import SweepConfig
 from speechprune.prune.apply import Selection, choose_layers, prune_model, read_scan
-from speechprune.prune.strategies import layers_for_fraction
+from speechprune.prune.strategies import choose_from_scan, layers_for_fraction
 from speechprune.prune.prefill import prefill_skip
 
 PREFILL_ONLY = "prefill-only"  # a sweep column beside the healing settings: layers skipped in the prefix only
@@ -112,13 +115,44 @@ def pruned_model(config: SweepConfig, scan: dict, strategy: str, fraction: float
                    "original_num_layers": num_layers}
 
 
+def _source(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path  # a file, else a hub id
+
+
+def measured_on(config: SweepConfig, heal: str) -> dict:
+    """What a cell's numbers depend on besides the layers it removes: with these equal, two cells that
+    remove the same layers are one measurement, whichever sweep made it."""
+    found = {"model": _source(config.model), "test": [_source(p) for p in config.test],
+             "max_test_utterances": config.max_test_utterances, "metric": config.metric,
+             "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size, "heal": heal}
+    if heal not in ("none", PREFILL_ONLY):
+        found |= {"train": [_source(p) for p in config.train], "heal_steps": config.heal_steps,
+                  "heal_lr": config.heal_lr, "heal_projector": config.heal_projector}
+    return found
+
+
+def reusable_cell(config: SweepConfig, scan, strategy: str, n: int, heal: str, out: Path) -> dict | None:
+    """A finished cell of this sweep or of a ``--reuse`` sweep that removes the layers this one would
+    (chosen from the scan alone: no model is loaded) under the same :func:`measured_on`, as this
+    cell; None when there is none."""
+    removed = choose_from_scan(strategy, scan, n, config.input, config.region) if n else []
+    wanted = measured_on(config, heal)
+    for folder in [out, *map(Path, config.reuse)]:
+        for path in sorted((folder / "cells").glob("*.json")):
+            cell = read_json(path)
+            if cell.get("measured_on") == wanted and cell["removed"] == removed:
+                return {**cell, "strategy": strategy if n else "none", "reused_from": cell.get("reused_from", str(path))}
+    return None
+
+
 def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
              train_utterances: list, out: Path) -> dict:
     prefill_only = heal == PREFILL_ONLY
     model, pruning = pruned_model(config, scan, strategy, fraction, prefill_only)
     removed, kept, num_layers, n = pruning["removed"], pruning["kept"], pruning["original_num_layers"], pruning["n"]
     record = {"strategy": strategy if n else "none", "fraction": fraction, "removed_count": n, "heal": heal,
-              "removed": removed, "kept_layers": len(kept), "original_layers": num_layers}
+              "removed": removed, "kept_layers": len(kept), "original_layers": num_layers,
+              "measured_on": measured_on(config, heal)}
     started = time.perf_counter()
     if heal not in ("none", PREFILL_ONLY) and n:
         targets = lora_targets(model.causal_lm, heal, healing_layers(kept, num_layers))
@@ -403,6 +437,13 @@ def sweep(config: SweepConfig) -> dict:
         path = out / "cells" / f"{_cell_name(strategy, n, heal)}.json"
         if path.exists():
             cells.append(read_json(path))
+            continue
+        cell = reusable_cell(config, scan, strategy, n, heal, out)
+        if cell is not None:
+            print(f"sweep cell {number}/{len(plan)}: {_cell_name(strategy, n, heal)} is {cell['reused_from']} (the same "
+                  f"layers removed from the same model, on the same test utterances): reused", file=sys.stderr, flush=True)
+            write_json(path, cell)
+            cells.append(cell)
             continue
         print(f"sweep cell {number}/{len(plan)}: {_cell_name(strategy, n, heal)}", file=sys.stderr, flush=True)
         started = time.perf_counter()

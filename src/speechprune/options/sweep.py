@@ -43,6 +43,9 @@ class SweepConfig:
     bleu_drop: float = option(0.25, help="acceptable relative BLEU loss")
     perplexity_rise: float = option(0.25, help="acceptable relative perplexity rise (--metric perplexity)")
     loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
+    reuse: list[str] = option([], help="other sweep directories of the same model and test sets: a cell one of them "
+                                       "finished with the same layers removed (and the same decoding and healing) is "
+                                       "taken, not run again; a sweep's own cells always are")
     overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
