@@ -189,13 +189,15 @@ def test_report_says_what_is_missing(small_run, tmp_path):
                                                             "same_best_share": [[1, 0.5], [0.5, 1]],
                                                             "mean_abs_shift": [[0, 1.5], [1.5, 0]]}},
         "consensus": {"rows": [{"n": 1, "consensus_start": 2, "per_condition": {"a": 2, "b": 3}}]},
-        "sweeps": {"a": "cond-a/sweep", "b": "cond-b/sweep"}})
+        "sweeps": {"a": "cond-a/sweep", "b": "cond-b/sweep"},
+        "time": {"seconds_by_kind": {"SpeechLLM training": 300.0, "sweeps": 100.0}}})
     html, md = _report(nested)
     assert "| text and speech agree | nearly identical | Spearman 0.97 | cond-a/scan |" in md
     assert "| 1 | 2 | 2 | 3 |" in md  # n, consensus start, per condition a, b
     assert "| a | cond-a/sweep | shown below |" in md and "| b | cond-b/sweep | not found |" in md
     assert "Scan: cond-a/scan" in md and "Sweep: cond-a/sweep" in md
     assert 'alt="agreement across conditions"' in html
+    assert "| SpeechLLM training | 300 | 75% |" in md and "| all | 400 | 100% |" in md
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path, capsys):

@@ -432,6 +432,13 @@ def study_sections(study: Found, run: Run) -> list[Section]:
             resolved = (study.path / str(path)).resolve()
             rows.append([condition, str(path), "shown below" if resolved in found_paths else "not found"])
         section.add(Table(["condition", "sweep", "in this report"], rows, "each sweep states its utterances below"))
+    spent = (data.get("time") or {}).get("seconds_by_kind")
+    if spent:
+        total = sum(spent.values())
+        section.add(Table(["step", "seconds", "share"],
+                          [[kind, f"{seconds:,.0f}", f"{seconds / total:.0%}"] for kind, seconds in spent.items()]
+                          + [["all", f"{total:,.0f}", "100%"]],
+                          "where the study's time went: each step timed in the run that made it"))
     return [section]
 
 
