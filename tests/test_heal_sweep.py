@@ -194,3 +194,5 @@ def test_a_cell_that_removes_layers_already_measured_is_reused_not_run(tiny_spee
 
     swept("third", ["last"], reuse=[str(tmp_path / "first")], max_test_utterances=3)
     assert len(ran) == 4, "other test utterances are another measurement"
+    with pytest.raises(UserError, match=r"--reuse .*absent: not a sweep directory \(no cells/\)"):
+        swept("fourth", ["last"], reuse=[str(tmp_path / "absent")])

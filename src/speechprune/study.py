@@ -359,7 +359,7 @@ def _backbone_sweeps(config: StudyConfig, out: Path, corpus: Path, multitask: di
     names = ["sweep", "sweep-own", *(f"sweep-from-{name}" for name in single_task)]
 
     def swept(scan_dir: Path, name: str, heal: list[str]) -> dict:
-        reuse = tuple(folder / other for other in names if other != name)
+        reuse = tuple(folder / other for other in names if other != name and (folder / other / "cells").is_dir())
         summary = _sweep(config, corpus, multitask["model"], scan_dir, folder / name, tasks, heal, train_manifest,
                          timer, reuse)
         result["sweeps"].append(f"consensus/{name}")

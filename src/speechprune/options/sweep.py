@@ -4,6 +4,7 @@ fractions, strategies and healing, and the acceptability rules (:mod:`speechprun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from speechprune.config import option, require, require_choice, require_choices
 from speechprune.options.evaluate import METRICS
@@ -55,4 +56,6 @@ class SweepConfig:
         require_choices(self.strategies, SCAN_STRATEGY_NAMES, "--strategies")
         require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
         require_choice(self.metric, METRICS, "--metric")
+        not_sweeps = [d for d in self.reuse if not (Path(d) / "cells").is_dir()]
+        require(not not_sweeps, f"--reuse {not_sweeps[0] if not_sweeps else ''}: not a sweep directory (no cells/)")
 
