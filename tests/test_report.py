@@ -190,6 +190,16 @@ def test_report_says_what_is_missing(small_run, tmp_path):
                                                             "mean_abs_shift": [[0, 1.5], [1.5, 0]]}},
         "consensus": {"rows": [{"n": 1, "consensus_start": 2, "per_condition": {"a": 2, "b": 3}}]},
         "sweeps": {"a": "cond-a/sweep", "b": "cond-b/sweep"},
+        "conditions": {
+            "a": {"decoder": "smollm2", "num_layers": 30, "evidence": True, "bar_misses": [],
+                  "metrics": {"asr-en.test": {"asr": {"wer": 0.065, "wer_interval": [0.045, 0.087],
+                                                      "utterances": 100, "words": 679}}},
+                  "inherited": {"spearman": 0.9912, "same_best_start": 0.75},
+                  "text_speech": {"spearman": 0.998, "same_best_start": 1.0}},
+            "b": {"decoder": "gemma3", "num_layers": 18, "evidence": False,
+                  "bar_misses": ["WER on asr-fr.test 0.412 > 0.20"],
+                  "metrics": {"asr-fr.test": {"asr": {"wer": 0.412, "wer_interval": [0.35, 0.47],
+                                                      "utterances": 100, "words": 700}}}}},
         "time": {"seconds_by_kind": {"SpeechLLM training": 300.0, "sweeps": 100.0}}})
     html, md = _report(nested)
     assert "| text and speech agree | nearly identical | Spearman 0.97 | cond-a/scan |" in md
@@ -198,6 +208,10 @@ def test_report_says_what_is_missing(small_run, tmp_path):
     assert "Scan: cond-a/scan" in md and "Sweep: cond-a/sweep" in md
     assert 'alt="agreement across conditions"' in html
     assert "| SpeechLLM training | 300 | 75% |" in md and "| all | 400 | 100% |" in md
+    assert ("| a | smollm2 (30 layers) | WER on asr-en.test 0.065 [0.045, 0.087] (100 utterances, 679 words) | yes "
+            "| Spearman 0.991, same l*(n) 75% | Spearman 0.998, same l*(n) 100% |") in md
+    assert "| b | gemma3 (18 layers) | WER on asr-fr.test 0.412 [0.350, 0.470] (100 utterances, 700 words) " \
+           "| not evidence: WER on asr-fr.test 0.412 &gt; 0.20 | not measured | not measured |" in md
 
 
 def test_report_refuses_what_is_not_a_run(tmp_path, capsys):

@@ -32,7 +32,7 @@ def _counts(entry: dict) -> str:
     return counts(entry.get("utterances"), entry.get("words"))
 
 
-def _baseline(metrics: dict) -> str:
+def metrics_text(metrics: dict) -> str:
     """``WER on asr-en.test 0.046 [0.031, 0.062] (200 utterances, 1,234 words)`` per test set and task."""
     from speechprune.evaluate import with_interval
 
@@ -165,7 +165,7 @@ def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, re
             unhealed, healed = (smallest_largest(r["sweep"], "angular", heal) for heal in ("none", "receiving-mlp"))
             flag = "" if name in evidence else f" [not evidence: {'; '.join(r['misses'])}]"
             lines.append(f"{r['condition'].decoder} ({r['num_layers']} layers){flag}: "
-                         f"baseline {_baseline(r['metrics'])}; "
+                         f"baseline {metrics_text(r['metrics'])}; "
                          f"largest acceptable {_largest(unhealed).replace(' (', ' unhealed (', 1)}, "
                          f"{_largest(healed).replace(' (', ' healed (', 1)}")
     claims.append({
@@ -196,7 +196,7 @@ def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, re
         verdict = (f"listening bar missed ({'; '.join(r['misses'])}): not evidence" if r["misses"]
                    else "listening bar passed")
         claims.append({"claim": f"condition {name} ({', '.join(r['condition'].axes)})",
-                       "measured": f"{_baseline(r['metrics']) or 'no test metric'}; {verdict}",
+                       "measured": f"{metrics_text(r['metrics']) or 'no test metric'}; {verdict}",
                        "paper": f"listening bar (this study's rule, not the paper's): {bar.describe()}",
                        "evidence": rel(Path(r["model"]).parent / "eval")})
     return claims

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from speechprune.claims import metrics_text
 from speechprune.config import saved_command
 from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
@@ -399,6 +400,20 @@ def study_sections(study: Found, run: Run) -> list[Section]:
                           "each measurement names the utterances and words it rests on"))
     else:
         section.add(Missing(f"{where}: study.json has no claims table."))
+    conditions = data.get("conditions") or {}
+    if conditions:
+        section.add("Each condition's SpeechLLM, its test metrics, and its redundancy profile beside its base LLM's "
+                    "on text over the same utterances (Spearman of block distances; share of block sizes n with the "
+                    "same most redundant start l*(n)).")
+        section.add(Table(["condition", "decoder", "test metrics", "evidence", "base LLM on text vs speech input",
+                           "text vs speech input"],
+                          [[name, f"{c.get('decoder', '?')} ({c.get('num_layers', '?')} layers)",
+                            metrics_text({"sets": c.get("metrics") or {}}) or "no test metric",
+                            "yes" if c.get("evidence") else "not evidence: " + "; ".join(c.get("bar_misses") or []),
+                            _agreement_text(c.get("inherited")), _agreement_text(c.get("text_speech"))]
+                           for name, c in conditions.items()],
+                          "metrics: 95% bootstrap interval, utterances and words; conditions marked not evidence are "
+                          "left out of every claim"))
     agreement = data.get("agreement") or {}
     # one matrix per decoder; a study.json from before that holds a single matrix
     matrices = {"": agreement} if "conditions" in agreement else agreement
@@ -440,6 +455,13 @@ def study_sections(study: Found, run: Run) -> list[Section]:
                           + [["all", f"{total:,.0f}", "100%"]],
                           "where the study's time went: each step timed in the run that made it"))
     return [section]
+
+
+def _agreement_text(pair: dict | None) -> str:
+    """``Spearman 0.991, same l*(n) 83%``: how alike two redundancy profiles are."""
+    if not pair or pair.get("spearman") is None:
+        return "not measured"
+    return f"Spearman {pair['spearman']:.3f}, same l*(n) {pair.get('same_best_start', 0):.0%}"
 
 
 def base_section(base: Found, run: Run) -> Section:
