@@ -182,3 +182,43 @@ def test_speech_enters_a_scaled_embedding_decoder_at_the_token_vectors_scale(tin
         text = model.decoder_inputs(batch, source="text").inputs_embeds[0]
         ids = batch.source_ids[0]
         assert torch.allclose(text[1: 1 + len(ids)], embedding.weight[ids] * scale)
+
+
+def test_position_ms_gives_every_encoder_as_many_decoder_positions_per_second(tiny_manifest, tmp_path):
+    """projector.position_ms sets the stack from the encoder's frame rate: the tiny Whisper (20 ms
+    hop, conv stride 2: 40 ms frames) and the tiny wav2vec2 (conv strides 5*4*4 = 80 samples: 5 ms)
+    must put the same speech into about as many decoder positions, also when a warmed-up encoder
+    of another frame rate is taken over, and the stack must survive save and load."""
+    from dataclasses import replace
+
+    from speechprune.model.encoders import SAMPLE_RATE
+    from tests.helpers import tiny_model_config
+
+    utterances = load_manifest(tiny_manifest)[:4]
+    texts = decoder_texts(DEFAULT_PROMPTS, utterances)
+    models = {}
+    for encoder_type in ("whisper", "wav2vec2"):
+        config = tiny_model_config(encoder_type=encoder_type)
+        config = replace(config, projector=replace(config.projector, position_ms=80.0))
+        models[encoder_type] = SpeechLLM.build(config, texts, [u.text for u in utterances]).eval()
+    assert models["whisper"].encoder.frame_ms == pytest.approx(40.0)
+    assert models["wav2vec2"].encoder.frame_ms == pytest.approx(1000 * 80 / SAMPLE_RATE)
+    assert (models["whisper"].projector.stack, models["wav2vec2"].projector.stack) == (2, 16)
+
+    def positions(model: SpeechLLM) -> list[int]:
+        batch = next(model.batches(utterances, batch_size=len(utterances)))
+        with torch.no_grad():
+            states, lengths = model.encode(batch)
+            return model.projector(states, lengths)[1].tolist()
+
+    seconds = [u.duration for u in utterances]
+    for model in models.values():  # 12.5 positions a second, whatever the encoder's frame rate
+        assert all(abs(n - s * 12.5) <= 1.5 for n, s in zip(positions(model), seconds)), (positions(model), seconds)
+    whisper_at_80 = SpeechLLM.build(replace(tiny_model_config(), projector=replace(
+        tiny_model_config().projector, position_ms=80.0, stack=7)), texts, [u.text for u in utterances])
+    whisper_at_80.take_encoder(models["wav2vec2"])  # a warmed-up wav2vec2 taken over: its own stack
+    assert whisper_at_80.projector.stack == 16 and whisper_at_80.projector_config.stack == 16
+    whisper_at_80.save(tmp_path / "model")
+    assert SpeechLLM.load(tmp_path / "model").projector.stack == 16
+    plain = tiny_model_config()  # position_ms 0: the stack as given
+    assert SpeechLLM.build(plain, texts, [u.text for u in utterances]).projector.stack == plain.projector.stack

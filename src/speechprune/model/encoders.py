@@ -8,11 +8,13 @@
 - wav2vec2 / HuBERT / WavLM (raw waveform), with the checkpoint's own feature extractor.
 
 Every encoder turns one waveform into a per-utterance feature tensor (``featurize``), pads a
-batch of them (``collate``) and maps the batch to hidden states plus real lengths (``forward``).
+batch of them (``collate``) and maps the batch to hidden states plus real lengths (``forward``);
+``output_dim`` is the states' width and ``frame_ms`` the speech each state stands for.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import ClassVar
 
@@ -57,6 +59,9 @@ class WhisperSpeechEncoder(nn.Module):
         self.window = window
         self.output_dim = encoder.config.d_model
         self.max_frames = encoder.config.max_source_positions * 2  # conv2 has stride 2
+        # milliseconds of speech per output frame: the log-mel hop times the two convolutions' strides
+        strides = encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        self.frame_ms = 1000.0 * feature_extractor.hop_length * strides / SAMPLE_RATE
 
     @classmethod
     def from_config(cls, config: dict, window: str = "dynamic", hop_length: int = 160) -> "WhisperSpeechEncoder":
@@ -130,6 +135,7 @@ class WaveformSpeechEncoder(nn.Module):
         self.feature_extractor = feature_extractor
         self.window = window
         self.output_dim = model.config.hidden_size
+        self.frame_ms = 1000.0 * math.prod(model.config.conv_stride) / SAMPLE_RATE  # the conv front end's hop
 
     @classmethod
     def from_config(cls, config: dict, window: str = "dynamic", hop_length: int = 160) -> "WaveformSpeechEncoder":

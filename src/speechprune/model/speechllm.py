@@ -128,13 +128,14 @@ class SpeechLLM(nn.Module):
                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
             decoder = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **decoder_config))
         embed_std = float(decoder.get_input_embeddings().weight.detach().float().std())
+        projector_config = config.projector.for_encoder(encoder.frame_ms)
         projector = FrameStackProjector(encoder.output_dim, decoder.get_input_embeddings().embedding_dim,
-                                        config.projector.stack, config.projector.kind, config.projector.hidden_dim,
+                                        projector_config.stack, projector_config.kind, projector_config.hidden_dim,
                                         marker_std=embed_std)
         alphabet = None
         if config.ctc and ctc_texts:
             alphabet = "".join(sorted({ch for text in ctc_texts for ch in normalize_for_ctc(text)}))
-        return cls(encoder, projector, decoder, tokenizer, config.prompts, config.projector, alphabet)
+        return cls(encoder, projector, decoder, tokenizer, config.prompts, projector_config, alphabet)
 
     def take_encoder(self, other: "SpeechLLM") -> None:
         """Use ``other``'s encoder and CTC head (and its CTC alphabet): a warmed-up encoder shared
@@ -142,7 +143,8 @@ class SpeechLLM(nn.Module):
         self.encoder = other.encoder
         self.ctc_alphabet = other.ctc_alphabet
         self.ctc_head = other.ctc_head
-        config = self.projector_config  # called on a new model: its untrained projector takes the new width
+        # called on a new model: its untrained projector takes the new width (and frame rate)
+        config = self.projector_config = self.projector_config.for_encoder(other.encoder.frame_ms)
         self.projector = FrameStackProjector(other.encoder.output_dim, self.projector.markers.shape[1],
                                              config.stack, config.kind, config.hidden_dim,
                                              marker_std=float(self.projector.markers.detach().std()))

@@ -4,6 +4,7 @@ layouts, regions and dtypes that the commands' options take."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from speechprune.config import option, require
@@ -45,10 +46,22 @@ class ProjectorConfig:
     stack: int = option(4, help="encoder frames stacked into one decoder position")
     kind: str = option("mlp", help="mlp (Linear-ReLU-Linear) or linear")
     hidden_dim: int = option(512, help="hidden width of the mlp projector")
+    position_ms: float = option(0.0, help="milliseconds of speech per decoder position; > 0 sets stack from the "
+                                          "encoder's frame duration, so that encoders of different frame rates "
+                                          "give the decoder as many positions per second; 0: stack as given")
 
     def __post_init__(self):
         require(self.stack >= 1, "projector.stack must be >= 1")
         require(self.kind in ("mlp", "linear"), f"projector.kind must be mlp or linear, not {self.kind!r}")
+        require(self.position_ms >= 0, "projector.position_ms must be >= 0")
+
+    def for_encoder(self, frame_ms: float) -> "ProjectorConfig":
+        """This config with ``stack`` set for an encoder whose frames last ``frame_ms``: a frame-stacking
+        projector sees no context, so a position must span enough speech to name a token (160 ms
+        reads well; 80 ms, a wav2vec2 stacked like a Whisper of half its frame rate, does not)."""
+        if not self.position_ms:
+            return self
+        return dataclasses.replace(self, stack=max(1, round(self.position_ms / frame_ms)))
 
 
 @dataclass
