@@ -187,6 +187,11 @@ def test_training_caches_encoder_states_only_while_the_encoder_is_frozen(tiny_ma
     # the frozen stage encodes each batch of its first epoch once; the joint stage trains the encoder
     assert encoded[:batches_per_epoch] == [config.loop.batch_size] * batches_per_epoch
     assert len(encoded) == batches_per_epoch + 2
+    # the config.yaml it keeps, read back as a config file, trains the same stages again (not the defaults too)
+    from speechprune.config import build_config
+
+    again = build_config(TrainConfig, [], str(tmp_path / "run" / "config.yaml"))
+    assert again.ordered_stages() == config.stages
 
 
 @pytest.mark.parametrize("name", ["train-on-smollm2.yaml", "train-on-gemma3.yaml"])

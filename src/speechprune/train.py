@@ -20,6 +20,7 @@ is skipped; a YAML file or ``stages.text-lm.steps=150`` changes them.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import random
@@ -578,6 +579,9 @@ def train(config: TrainConfig) -> Path:
         if config.encoder_from:
             model.take_encoder(SpeechLLM.load(config.encoder_from, loading=config.loading))
     out.mkdir(parents=True, exist_ok=True)
+    # the stages by name, in order: read back, config.yaml is merged over the default stages, and
+    # without an order it would run those as well
+    config = dataclasses.replace(config, stage_order=list(config.ordered_stages()))
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out)
     model.train()
