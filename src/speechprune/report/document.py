@@ -461,7 +461,8 @@ def _agreement_text(pair: dict | None) -> str:
     """``Spearman 0.991, same l*(n) 83%``: how alike two redundancy profiles are."""
     if not pair or pair.get("spearman") is None:
         return "not measured"
-    return f"Spearman {pair['spearman']:.3f}, same l*(n) {pair.get('same_best_start', 0):.0%}"
+    same = pair.get("same_best_start")
+    return f"Spearman {pair['spearman']:.3f}" + (f", same l*(n) {same:.0%}" if same is not None else "")
 
 
 def base_section(base: Found, run: Run) -> Section:
