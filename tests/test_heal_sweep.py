@@ -18,7 +18,7 @@ from speechprune.prune.apply import read_scan
 from speechprune.prune.run import PruneConfig, prune
 from speechprune.prune.strategies import layers_for_fraction
 from speechprune.sweep import SweepConfig, sweep
-from tests.helpers import build_tiny_speechllm, fake_scan, synthetic_scan, write_scan
+from tests.helpers import build_tiny_speechllm, fake_scan, synthetic_scan, write_scan, write_tiny_manifest
 
 
 @pytest.fixture
@@ -196,3 +196,41 @@ def test_a_cell_that_removes_layers_already_measured_is_reused_not_run(tiny_spee
     assert len(ran) == 4, "other test utterances are another measurement"
     with pytest.raises(UserError, match=r"--reuse .*absent: not a sweep directory \(no cells/\)"):
         swept("fourth", ["last"], reuse=[str(tmp_path / "absent")])
+
+
+def test_stop_line_leaves_out_only_cells_that_cannot_change_what_it_decides(tiny_speechllm, tmp_path, monkeypatch):
+    # two test sets; set "a" is not acceptable from 2 layers removed, set "b" from 3 (at 2 undecided)
+    tests = [str(write_tiny_manifest(tmp_path / "data", name, with_st=False)) for name in ("a.jsonl", "b.jsonl")]
+    worst = {"a": 2, "b": 3}
+    monkeypatch.setattr(sweep_module, "verdict", lambda cell, baseline, set_name, config: (
+        "not acceptable" if cell["removed_count"] >= worst[set_name] else
+        "undecided" if cell["removed_count"] == worst[set_name] - 1 == 2 else "acceptable"))
+    ran = []
+    run_cell = sweep_module.run_cell
+    monkeypatch.setattr(sweep_module, "run_cell", lambda *args: ran.append(args[3]) or run_cell(*args))
+    scan = fake_scan(tmp_path, 6)
+
+    def swept(rule: str) -> tuple[list[int], dict]:
+        ran.clear()
+        summary = sweep(SweepConfig(model=str(tiny_speechllm), scan=str(scan), train=[], test=tests,
+                                    out=str(tmp_path / rule), fractions=[0.0, 0.17, 0.34, 0.5, 0.67],
+                                    strategies=["angular"], heal=["none"], batch_size=6, stop_line=rule))
+        return [layers_for_fraction(f, 6) for f in ran], summary
+
+    everything, full = swept("never")
+    assert everything == [0, 1, 2, 3, 4] and "stopped" not in full
+    every_set, per_set = swept("every-set")
+    assert every_set == [0, 1, 2, 3], "both sets have failed at 3 layers removed"
+    assert per_set["largest_acceptable"] == full["largest_acceptable"]
+    assert per_set["stopped"]["lines"] == {"angular/none": 4}
+    any_set, first_failure = swept("any-set")
+    assert any_set == [0, 1, 2], "set a fails at 2 layers removed"
+    largest = lambda summary, key: summary["largest_acceptable"][f"angular/none/{key}"]  # noqa: E731
+    assert largest(first_failure, "a") == largest(full, "a")
+    assert min(largest(first_failure, s)["removed_count"] for s in "ab") == \
+        min(largest(full, s)["removed_count"] for s in "ab") == 1
+    assert largest(full, "b")["removed_count_not_ruled_out"] == 2
+    assert largest(first_failure, "b")["removed_count_not_ruled_out"] == 2
+    assert (tmp_path / "any-set" / "results.csv").read_text().count("\n") == 3 * 2 + 1
+    with pytest.raises(UserError, match=r"--stop-line must be one of never, any-set, every-set, not 'any'"):
+        SweepConfig(model="m", scan="s", train=[], test=[], out="o", stop_line="any")

@@ -409,6 +409,10 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
             "x = not acceptable, ? = undecided at this test size (paired bootstrap, 95%)",
             ("strategy/healing", *(f"-{n} ({fraction:.0%})" for n, fraction in levels), "largest acceptable"),
             table_rows))
+    if "stopped" in summary:
+        lines.append(f"- = not run (--stop-line {summary['stopped']['rule']}): "
+                     + "; ".join(f"{line} from {plural(n, 'layer')} removed"
+                                 for line, n in summary["stopped"]["lines"].items()))
     lines.append(f"{SPEED_NOTE}\nwrote {out}/results.csv, summary.json, curve_*.png")
     return lines
 
@@ -433,25 +437,35 @@ def sweep(config: SweepConfig) -> dict:
             if config.prefill_only:
                 plan |= {(s, n, PREFILL_ONLY) for s in config.strategies}
     cells = []
+    failed: dict[tuple[str, str], set[str]] = {}  # line (strategy, heal) -> test sets a cell of it was not acceptable on
+    stopped: dict[str, int] = {}  # line -> the layers removed at which it stopped
+    # the plan runs by layers removed, baseline first: a line's smaller levels are judged before its larger ones
     for number, (strategy, n, heal) in enumerate(sorted(plan, key=lambda p: (p[1], p[0], p[2])), start=1):
-        path = out / "cells" / f"{_cell_name(strategy, n, heal)}.json"
+        name, line = _cell_name(strategy, n, heal), (strategy, heal)
+        path = out / "cells" / f"{name}.json"
         if path.exists():
-            cells.append(read_json(path))
+            cell = read_json(path)
+        elif _line_stops(config.stop_line, failed.get(line, set()), set(test_sets)):
+            stopped.setdefault(f"{strategy}/{heal}", n)
+            print(f"sweep cell {number}/{len(plan)}: {name} not run (--stop-line {config.stop_line}: a smaller "
+                  f"fraction of {strategy}/{heal} was not acceptable on {', '.join(sorted(failed[line]))})",
+                  file=sys.stderr, flush=True)
             continue
-        cell = reusable_cell(config, scan, strategy, n, heal, out)
-        if cell is not None:
-            print(f"sweep cell {number}/{len(plan)}: {_cell_name(strategy, n, heal)} is {cell['reused_from']} (the same "
+        elif (cell := reusable_cell(config, scan, strategy, n, heal, out)) is not None:
+            print(f"sweep cell {number}/{len(plan)}: {name} is {cell['reused_from']} (the same "
                   f"layers removed from the same model, on the same test utterances): reused", file=sys.stderr, flush=True)
             write_json(path, cell)
-            cells.append(cell)
-            continue
-        print(f"sweep cell {number}/{len(plan)}: {_cell_name(strategy, n, heal)}", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out)
-        print(f"sweep cell {number}/{len(plan)} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
-              flush=True)
-        write_json(path, cell)
+        else:
+            print(f"sweep cell {number}/{len(plan)}: {name}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out)
+            print(f"sweep cell {number}/{len(plan)} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
+                  flush=True)
+            write_json(path, cell)
         cells.append(cell)
+        if n:
+            failed.setdefault(line, set()).update(
+                set_name for set_name in test_sets if verdict(cell, cells[0], set_name, config) == "not acceptable")
     baseline = next(c for c in cells if c["removed_count"] == 0)
     rows = _table(cells, baseline, config)
     buffer = io.StringIO()
@@ -463,6 +477,20 @@ def sweep(config: SweepConfig) -> dict:
     _plot(rows, out, config)
     summary = summarise(cells, config)
     summary["speed"] = SPEED_NOTE
+    if stopped:
+        summary["stopped"] = {"rule": config.stop_line, "lines": stopped,
+                              "note": "each line stopped before this many layers removed: its larger fractions "
+                                      "were not run, since a smaller one was not acceptable"}
     write_json(out / "summary.json", summary)
     show(*report(rows, summary, out))
     return summary
+
+
+def _line_stops(rule: str, failed_sets: set[str], test_sets: set[str]) -> bool:
+    """Whether a line's larger fractions are left out under ``--stop-line``. The largest acceptable
+    fraction of a test set ends below its first not-acceptable cell, so with ``every-set`` nothing
+    in the summary changes; with ``any-set`` the smallest of the sets' largest fractions (what a
+    model that must keep every task needs) does not change, the other sets' may be cut short."""
+    if rule == "any-set":
+        return bool(failed_sets)
+    return rule == "every-set" and failed_sets >= test_sets

@@ -12,6 +12,8 @@ from speechprune.options.heal import TARGETS as HEAL_TARGETS
 from speechprune.options.model import LoadingPolicy
 from speechprune.options.prune import SCAN_STRATEGY_NAMES
 
+STOP_LINE = ("never", "any-set", "every-set")
+
 
 @dataclass
 class SweepConfig:
@@ -47,6 +49,10 @@ class SweepConfig:
     reuse: list[str] = option([], help="other sweep directories of the same model and test sets: a cell one of them "
                                        "finished with the same layers removed (and the same decoding and healing) is "
                                        "taken, not run again; a sweep's own cells always are")
+    stop_line: str = option("never", help="never | any-set | every-set: stop a strategy/healing line at the first "
+                                          "fraction that is not acceptable on any test set (enough for the largest "
+                                          "fraction every set keeps), or once every set has had one (enough for each "
+                                          "set's own): the larger fractions of that line are not run")
     overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
@@ -56,6 +62,7 @@ class SweepConfig:
         require_choices(self.strategies, SCAN_STRATEGY_NAMES, "--strategies")
         require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
         require_choice(self.metric, METRICS, "--metric")
+        require_choice(self.stop_line, STOP_LINE, "--stop-line")
         not_sweeps = [d for d in self.reuse if not (Path(d) / "cells").is_dir()]
         require(not not_sweeps, f"--reuse {not_sweeps[0] if not_sweeps else ''}: not a sweep directory (no cells/)")
 
