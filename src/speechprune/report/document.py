@@ -328,6 +328,12 @@ def sweep_section(sweep: Found, run: Run) -> Section:
     if "none" not in heals or len(heals) < 2:
         section.add(Missing(f"{run.relative(sweep.path)}: the sweep did not run both without and with healing "
                             "(--heal none,receiving-mlp)."))
+    if "stopped" in summary:
+        section.add(f"Not every cell was run (--stop-line {summary['stopped']['rule']}): "
+                    + "; ".join(f"{line} stopped at {plural(n, 'layer')} removed"
+                                for line, n in summary["stopped"]["lines"].items())
+                    + ". A smaller fraction of the line was not acceptable on a test set, so its larger fractions "
+                      "could not change the largest acceptable fraction this sweep decides.")
     largest = []
     for key, value in summary.get("largest_acceptable", {}).items():
         strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
