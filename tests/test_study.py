@@ -14,7 +14,7 @@ import pytest
 import yaml
 from scipy.stats import spearmanr
 
-from speechprune.claims import ListeningBar
+from speechprune.claims import ListeningBar, smallest_largest
 from speechprune.config import build_config
 from speechprune.errors import UserError
 from speechprune.model import gguf as model_gguf
@@ -195,6 +195,18 @@ def test_the_listening_bar_judges_every_test_set():
     assert ListeningBar(0.3, 15.0).misses(metrics) == ["BLEU on st-en-fr.test 12.0 < 15.0"]
     assert ListeningBar(0.3, 0.0).misses(metrics) == []
     assert "BLEU stated only" in ListeningBar(0.2, 0.0).describe()
+
+
+def test_what_every_test_set_keeps_is_the_smallest_of_each_bound():
+    # set a: 2 layers decided acceptable, 3 undecided, 4 not; set b: 1 decided, 4 undecided, 5 not
+    entry = lambda fraction, upper, sets: {"fraction": fraction, "removed_count": int(fraction * 10),  # noqa: E731
+                                           "fraction_not_ruled_out": upper, "removed_count_not_ruled_out": int(upper * 10),
+                                           "removed": list(range(int(fraction * 10))), "utterances": sets}
+    summary = {"largest_acceptable": {"angular/none/a": entry(0.2, 0.3, 100), "angular/none/b": entry(0.1, 0.4, 90),
+                                      "angular/receiving-mlp/a": entry(0.5, 0.5, 100)}}
+    every = smallest_largest(summary, "angular", "none")
+    assert (every["fraction"], every["removed"], every["utterances"]) == (0.1, [0], 90)  # set b's entry
+    assert (every["fraction_not_ruled_out"], every["removed_count_not_ruled_out"]) == (0.3, 3)  # set a rules out 0.4
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -54,10 +54,13 @@ def _largest(entry: dict) -> str:
 
 
 def smallest_largest(summary: dict, strategy: str, heal: str) -> dict:
-    """Of every test set of a sweep, the largest acceptable entry of ``strategy``/``heal`` with the
-    smallest fraction: what holds for every task and language at once."""
+    """What holds for every test set of a sweep at once, on the ``strategy``/``heal`` line: the
+    entry of the set with the smallest largest acceptable fraction, and as its upper end the smallest
+    fraction not ruled out on any set (each set's own may come from another set)."""
     entries = [v for k, v in summary["largest_acceptable"].items() if k.startswith(f"{strategy}/{heal}/")]
-    return min(entries, key=lambda v: (v["fraction"], v.get("fraction_not_ruled_out", v["fraction"])))
+    upper = min(entries, key=lambda v: v.get("fraction_not_ruled_out", v["fraction"]))
+    return {**min(entries, key=lambda v: v["fraction"]),
+            **{key: upper[key] for key in ("fraction_not_ruled_out", "removed_count_not_ruled_out") if key in upper}}
 
 
 def _scanned(records: dict[str, dict]) -> str:
