@@ -15,6 +15,8 @@ a cell is ``acceptable`` when the whole 95% interval of its margin to the limit 
 acceptable`` when the whole interval is outside, and ``undecided`` at this test size otherwise. The
 largest acceptable fraction of a line is the largest level that it and every smaller one are
 decided acceptable at; the largest not ruled out (acceptable or undecided) is its upper end.
+Both end below a set's first not-acceptable cell, so ``--stop-line`` may leave a line's larger
+fractions unrun once they cannot change them (:func:`_line_stops`).
 
 Every cell prunes its model through the one pruning path (:func:`~speechprune.prune.apply.prune_model`):
 it is the model that ``prune`` makes from the same scan, and what ``prune`` refuses (an architecture
