@@ -130,3 +130,4 @@ def test_sweep_summary_reads_verdicts_into_a_largest_acceptable_fraction_and_its
     best = summarise(cells, config)["largest_acceptable"]["angular/none/test"]
     assert (best["removed_count"], best["removed_count_not_ruled_out"]) == (1, 2)
     assert best["removed"] == [7] and best["utterances"] == len(refs)
+    assert best["removed_not_ruled_out"] == [6, 7], "the layers of the largest level not ruled out"

@@ -199,14 +199,18 @@ def test_the_listening_bar_judges_every_test_set():
 
 def test_what_every_test_set_keeps_is_the_smallest_of_each_bound():
     # set a: 2 layers decided acceptable, 3 undecided, 4 not; set b: 1 decided, 4 undecided, 5 not
-    entry = lambda fraction, upper, sets: {"fraction": fraction, "removed_count": int(fraction * 10),  # noqa: E731
-                                           "fraction_not_ruled_out": upper, "removed_count_not_ruled_out": int(upper * 10),
-                                           "removed": list(range(int(fraction * 10))), "utterances": sets}
+    entry = lambda fraction, upper, utterances: {  # noqa: E731
+        "fraction": fraction, "removed_count": int(fraction * 10), "removed": list(range(int(fraction * 10))),
+        "fraction_not_ruled_out": upper, "removed_count_not_ruled_out": int(upper * 10),
+        "removed_not_ruled_out": list(range(int(upper * 10))), "utterances": utterances, "words": 7 * utterances}
     summary = {"largest_acceptable": {"angular/none/a": entry(0.2, 0.3, 100), "angular/none/b": entry(0.1, 0.4, 90),
                                       "angular/receiving-mlp/a": entry(0.5, 0.5, 100)}}
     every = smallest_largest(summary, "angular", "none")
-    assert (every["fraction"], every["removed"], every["utterances"]) == (0.1, [0], 90)  # set b's entry
-    assert (every["fraction_not_ruled_out"], every["removed_count_not_ruled_out"]) == (0.3, 3)  # set a rules out 0.4
+    assert (every["fraction"], every["removed"]) == (0.1, [0])  # set b's entry
+    assert (every["fraction_not_ruled_out"], every["removed_count_not_ruled_out"],
+            every["removed_not_ruled_out"]) == (0.3, 3, [0, 1, 2])  # set a rules out 0.4
+    assert (every["test_sets"], every["utterances"], every["words"]) == (2, 190, 1330)  # it rests on both sets
+    assert "test_sets" not in smallest_largest(summary, "angular", "receiving-mlp")
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -29,7 +29,8 @@ PAPER = {
 
 
 def _counts(entry: dict) -> str:
-    return counts(entry.get("utterances"), entry.get("words"))
+    sets = f"{entry['test_sets']} test sets, " if entry.get("test_sets", 1) > 1 else ""
+    return sets + counts(entry.get("utterances"), entry.get("words"))
 
 
 def metrics_text(metrics: dict) -> str:
@@ -48,9 +49,12 @@ def metrics_text(metrics: dict) -> str:
 
 def _largest(entry: dict) -> str:
     """``0.25 (not ruled out: 0.38; layers 5 6)``: a largest acceptable fraction as the claims state it."""
-    removed = " ".join(map(str, entry.get("removed", []))) or "none"
-    return (f"{entry['fraction']:.2f} (not ruled out: {entry.get('fraction_not_ruled_out', entry['fraction']):.2f}; "
-            f"layers {removed}; {_counts(entry)})")
+    layers = lambda key: " ".join(map(str, entry.get(key, []))) or "none"  # noqa: E731
+    upper = entry.get("fraction_not_ruled_out", entry["fraction"])
+    return (f"{entry['fraction']:.2f} (layers {layers('removed')}; not ruled out: {upper:.2f}"
+            + (f", layers {layers('removed_not_ruled_out')}"
+               if upper > entry["fraction"] and "removed_not_ruled_out" in entry else "")
+            + f"; {_counts(entry)})")
 
 
 def smallest_largest(summary: dict, strategy: str, heal: str) -> dict:
@@ -59,8 +63,13 @@ def smallest_largest(summary: dict, strategy: str, heal: str) -> dict:
     fraction not ruled out on any set (each set's own may come from another set)."""
     entries = [v for k, v in summary["largest_acceptable"].items() if k.startswith(f"{strategy}/{heal}/")]
     upper = min(entries, key=lambda v: v.get("fraction_not_ruled_out", v["fraction"]))
-    return {**min(entries, key=lambda v: v["fraction"]),
-            **{key: upper[key] for key in ("fraction_not_ruled_out", "removed_count_not_ruled_out") if key in upper}}
+    found = {**min(entries, key=lambda v: v["fraction"]),
+             **{key: upper[key] for key in ("fraction_not_ruled_out", "removed_count_not_ruled_out",
+                                            "removed_not_ruled_out") if key in upper}}
+    if len(entries) > 1:  # it rests on every set's utterances
+        found |= {"test_sets": len(entries), "utterances": sum(v.get("utterances") or 0 for v in entries),
+                  "words": sum(v.get("words") or 0 for v in entries)}
+    return found
 
 
 def _scanned(records: dict[str, dict]) -> str:

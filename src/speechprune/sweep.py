@@ -226,7 +226,8 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
                     level = {"fraction": cell["removed_count"] / cell["original_layers"],
                              "removed_count": cell["removed_count"]}
                     upper = {"fraction_not_ruled_out": level["fraction"],
-                             "removed_count_not_ruled_out": level["removed_count"]}
+                             "removed_count_not_ruled_out": level["removed_count"],
+                             "removed_not_ruled_out": cell["removed"]}
                     decided = decided and found == "acceptable"
                     if decided:
                         best = {**level, "removed": cell["removed"]}
