@@ -209,7 +209,7 @@ def test_report_says_what_is_missing(small_run, tmp_path):
     assert "| 1 | 2 | 2 | 3 |" in md  # n, consensus start, per condition a, b
     assert "| a | cond-a/sweep | shown below |" in md and "| b | cond-b/sweep | not found |" in md
     assert "Scan: cond-a/scan" in md and "Sweep: cond-a/sweep" in md
-    assert "Not every cell was run (--stop-line any-set): angular/none stopped at 3 layers removed." in md
+    assert "Not every cell was run (--stop-line any-set): angular/none not run from 3 layers removed on." in md
     assert 'alt="agreement across conditions"' in html
     assert "| SpeechLLM training | 300 | 75% |" in md and "| all | 400 | 100% |" in md
     assert ("| a | smollm2 (30 layers) | WER on asr-en.test 0.065 [0.045, 0.087] (100 utterances, 679 words) | yes "

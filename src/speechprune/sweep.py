@@ -414,7 +414,7 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
             table_rows))
     if "stopped" in summary:
         lines.append(f"- = not run (--stop-line {summary['stopped']['rule']}): "
-                     + "; ".join(f"{line} from {plural(n, 'layer')} removed"
+                     + "; ".join(f"{line} from {plural(n, 'layer')} removed on"
                                  for line, n in summary["stopped"]["lines"].items()))
     lines.append(f"{SPEED_NOTE}\nwrote {out}/results.csv, summary.json, curve_*.png")
     return lines
@@ -440,18 +440,18 @@ def sweep(config: SweepConfig) -> dict:
             if config.prefill_only:
                 plan |= {(s, n, PREFILL_ONLY) for s in config.strategies}
     cells = []
-    failed: dict[tuple[str, str], set[str]] = {}  # line (strategy, heal) -> test sets a cell of it was not acceptable on
-    stopped: dict[str, int] = {}  # line -> the layers removed at which it stopped
+    failed: dict[str, set[str]] = {}  # line "strategy/heal" -> test sets a cell of it was not acceptable on
+    stopped: dict[str, int] = {}  # line -> the layers removed from which it was not run
     # the plan runs by layers removed, baseline first: a line's smaller levels are judged before its larger ones
     for number, (strategy, n, heal) in enumerate(sorted(plan, key=lambda p: (p[1], p[0], p[2])), start=1):
-        name, line = _cell_name(strategy, n, heal), (strategy, heal)
+        name, line = _cell_name(strategy, n, heal), f"{strategy}/{heal}"
         path = out / "cells" / f"{name}.json"
         if path.exists():
             cell = read_json(path)
         elif _line_stops(config.stop_line, failed.get(line, set()), set(test_sets)):
-            stopped.setdefault(f"{strategy}/{heal}", n)
+            stopped.setdefault(line, n)
             print(f"sweep cell {number}/{len(plan)}: {name} not run (--stop-line {config.stop_line}: a smaller "
-                  f"fraction of {strategy}/{heal} was not acceptable on {', '.join(sorted(failed[line]))})",
+                  f"fraction of {line} was not acceptable on {', '.join(sorted(failed[line]))})",
                   file=sys.stderr, flush=True)
             continue
         elif (cell := reusable_cell(config, scan, strategy, n, heal, out)) is not None:
@@ -466,7 +466,7 @@ def sweep(config: SweepConfig) -> dict:
                   flush=True)
             write_json(path, cell)
         cells.append(cell)
-        if n:
+        if n and config.stop_line != "never":  # judged again for the table; only a stopping line needs it now
             failed.setdefault(line, set()).update(
                 set_name for set_name in test_sets if verdict(cell, cells[0], set_name, config) == "not acceptable")
     baseline = next(c for c in cells if c["removed_count"] == 0)
@@ -482,8 +482,8 @@ def sweep(config: SweepConfig) -> dict:
     summary["speed"] = SPEED_NOTE
     if stopped:
         summary["stopped"] = {"rule": config.stop_line, "lines": stopped,
-                              "note": "each line stopped before this many layers removed: its larger fractions "
-                                      "were not run, since a smaller one was not acceptable"}
+                              "note": "each line was not run from this many layers removed on, since a smaller "
+                                      "fraction of it was not acceptable"}
     write_json(out / "summary.json", summary)
     show(*report(rows, summary, out))
     return summary

@@ -330,7 +330,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                             "(--heal none,receiving-mlp)."))
     if "stopped" in summary:
         section.add(f"Not every cell was run (--stop-line {summary['stopped']['rule']}): "
-                    + "; ".join(f"{line} stopped at {plural(n, 'layer')} removed"
+                    + "; ".join(f"{line} not run from {plural(n, 'layer')} removed on"
                                 for line, n in summary["stopped"]["lines"].items())
                     + ". A smaller fraction of the line was not acceptable on a test set, so its larger fractions "
                       "could not change the largest acceptable fraction this sweep decides.")
