@@ -69,7 +69,8 @@ class _Job:
 def _espeak_inventory() -> tuple[str, frozenset[str], frozenset[str]]:
     """(version line, known base voice names, known variant names)."""
     if shutil.which(ESPEAK) is None:
-        raise UserError("espeak-ng not found: install it (e.g. 'apt-get install espeak-ng') or run 'make setup'")
+        raise UserError("espeak-ng not found: 'data synth' and 'demo' speak their corpus with it; install it "
+                        "(e.g. 'apt-get install espeak-ng', or 'make setup', which does)")
     version = subprocess.run([ESPEAK, "--version"], capture_output=True, text=True).stdout.strip()
     listing = subprocess.run([ESPEAK, "--voices"], capture_output=True, text=True).stdout.splitlines()
     bases: set[str] = set()
