@@ -156,3 +156,20 @@ def test_cli(covost_like: Path, tmp_path: Path, capsys) -> None:
                  "--out", str(tmp_path / "b.jsonl")]) == 2
     assert "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_a_prompt_goes_into_every_line_and_replaces_the_models(covost_like: Path, tmp_path: Path) -> None:
+    from speechprune.model.speechllm import DEFAULT_PROMPTS, prompt_text
+
+    out = export_hf_dataset(HFDataConfig(dataset=str(covost_like), preset="covost2", name="en_de", split="test",
+                                         prompt="Translate the {source_language} speech into {target_language}.",
+                                         out=str(tmp_path / "en-de.jsonl")))
+    utterances = load_manifest(out)
+    assert {json.loads(line)["prompt"] for line in out.read_text().splitlines()} == {
+        "Translate the {source_language} speech into {target_language}."}
+    assert {prompt_text(DEFAULT_PROMPTS, u) for u in utterances} == {"Translate the English speech into German."}
+    plain = load_manifest(export_hf_dataset(HFDataConfig(dataset=str(covost_like), preset="covost2", name="en_de",
+                                                         split="test", out=str(tmp_path / "plain.jsonl"))))
+    assert {prompt_text(DEFAULT_PROMPTS, u) for u in plain} == {"Translate the speech into German."}
+    with pytest.raises(UserError, match=r"--prompt .*unknown field \{lang\}"):
+        HFDataConfig(dataset="d", preset="covost2", prompt="Translate into {lang}.", out=str(tmp_path / "x.jsonl"))

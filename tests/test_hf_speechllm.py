@@ -211,3 +211,17 @@ def test_plain_layout_is_the_text_alone_through_the_family_tokenizer(family, che
     assert payload["settings"]["layout"] == "plain" and list(payload["inputs"]) == ["text"]
     assert payload["inputs"]["text"]["regions"]["all"]["count"] == sum(
         len(model.tokenizer(u.text)["input_ids"]) for u in load_manifest(manifest)[:4])
+
+
+def test_a_manifest_prompt_replaces_the_instruction(checkpoints, manifest):
+    """A manifest line's own prompt (data hf --prompt) is the instruction in the chat and the prompt region."""
+    import dataclasses
+
+    model = load_model(str(checkpoints["qwen2_audio"]))
+    utt = next(u for u in load_manifest(manifest) if u.task == "st")
+    asked = dataclasses.replace(utt, extra={**utt.extra, "prompt": "Say it in {target_language}, please."})
+    inputs = model.decoder_inputs([asked], source="speech")
+    assert "Say it in French, please." in model.render(asked, "speech", True)[0]
+    ids = model.tokenized([model.render(asked, "speech", True)[0]], [load_audio(asked.audio)])["input_ids"][0]
+    prompt = ids[inputs.regions["prompt"][0][inputs.attention_mask[0].bool()]]
+    assert model.tokenizer.decode(prompt) == "Say it in French, please."

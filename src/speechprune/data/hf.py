@@ -292,7 +292,8 @@ def export_hf_dataset(config: HFDataConfig) -> Path:
             utterances.append(Utterance(
                 id=utt_id, audio=str(audio_dir / f"{utt_id}.wav"), text=text, task=settings["task"],
                 src_lang=settings["src_lang"], tgt_lang=settings["tgt_lang"], target=target,
-                duration=round(duration, 4), extra={"source": config.dataset, "split": config.split},
+                duration=round(duration, 4), extra={"source": config.dataset, "split": config.split,
+                                                    **({"prompt": config.prompt} if config.prompt else {})},
             ))
         if not utterances:
             raise UserError(f"{config.dataset} ({config.split}): no utterances to export "

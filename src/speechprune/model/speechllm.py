@@ -359,10 +359,13 @@ class SpeechLLM(nn.Module):
 
 # ----------------------------------------------------------------------------- shared helpers
 def prompt_text(prompts: dict, utt: Utterance) -> str:
-    """The instruction for an utterance's task, with the target language named."""
-    template = prompts.get(utt.task)
+    """The instruction for an utterance's task, with the target language named. A manifest line's
+    own ``prompt`` (``data hf --prompt``) replaces the model's prompt for its task."""
+    template = utt.extra.get("prompt") or prompts.get(utt.task)
     if template is None:
         raise UserError(f"no prompt for task {utt.task!r} (utterance {utt.id})")
+    if not isinstance(template, str):
+        raise UserError(f"utterance {utt.id}: its 'prompt' must be text, not {template!r}")
     return template.format(target_language=LANGUAGE_NAMES.get(utt.tgt_lang, utt.tgt_lang),
                            source_language=LANGUAGE_NAMES.get(utt.src_lang, utt.src_lang))
 
@@ -379,7 +382,7 @@ def tokenize_utterance(tokenizer: PreTrainedTokenizerBase, prompts: dict, utt: U
     """Prompt, source-transcript and target (+ <eos>) token ids of one utterance."""
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompt_cache = {} if prompt_cache is None else prompt_cache
-    key = (utt.task, utt.src_lang, utt.tgt_lang)
+    key = (utt.task, utt.src_lang, utt.tgt_lang, utt.extra.get("prompt"))
     if key not in prompt_cache:
         prompt_cache[key] = encode(prompt_text(prompts, utt))
     return {"prompt_ids": torch.tensor(prompt_cache[key], dtype=torch.long),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from speechprune.config import option, require, require_choice
+from speechprune.errors import UserError
 
 LANGUAGES = ("en", "fr", "de", "es")  # the languages the parallel grammar (data/grammar.py) renders
 NOISE_KINDS = ("white", "pink", "babble")
@@ -134,6 +135,10 @@ class HFDataConfig:
     src_lang: Optional[str] = option(None, help="source language code (default: from the preset or subset name)")
     tgt_lang: Optional[str] = option(None, help="target language code for st (asr: the source language)")
     max_items: Optional[int] = option(None, help="stop after this many utterances")
+    prompt: Optional[str] = option(None, help="instruction written into every line (key prompt), which then replaces "
+                                              "the model's own prompt for the task (default ASR: 'Transcribe speech "
+                                              "to text.', ST: 'Translate the speech into {target_language}.'); "
+                                              "{target_language} and {source_language} are filled in")
     max_seconds: Optional[float] = option(None, help="skip utterances longer than this (their text would not fit a cut)")
     streaming: bool = option(False, help="stream a hub dataset instead of downloading it whole")
     cache_dir: Optional[str] = option(None, help="datasets cache folder (default: the datasets default)")
@@ -145,4 +150,15 @@ class HFDataConfig:
         require(self.max_items is None or self.max_items > 0, "--max-items must be positive")
         require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")
         require(str(self.out).endswith(".jsonl"), f"--out {self.out}: a manifest path ending in .jsonl")
+        if self.prompt is not None:
+            import string
+
+            try:
+                fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt) if name is not None}
+            except ValueError as error:
+                raise UserError(f"--prompt {self.prompt!r}: {error}") from None
+            unknown = sorted(fields - {"target_language", "source_language"})
+            require(bool(self.prompt.strip()), "--prompt is empty")
+            require(not unknown, f"--prompt {self.prompt!r}: unknown field {{{unknown[0] if unknown else ''}}} "
+                                 "(only {target_language} and {source_language} are filled in)")
 
