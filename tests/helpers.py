@@ -389,12 +389,12 @@ GGUF_HIDDEN, GGUF_HEADS, GGUF_KV_HEADS, GGUF_FFN = 64, 4, 2, 128
 GGUF_QUANTS = (Q.Q8_0, Q.Q4_0, Q.Q4_1)  # cycled over the blocks: every block type is copied in the tests
 
 
-def _byte_level_vocabulary(writer) -> int:
+def _byte_level_vocabulary(writer, pre: str = "smollm") -> int:
     alphabet = list(bytes_to_unicode().values())
     merges = ["Ġ t", "h e", "Ġt he", "i n", "a t", "Ġ c", "Ġc at", "Ġ h", "Ġh at"]
     tokens = ["<unk>", "<s>", "</s>"] + alphabet + [m.replace(" ", "") for m in merges]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("smollm")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types([3, 3, 3] + [1] * (len(tokens) - 3))
     writer.add_token_merges(merges)
@@ -424,7 +424,9 @@ def _sentencepiece_vocabulary(writer) -> int:
 
 def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int = 0,
                     extra: dict | None = None) -> Path:
-    """A tiny decoder of architecture ``arch`` (llama or gemma3; any other name gets llama's layout)."""
+    """A tiny decoder of architecture ``arch`` (llama, gemma3 or qwen2; any other name gets llama's
+    layout). Qwen2 has biases on its query, key and value projections, ties its head to the embedding
+    and splits text with Qwen's pre-tokenizer, as Qwen2.5's small files do."""
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(path, arch)
@@ -432,13 +434,16 @@ def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int 
     writer.add_block_count(layers)
     writer.add_context_length(256)
     writer.add_embedding_length(GGUF_HIDDEN)
-    writer.add_feed_forward_length(GGUF_FFN)
-    writer.add_head_count(GGUF_HEADS)
-    writer.add_head_count_kv(GGUF_KV_HEADS)
+    extra = dict(extra or {})
+    for key, value in (("feed_forward_length", GGUF_FFN), ("attention.head_count", GGUF_HEADS),
+                       ("attention.head_count_kv", GGUF_KV_HEADS)):
+        if f"{arch}.{key}" not in extra:  # ``extra`` may give one as a per-layer array instead
+            writer.add_uint32(f"{arch}.{key}", value)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_rope_freq_base(10000.0)
     head_dim = GGUF_HIDDEN // GGUF_HEADS
     gemma = arch == "gemma3"
+    qwen = arch == "qwen2"
     if gemma:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
@@ -447,9 +452,9 @@ def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int 
         vocab = _sentencepiece_vocabulary(writer)
     else:
         writer.add_rope_dimension_count(head_dim)
-        vocab = _byte_level_vocabulary(writer)
+        vocab = _byte_level_vocabulary(writer, pre="qwen2" if qwen else "smollm")
     writer.add_vocab_size(vocab)
-    for key, value in (extra or {}).items():
+    for key, value in extra.items():
         writer.add_array(key, value) if isinstance(value, list) else writer.add_uint32(key, value)
 
     def tensor(name: str, shape: tuple[int, ...], kind: Q) -> None:
@@ -471,12 +476,16 @@ def write_tiny_gguf(path: Path, arch: str = "llama", layers: int = 6, seed: int 
         tensor(f"blk.{i}.attn_q.weight", (GGUF_HEADS * head_dim, GGUF_HIDDEN), kind)
         tensor(f"blk.{i}.attn_k.weight", (GGUF_KV_HEADS * head_dim, GGUF_HIDDEN), kind)
         tensor(f"blk.{i}.attn_v.weight", (GGUF_KV_HEADS * head_dim, GGUF_HIDDEN), kind)
+        if qwen:
+            tensor(f"blk.{i}.attn_q.bias", (GGUF_HEADS * head_dim,), Q.F32)
+            tensor(f"blk.{i}.attn_k.bias", (GGUF_KV_HEADS * head_dim,), Q.F32)
+            tensor(f"blk.{i}.attn_v.bias", (GGUF_KV_HEADS * head_dim,), Q.F32)
         tensor(f"blk.{i}.attn_output.weight", (GGUF_HIDDEN, GGUF_HEADS * head_dim), kind)
         tensor(f"blk.{i}.ffn_gate.weight", (GGUF_FFN, GGUF_HIDDEN), kind)
         tensor(f"blk.{i}.ffn_up.weight", (GGUF_FFN, GGUF_HIDDEN), kind)
         tensor(f"blk.{i}.ffn_down.weight", (GGUF_HIDDEN, GGUF_FFN), kind)
     tensor("output_norm.weight", (GGUF_HIDDEN,), Q.F32)
-    if not gemma:  # Gemma ties its head to the embedding
+    if not gemma and not qwen:  # Gemma and the small Qwen2.5 tie their head to the embedding
         tensor("output.weight", (vocab, GGUF_HIDDEN), Q.Q4_1)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

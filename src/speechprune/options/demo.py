@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from speechprune.config import option, require, require_choice
+from speechprune.options.model import SHORT_NAMES_HELP
 from speechprune.options.train import MODES, TOKEN_CTC_VOCABULARIES
 
 
@@ -38,7 +39,7 @@ class DemoConfig:
     tiny: bool = option(False, help="the quick look (about 8 minutes): an 8-layer decoder trained from scratch with "
                                     "the speech task, no base LLM")
     base_llm: str = option("smollm2-135m", help="the pretrained LLM the SpeechLLM is built on: a GGUF short name "
-                                                "(smollm2-135m, gemma3-270m), .gguf file, checkpoint folder or hub id")
+                                                f"({SHORT_NAMES_HELP}), .gguf file, checkpoint folder or hub id")
     decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
     languages: list[str] = option(["en"], help="languages of the synthetic corpus")
     st_pairs: list[str] = option([], help="speech-translation pairs")

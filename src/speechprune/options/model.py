@@ -16,6 +16,15 @@ LAYOUT_REGIONS = {"task": REGIONS, "plain": ("last", "all")}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype of the commands that load a model
 DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the speech into {target_language}."}
 
+# the LLMs that ship as GGUF files in wheels and open by a short name wherever a causal LM is taken;
+# model/gguf.py's SHORT_NAMES says where each one comes from (a test checks that both name the same)
+GGUF_SHORT_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gemma-3-270M",
+                    "qwen2.5-coder-0.5b": "Qwen2.5-Coder-0.5B-Instruct, a code model",
+                    "qwen2.5-coder-1.5b": "Qwen2.5-Coder-1.5B-Instruct, a code model"}
+#: the short names as the help texts list them
+SHORT_NAMES_HELP = (", ".join(GGUF_SHORT_NAMES) + "; the qwen2.5-coder ones are the Qwen2.5-Coder instruct "
+                    "models, tuned for code")
+
 
 @dataclass(frozen=True)
 class LoadingPolicy:
@@ -67,7 +76,7 @@ class ProjectorConfig:
 @dataclass
 class DecoderConfig:
     pretrained: str | None = option(None, help="causal LM checkpoint (local path, hub id, .gguf file, or a GGUF short "
-                                               "name: smollm2-135m, gemma3-270m); empty: build one from "
+                                               f"name: {SHORT_NAMES_HELP}); empty: build one from "
                                                "--model.decoder.config")
     config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
                            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,

@@ -9,7 +9,7 @@ from typing import Any
 
 from speechprune.config import option, require, require_choice
 from speechprune.errors import UserError
-from speechprune.options.model import LAYOUTS, LoadingPolicy
+from speechprune.options.model import LAYOUTS, SHORT_NAMES_HELP, LoadingPolicy
 
 DEFAULT_INPUT = "auto"
 DEFAULT_REGION = "all"
@@ -42,7 +42,8 @@ def drop_layers(drop: str) -> list[int]:
 @dataclass
 class PruneConfig:
     model: str = option(help="SpeechLLM directory (speechllm.json + decoder/), Hugging Face speech-LLM or causal LM "
-                             "(directory or hub id), or a GGUF causal LM (a .gguf file, or smollm2-135m / gemma3-270m)")
+                             "(directory or hub id), or a GGUF causal LM (a .gguf file, or a short name: "
+                             f"{SHORT_NAMES_HELP})")
     out: str = option(help="output directory, of the same kind as --model; or, for a GGUF --model, a .gguf file")
     drop: str = option("", help="layers to remove: 0-based, end-exclusive START:END blocks, e.g. 10:14,20:22")
     remove: int | None = option(None, help="number of layers to remove, chosen by --strategy")

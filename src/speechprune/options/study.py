@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.model import EncoderConfig, ProjectorConfig
+from speechprune.options.model import SHORT_NAMES_HELP, EncoderConfig, ProjectorConfig
 from speechprune.options.train import TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
 
 MODES = ("lora", "frozen")
@@ -35,7 +35,7 @@ class NamedConfig:
     config: dict = option({}, help="the config a new model is built from (model_type and its fields); a new "
                                    "decoder is text-pretrained by the study")
     pretrained: str = option("", help="decoders: a pretrained causal LM, used as it is (not text-pretrained): a "
-                                      "GGUF short name (smollm2-135m, gemma3-270m), a .gguf file, a checkpoint "
+                                      f"GGUF short name ({SHORT_NAMES_HELP}), a .gguf file, a checkpoint "
                                       "folder or a hub id")
 
     def __post_init__(self):

@@ -32,7 +32,7 @@ import torch
 
 from speechprune.errors import UserError
 from speechprune.files import atomic_path
-from speechprune.model.gguf import GGUFHeader, gguf_path, is_gguf, read_header
+from speechprune.model.gguf import SHORT_NAMES, GGUFHeader, gguf_path, is_gguf, read_header
 
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 RECORD_PREFIX = "speechprune.pruning."
@@ -58,6 +58,9 @@ ARCHITECTURES: dict[str, BlockLayout] = {
     "llama": BlockLayout(per_layer_keys=_HEADS_AND_WIDTHS),
     "gemma3": BlockLayout(per_layer_keys=_HEADS_AND_WIDTHS + ("attention.sliding_window_pattern",),
                           positional_attention=_gemma3_attention),
+    # Qwen2 (Qwen2.5): Llama's per-layer keys; its attention biases (blk.N.attn_{q,k,v}.bias) are
+    # block tensors, copied with their block; no sliding window in llama.cpp or transformers' GGUF config
+    "qwen2": BlockLayout(per_layer_keys=_HEADS_AND_WIDTHS),
 }
 
 
@@ -78,7 +81,7 @@ def plan(model: str) -> GGUFPlan:
 
     if not is_gguf(model):
         raise UserError(f"--model {model}: GGUF output (--format gguf, or an --out ending in .gguf) needs a GGUF "
-                        "--model: a .gguf file or a short name (smollm2-135m, gemma3-270m)")
+                        f"--model: a .gguf file or a short name ({', '.join(SHORT_NAMES)})")
     reader, header = read_header(gguf_path(model))
     arch = header.architecture
     if arch not in ARCHITECTURES:
