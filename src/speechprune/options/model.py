@@ -76,8 +76,8 @@ class ProjectorConfig:
 @dataclass
 class DecoderConfig:
     pretrained: str | None = option(None, help="causal LM checkpoint (local path, hub id, .gguf file, or a GGUF short "
-                                               f"name: {SHORT_NAMES_HELP}); empty: build one from "
-                                               "--model.decoder.config")
+                                               f"name: {SHORT_NAMES_HELP}); empty: build a new one from the config "
+                                               "option beside this one (decoder.config)")
     config: dict = option({"model_type": "llama", "hidden_size": 192, "intermediate_size": 512,
                            "num_hidden_layers": 8, "num_attention_heads": 4, "num_key_value_heads": 4,
                            "max_position_embeddings": 512, "tie_word_embeddings": True},

