@@ -203,6 +203,10 @@ def build_encoder(config: dict, window: str = "dynamic", hop_length: int = 160) 
 
 
 def load_encoder(path: str, window: str = "dynamic", loading: LoadingPolicy = SAFE) -> nn.Module:
-    """An encoder from a local checkpoint directory or hub id."""
+    """An encoder from a local checkpoint directory or hub id, or a CTranslate2 Whisper (a
+    faster-whisper folder or a short name, converted once: model/ctranslate2.py)."""
+    from speechprune.model.ctranslate2 import encoder_checkpoint
+
+    path = encoder_checkpoint(path)
     model_type = pretrained(AutoConfig, path, "speech encoder config", weights=False, loading=loading).model_type
     return _encoder_class(model_type).from_pretrained(path, window, loading)

