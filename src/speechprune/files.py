@@ -346,18 +346,21 @@ def _has_content(out: Path) -> bool:
     return any(not LEFTOVER.match(entry.name) for entry in out.iterdir())
 
 
-def claims_output(command: str, resumable: bool = False, directory: bool | Callable[[Any], bool] = True,
+def claims_output(command: str, resumable: bool | Callable[[Any], bool] = False,
+                  directory: bool | Callable[[Any], bool] = True,
                   clear: bool | None = None, reusable: bool = False) -> Callable:
     """Decorate a command ``f(config)`` whose config has ``out`` and ``overwrite``: the run holds
     :func:`claim_output` on ``config.out`` while it runs. ``clear`` defaults to ``resumable``
-    (a command that works inside OUT starts an overwrite from an empty OUT). ``directory`` may be
-    a function of the config (a command whose OUT is a file or a folder, as the config says)."""
+    (a command that works inside OUT starts an overwrite from an empty OUT). ``directory`` and
+    ``resumable`` may be functions of the config (a command whose OUT is a file or a folder, as the
+    config says; a file OUT is never resumable inside)."""
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def run(config: Any, *args: Any, **kwargs: Any) -> Any:
             is_directory = directory(config) if callable(directory) else directory
-            with claim_output(config.out, config.overwrite, run_signature(command, config), resumable,
-                              is_directory, resumable if clear is None else clear, reusable=reusable,
+            is_resumable = resumable(config) if callable(resumable) else resumable
+            with claim_output(config.out, config.overwrite, run_signature(command, config), is_resumable,
+                              is_directory, is_resumable if clear is None else clear, reusable=reusable,
                               command=command):
                 return function(config, *args, **kwargs)
         return run

@@ -13,20 +13,30 @@ Targets (where the LoRA goes in the decoder):
 - ``all-linear``: every linear layer of the decoder (peft's ``all-linear``).
 The projector can be unfrozen as well (``--projector``); the paper found decoder + projector heal
 best. The export merges the LoRA into a standard checkpoint and keeps the adapter beside it.
+
+Data: manifests, or for a plain LLM text files (``.txt``) and Hugging Face text datasets, read as
+every stage reads them (:func:`speechprune.data.sources.load_data`).
+
+A pruned GGUF file (``speechprune prune --format gguf``) heals like a folder: its
+``speechprune.pruning.*`` metadata names the receiving layers, as ``pruning.json`` does in a folder.
+``--format gguf`` (or an ``--out`` ending in ``.gguf``) writes the healed model back as a GGUF file:
+the tensors healing did not change copied as stored, the changed ones as Q8_0 or F16
+(:mod:`speechprune.heal_gguf`, which also says why the record lives in the file's metadata).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from accelerate import PartialState
 from torch import nn
 
 from speechprune.config import save_config
-from speechprune.console import show
-from speechprune.data.manifest import load_manifests
+from speechprune.console import show, table
+from speechprune.data.sources import load_data, require_audio
 from speechprune.errors import UserError
-from speechprune.files import claims_output, read_json, staged_dir, write_json
+from speechprune.files import RUN_MARKER, claims_output, read_json, run_signature, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
 from speechprune.model.interface import LoadedModel, load_model
 from speechprune.options.heal import TARGETS, HealConfig  # noqa: F401  (re-exported)
@@ -44,13 +54,43 @@ def healing_layers(kept: list[int], original_num_layers: int) -> list[int]:
     return sorted(receiving)
 
 
+def pruning_of(model: str | Path) -> dict | None:
+    """What ``speechprune prune`` recorded of ``model``: a directory's ``pruning.json``, or a GGUF
+    file's ``speechprune.pruning.*`` metadata (in pruning.json's terms); None if nothing."""
+    from speechprune.model.gguf import gguf_path, is_gguf
+
+    if is_gguf(str(model)):
+        from speechprune.prune.gguf_export import read_pruning_record
+
+        return read_pruning_record(gguf_path(str(model)))
+    path = Path(model) / "pruning.json"
+    return read_json(path) if path.is_file() else None
+
+
 def receiving_layers_of(model_dir: str | Path) -> list[int]:
-    """:func:`healing_layers` of a directory written by ``speechprune prune``."""
-    path = Path(model_dir) / "pruning.json"
-    if not path.is_file():
+    """:func:`healing_layers` of a directory or GGUF file written by ``speechprune prune``."""
+    pruning = pruning_of(model_dir)
+    if pruning is None:
+        from speechprune.model.gguf import is_gguf
+
+        if is_gguf(str(model_dir)):
+            raise UserError(f"{model_dir}: a GGUF file without a pruning record (speechprune.pruning.* metadata, "
+                            "written by speechprune prune --format gguf), so no receiving layers; use --target "
+                            "all-mlp or all-linear")
         raise UserError(f"{model_dir}: no pruning.json, so no receiving layers; use --target all-mlp or all-linear")
-    pruning = read_json(path)
     return healing_layers(pruning["kept"], pruning["original_num_layers"])
+
+
+def healing_data(config: HealConfig, model: LoadedModel) -> list:
+    """The utterances of every ``--data`` (manifests, text files, text datasets), refused in one
+    line when they are text only and the model heals on speech."""
+    utterances = []
+    for source in config.data:
+        read = load_data(source, text_column=config.text_column, split=config.split, skip_bad=config.skip_bad)
+        if "speech" in model.sources:
+            require_audio(read, source, f"healing {model.path} (a model with speech input)")
+        utterances.extend(read)
+    return utterances
 
 
 def lora_targets(decoder: nn.Module, target: str, receiving: list[int] | None = None) -> list[str]:
@@ -100,14 +140,23 @@ def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
         model.causal_lm = model.causal_lm.merge_and_unload()
 
 
-@claims_output("heal", resumable=True)
+@claims_output("heal", resumable=lambda config: not config.writes_gguf,
+               directory=lambda config: not config.writes_gguf)
 def heal(config: HealConfig) -> Path:
-    """LoRA-heal a pruned model on --data and export it (LoRA merged, adapter kept)."""
+    """LoRA-heal a pruned model on --data and export it (LoRA merged, adapter kept); a pruned GGUF
+    file also into a GGUF file (--format gguf, or an --out ending in .gguf)."""
     out = Path(config.out)
-    model = load_model(config.model, loading=config.loading)
+    gguf_plan = None
+    if config.writes_gguf:
+        from speechprune import heal_gguf
+
+        gguf_plan = heal_gguf.plan(config.model)  # refuses what it cannot write back, before any work
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
+    model = load_model(config.model, loading=config.loading)
     targets = lora_targets(model.causal_lm, config.target, receiving)
-    utterances = load_manifests(config.data, skip_bad=config.skip_bad)
+    utterances = healing_data(config, model)
+    if gguf_plan is not None:
+        return _heal_into_gguf(config, gguf_plan, model, utterances, targets, receiving)
     results = heal_model(model, utterances, targets, out, config.steps, config.lr, config.rank,
                          config.alpha, config.projector, config.batch_size, config.seed, config.resume,
                          config.grad_accum, config.checkpoint_every)
@@ -120,9 +169,9 @@ def heal(config: HealConfig) -> Path:
         else:
             merge_lora(model, adapter_dir=staging / "adapters" / "decoder")
             model.save_pruned(staging)
-        pruning = Path(config.model) / "pruning.json"
-        if pruning.is_file():
-            write_json(staging / "pruning.json", read_json(pruning))
+        pruning = pruning_of(config.model)
+        if pruning is not None:
+            write_json(staging / "pruning.json", pruning)
         write_json(staging / "heal.json", {"target": config.target, "lora_modules": targets,
                                            "receiving_layers": receiving, "projector_trained": config.projector,
                                            "stages": results})
@@ -130,4 +179,40 @@ def heal(config: HealConfig) -> Path:
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
                        f"{' and the projector' if config.projector else ''} -> {out}",
                        [StageResult(**stage) for stage in results]))
+    return out
+
+
+def _heal_into_gguf(config: HealConfig, gguf_plan, model: LoadedModel, utterances: list, targets: list[str],
+                    receiving: list[int] | None) -> Path:
+    """Heal a GGUF model and write it back as the GGUF file --out (:mod:`speechprune.heal_gguf`).
+    The training's checkpoints live in a hidden folder beside --out, ``.NAME.heal``, which a
+    killed run resumes from (same settings) and a finished one removes."""
+    from speechprune import heal_gguf
+
+    out = Path(config.out)
+    work = out.parent / f".{out.name}.heal"
+    state = PartialState()
+    if state.is_main_process:
+        signature = run_signature("heal", config)
+        marker = work / RUN_MARKER
+        if not (config.resume and marker.is_file() and read_json(marker).get("signature") == signature):
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            write_json(marker, {"signature": signature})
+    state.wait_for_everyone()
+    results = heal_model(model, utterances, targets, work, config.steps, config.lr, config.rank, config.alpha,
+                         False, config.batch_size, config.seed, config.resume, config.grad_accum,
+                         config.checkpoint_every)
+    if not state.is_main_process:
+        return out
+    bases = heal_gguf.lora_base_layers(model.causal_lm)
+    merge_lora(model)
+    changed = heal_gguf.changed_weight_names(model.causal_lm, bases)
+    record = {"target": config.target, "rank": config.rank, "alpha": config.alpha, "steps": config.steps,
+              "lr": config.lr, "data": list(config.data), "receiving_layers": receiving, "stages": results}
+    result = heal_gguf.export(gguf_plan, model, changed, record, out, config.gguf_type)
+    shutil.rmtree(work, ignore_errors=True)
+    show(train_summary(f"heal: LoRA r={config.rank} on {config.target} -> {out}",
+                       [StageResult(**stage) for stage in results]),
+         table("healed GGUF file", ("", ""), heal_gguf.summary_rows(result), header=False))
     return out

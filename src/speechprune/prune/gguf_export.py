@@ -174,7 +174,33 @@ def _record_fields(pruning: dict[str, Any], source: Path) -> dict[str, tuple[Any
     }
     if pruning["removed"]:
         fields["removed_layers"] = ([int(i) for i in pruning["removed"]], T.ARRAY, T.UINT32)
+    kept = [i for i in range(int(pruning["original_num_layers"])) if i not in set(pruning["removed"])]
+    fields["kept_layers"] = (kept, T.ARRAY, T.UINT32)  # original indices, in order (never empty)
     return {RECORD_PREFIX + key: value for key, value in fields.items()}
+
+
+def read_pruning_record(path: Path) -> dict[str, Any] | None:
+    """The pruning a GGUF file written by this export records (its ``speechprune.pruning.*`` keys),
+    in ``pruning.json``'s terms: ``removed``, ``kept`` (original indices), ``original_num_layers``,
+    ``num_layers``, ``strategy``, ``chosen_by``, ``source``. None when the file has no record (it
+    was not pruned by speechprune); a record that contradicts the file's block count is one line.
+    Files written before ``kept_layers`` was recorded get it from the original count less the removed."""
+    reader, header = read_header(path)
+    fields = {key[len(RECORD_PREFIX):]: entry for key, entry in reader.fields.items() if key.startswith(RECORD_PREFIX)}
+    if "original_block_count" not in fields:
+        return None
+    original = int(fields["original_block_count"].contents())
+    removed = [int(i) for i in fields["removed_layers"].contents()] if "removed_layers" in fields else []
+    kept = ([int(i) for i in fields["kept_layers"].contents()] if "kept_layers" in fields
+            else [i for i in range(original) if i not in set(removed)])
+    if len(kept) != header.block_count or sorted(set(kept) | set(removed)) != list(range(original)):
+        raise UserError(f"{path}: its speechprune.pruning record (kept {len(kept)} of {original} layers, removed "
+                        f"{len(removed)}) does not fit its {header.architecture}.block_count {header.block_count}")
+    chosen_by = json.loads(str(fields["chosen_by"].contents())) if "chosen_by" in fields else {}
+    return {"removed": removed, "kept": kept, "original_num_layers": original, "num_layers": len(kept),
+            "strategy": chosen_by.get("strategy"), "chosen_by": chosen_by,
+            "source": str(fields["source"].contents()) if "source" in fields else None,
+            "record": "GGUF metadata speechprune.pruning.*"}
 
 
 def write_pruned(gguf_plan: GGUFPlan, removed: list[int], pruning: dict[str, Any], target: Path) -> dict[str, Any]:
