@@ -29,6 +29,7 @@ from speechprune.config import require, save_config
 from speechprune.data import grammar
 from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.files import claims_output, staged_dir, write_json
+from speechprune.model.device import resolve_device
 from speechprune.model.speechllm import LANGUAGE_NAMES, ModelConfig, SpeechLLM
 from speechprune.model.text import text_batch
 from speechprune.options.base_llm import BaseLLMConfig
@@ -116,6 +117,7 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
     with the dev-perplexity curve (``curve.json``, ``curve.png``). Training checkpoints go to
     ``OUT/checkpoints`` (a killed run resumes from them); the finished checkpoint replaces OUT whole."""
     out = Path(config.out)
+    resolve_device(config.device)  # a device this machine lacks: one line, before any work
     exclude = {u.target for u in load_manifests(config.exclude)} | {u.text for u in load_manifests(config.exclude)} \
         if config.exclude else set()
     train_texts = grammar_texts(config.sentences, config.seed, config.languages, exclude)
@@ -151,7 +153,7 @@ def pretrain_base_llm(config: BaseLLMConfig) -> Path:
     started = time.perf_counter()
     model.train()
     results = run_stages(model, _as_utterances(train_documents, "text"), {"text-lm": stage}, loop, out,
-                         make_accelerator(loop, out), on_log=measure)
+                         make_accelerator(loop, out, config.device), on_log=measure)
     model.eval()
     # a resumed run measured only its own part of the curve: the stage history has all of it
     curve = [{"step": r["step"], "dev_ppl": r["dev_ppl"]} for r in results[0].history if "dev_ppl" in r]

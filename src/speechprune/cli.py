@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechprune.config import argv_to_dotlist, build_config, describe_options
+from speechprune.config import argv_to_dotlist, build_config, describe_options, shipped_configs
 from speechprune.errors import UserError
 
 
@@ -154,7 +154,8 @@ def _help(name: str, config_cls: type) -> str:
     usage = f"usage: speechprune {name} [options]" + (f" {positional.upper()} ..." if positional else "")
     lines = [usage, "", doc, "",
              "options: --name value, --name=value or name=value (hyphens or underscores alike; "
-             "lists comma-separated; --config FILE.yaml first, options after it win)"]
+             "lists comma-separated; --config FILE.yaml first, options after it win)",
+             "shipped configs, taken by name (--config NAME): " + ", ".join(shipped_configs())]
     for option_name, default, text in describe_options(config_cls):
         lines.append(f"  --{option_name:<28} {text} [default: {default}]")
     return "\n".join(lines)

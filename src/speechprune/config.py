@@ -140,7 +140,7 @@ def argv_to_dotlist(cls: type, argv: list[str]) -> tuple[list[str], str | None]:
                 i += 1
             if key == "config":
                 if value is None:
-                    raise UserError("--config needs a YAML file")
+                    raise UserError("--config needs a YAML file or a shipped config's name")
                 config_file = value
                 i += 1
                 continue
@@ -185,14 +185,38 @@ def _explain(error: OmegaConfBaseException) -> str:
     return f"{flag}: {message}"
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"  # the YAML files that ship with the package
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped configs (``train-on-smollm2``, ...), for ``--config NAME``."""
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def config_path(config_file: str) -> Path:
+    """The YAML file ``--config`` names: a file that exists wins; else a shipped config by its
+    name, with or without ``.yaml`` (``--config train-on-smollm2``). Anything else is one line
+    naming the shipped configs."""
+    path = Path(config_file)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise UserError(f"--config {config_file}: a directory, not a YAML file")
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and (SHIPPED_CONFIGS / f"{name}.yaml").is_file():
+        return SHIPPED_CONFIGS / f"{name}.yaml"
+    names = shipped_configs()
+    raise UserError(f"config file not found: {config_file} (neither a file nor a shipped config: "
+                    f"{', '.join(names) or 'none'}){did_you_mean(name, names)}")
+
+
 def build_config(cls: type[T], dotlist: list[str] = (), config_file: str | None = None) -> T:
-    """Defaults <- YAML file <- dotted overrides, validated into an instance of ``cls``."""
+    """Defaults <- YAML file <- dotted overrides, validated into an instance of ``cls``.
+    ``config_file`` is a path, or the name of a shipped config (:func:`config_path`)."""
     try:
         merged = OmegaConf.structured(cls)
         if config_file is not None:
-            if not Path(config_file).is_file():
-                raise UserError(f"config file not found: {config_file}")
-            merged = OmegaConf.merge(merged, OmegaConf.load(config_file))
+            merged = OmegaConf.merge(merged, OmegaConf.load(config_path(config_file)))
         if dotlist:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(dotlist)))
         missing = sorted(OmegaConf.missing_keys(merged))
@@ -211,8 +235,14 @@ def to_yaml(config: Any) -> str:
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write ``config`` as it ran: a command's ``--device`` (``auto`` and all) as the device it
+    resolved to (:func:`speechprune.model.device.as_run`, which refuses one this machine lacks)."""
     from speechprune.files import write_text
 
+    if dataclasses.is_dataclass(config) and any(f.name == "device" for f in dataclasses.fields(config)):
+        from speechprune.model.device import as_run  # torch: only a command that loads a model has --device
+
+        config = as_run(config)
     write_text(path, to_yaml(config))
 
 

@@ -63,19 +63,20 @@ def demo(config: DemoConfig) -> Path:
         stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
                                  proj_steps=recipe.proj_steps, token_ctc_vocabulary=recipe.token_ctc_vocabulary)
         model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
+    placed = {"dtype": config.dtype, "device": config.device}  # every step that reads or heals a model
     timer.run("train", model_dir / "speechllm.json", lambda: train(TrainConfig(
-        train=[train_manifest], out=str(model_dir), stages=stages, model=model,
+        train=[train_manifest], out=str(model_dir), stages=stages, model=model, device=config.device,
         loop=LoopConfig(lora=LoraConfig(rank=16, alpha=32), mixed_precision=recipe.mixed_precision))))
     timer.run("eval", out / "eval" / "metrics.json",
-              lambda: evaluate(EvalConfig(model=str(model_dir), data=tests, out=str(out / "eval"))))
+              lambda: evaluate(EvalConfig(model=str(model_dir), data=tests, out=str(out / "eval"), **placed)))
     ScanConfig, scan = _optional("speechprune.scan.run", "ScanConfig", "scan")
     dev = str(corpus / "asr-en.dev.jsonl")
     timer.run("scan", out / "scan" / "scan.json", lambda: scan(ScanConfig(
-        model=str(model_dir), data=dev, input="both", layout="task", out=str(out / "scan"))))
+        model=str(model_dir), data=dev, input="both", layout="task", out=str(out / "scan"), **placed)))
     scans, labels = [str(out / "scan")], ["speechllm/speech", "speechllm/text"]
     if not config.tiny:  # the base LLM reads the same sequences (task layout), for what it passes on
         timer.run("scan base LLM", out / "scan-base" / "scan.json", lambda: scan(ScanConfig(
-            model=config.base_llm, data=dev, input="text", layout="task", out=str(out / "scan-base"))))
+            model=config.base_llm, data=dev, input="text", layout="task", out=str(out / "scan-base"), **placed)))
         scans, labels = [str(out / "scan-base"), *scans], ["base/text", *labels]
     CompareConfig, compare = _optional("speechprune.scan.compare", "CompareConfig", "compare")
     timer.run("compare", out / "compare" / "compare.json",
@@ -85,14 +86,14 @@ def demo(config: DemoConfig) -> Path:
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],
         fractions=list(recipe.fractions), strategies=config.strategies, heal=config.heal,
         heal_steps=recipe.heal_steps, prefill_only=config.prefill_only, max_test_utterances=config.test_utterances,
-        out=str(out / "sweep"))))
+        out=str(out / "sweep"), **placed)))
     if not config.tiny:  # what PruneMe and ShortGPT users do: the base LLM alone, pruned, perplexity on text.
         # Unhealed: healing on the corpus's own sentences teaches the LLM their grammar, which is not recovery
         # (measured: 3 layers removed and 40 steps took perplexity from the unpruned 1,004 to 333)
         timer.run("sweep base LLM", out / "sweep-base" / "summary.json", lambda: sweep(SweepConfig(
             model=config.base_llm, scan=str(out / "scan-base"), train=[train_manifest], test=tests[:1],
             metric="perplexity", fractions=list(recipe.fractions), strategies=config.strategies, heal=["none"],
-            out=str(out / "sweep-base"))))
+            out=str(out / "sweep-base"), **placed)))
     timer.save()  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
     stderr().rule("[bold]report")  # always rebuilt: it is fast and reflects every step above

@@ -27,7 +27,8 @@ from speechprune.data.manifest import Utterance
 from speechprune.data.sources import load_data, require_audio
 from speechprune.files import claims_output, staged_dir, write_json, write_text
 from speechprune.model.decoder import sequence_log_losses
-from speechprune.model.interface import DTYPES, LoadedModel, load_model
+from speechprune.model.device import resolve_device
+from speechprune.model.interface import LoadedModel, load_model
 from speechprune.options.evaluate import METRICS, EvalConfig  # noqa: F401  (re-exported)
 
 WER_NORMALISER = jiwer.Compose([
@@ -207,12 +208,6 @@ def measure(model: LoadedModel, utterances: list[Utterance], metric: str, batch_
     return decode(model, utterances, batch_size, progress=progress, **decoding)
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 @claims_output("eval")
 def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
     """Evaluate a model (any kind load_model opens) on each test set: decode it and score WER, BLEU
@@ -220,11 +215,12 @@ def evaluate(config: EvalConfig) -> dict[str, EvalResult]:
     references. Writes per test set the hypotheses and references (<manifest>.hypotheses.jsonl)
     or each utterance's loss and token count (<manifest>.losses.jsonl), and one metrics.json; every
     metric with its 95% bootstrap interval over utterances and its counts."""
+    device = resolve_device(config.device)  # a device this machine lacks: one line, before any work
     test_sets = {}
     for path in config.data:
         utterances = load_data(path, check_audio=True, skip_bad=config.skip_bad)
         test_sets[test_set_name(path)] = utterances[: config.max_utterances]
-    model = load_model(config.model, device=resolve_device(config.device), dtype=DTYPES[config.dtype],
+    model = load_model(config.model, device=device, dtype=config.dtype, device_map=config.device_map,
                        loading=config.loading)
     metric = resolve_metric(config.metric, model)
     if "speech" in model.sources:  # a speech model listens, whether it decodes or is scored

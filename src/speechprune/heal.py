@@ -121,13 +121,15 @@ def heal_model(model: LoadedModel, utterances: list, targets: list[str], out: Pa
     if projector and getattr(model, "speechllm", None) is None:
         raise UserError(f"--projector: {model.path} is a {model.kind}; only a SpeechLLM directory has a projector "
                         "this toolkit trains")
-    loop = LoopConfig(batch_size=batch_size, seed=seed, grad_accum=grad_accum, checkpoint_every=checkpoint_every)
+    device = next(model.module.parameters()).device  # heal where the model was loaded (--device)
+    loop = LoopConfig(batch_size=batch_size, seed=seed, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
+                      cpu=device.type == "cpu")
     loop.lora.rank, loop.lora.alpha, loop.lora.decoder_targets = rank, alpha, targets
     stage = StageConfig(steps=steps, input="speech" if "speech" in model.sources else "text", encoder="frozen",
                         decoder="lora", projector="full" if projector else "frozen", lr=lr)
     out.mkdir(parents=True, exist_ok=True)
     model.module.train()
-    results = run_stages(model, utterances, {"heal": stage}, loop, out, make_accelerator(loop, out), resume)
+    results = run_stages(model, utterances, {"heal": stage}, loop, out, make_accelerator(loop, out, device), resume)
     model.module.eval()
     return [result.__dict__ for result in results]
 
@@ -152,7 +154,7 @@ def heal(config: HealConfig) -> Path:
 
         gguf_plan = heal_gguf.plan(config.model)  # refuses what it cannot write back, before any work
     receiving = receiving_layers_of(config.model) if config.target == "receiving-mlp" else None
-    model = load_model(config.model, loading=config.loading)
+    model = load_model(config.model, dtype=config.dtype, device=config.device, loading=config.loading)
     targets = lora_targets(model.causal_lm, config.target, receiving)
     utterances = healing_data(config, model)
     if gguf_plan is not None:

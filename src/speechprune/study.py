@@ -162,12 +162,17 @@ def _base_llm(config: StudyConfig, out: Path, corpus: Path, decoder: NamedConfig
     timer.run(f"base LLM {decoder.name}", path / "curve.json", lambda: pretrain_base_llm(BaseLLMConfig(
         out=str(path), languages=list(config.languages), sentences=b.sentences, dev_sentences=b.dev_sentences,
         exclude=held_out, decoder=DecoderConfig(config=dict(decoder.config)), steps=b.steps, lr=b.lr,
-        batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config))), "base LLMs")
+        batch_size=b.batch_size, eval_every=b.eval_every, loop=_loop(config), device=config.device)), "base LLMs")
     return str(path)
 
 
 def _loop(config: StudyConfig) -> LoopConfig:
     return dataclasses.replace(config.loop, lora=dataclasses.replace(config.loop.lora))
+
+
+def _placed(config: StudyConfig) -> dict:
+    """--dtype and --device of every step that reads or heals a model (evaluations, scans, sweeps)."""
+    return {"dtype": config.dtype, "device": config.device}
 
 
 def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...],
@@ -181,8 +186,9 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
                 "num_key_value_heads": 2}
     timer.run(f"encoder warm-up {path.name}", path / "speechllm.json", lambda: train(TrainConfig(
         train=[str(_manifest(corpus, f"asr-{lang}", "train")) for lang in languages], out=str(path), stages=stages,
-        loop=_loop(config), model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
-                                              decoder=DecoderConfig(config=stand_in)))), "encoder warm-ups")
+        loop=_loop(config), device=config.device, model=ModelConfig(encoder=EncoderConfig(config=dict(encoder.config)),
+                                                                    decoder=DecoderConfig(config=stand_in)))),
+        "encoder warm-ups")
     if not (path / "ctc_cer.json").exists():  # how well the warmed-up encoder hears, alone
         dev = load_manifests([str(_manifest(corpus, f"asr-{lang}", "dev")) for lang in languages])
         dev = dev[: config.evaluation.scan_utterances]
@@ -202,7 +208,8 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
                              proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
     timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json", lambda: train(TrainConfig(
         train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path), encoder_from=str(warm),
-        stages=stages, loop=loop, model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector))),
+        stages=stages, loop=loop, model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector),
+        device=config.device)),
         "SpeechLLM training")
     return path
 
@@ -211,17 +218,18 @@ def _evaluate(config: StudyConfig, corpus: Path, condition: Condition, model: Pa
     path = model.parent / "eval"
     timer.run(f"eval {condition.name}", path / "metrics.json", lambda: evaluate(EvalConfig(
         model=str(model), data=[str(_manifest(corpus, t, "test")) for t in condition.tasks], out=str(path),
-        max_utterances=config.evaluation.test_utterances, max_new_tokens=config.evaluation.max_new_tokens)),
+        max_utterances=config.evaluation.test_utterances, max_new_tokens=config.evaluation.max_new_tokens,
+        **_placed(config))),
         "evaluations")
     return path
 
 
 def _scan(model: Path | str, data: Path, path: Path, input: str, utterances: int, label: str, plots: bool,
-          timer: StepTimes) -> Path:
+          timer: StepTimes, placed: dict | None = None) -> Path:
     # layout task: the SpeechLLM's own sequences, so base and SpeechLLM read the same
     timer.run(f"scan {label}", path / "scan.json", lambda: scan(ScanConfig(
         model=str(model), data=str(data), out=str(path), input=input, max_utterances=utterances, bootstrap=0,
-        regions=["all", "last"], plots=plots, layout="task")), "scans")
+        regions=["all", "last"], plots=plots, layout="task", **(placed or {}))), "scans")
     return path
 
 
@@ -241,7 +249,7 @@ def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path:
         test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path), fractions=list(e.fractions),
         strategies=["angular"], heal=heal, heal_steps=e.heal_steps, input="speech", region=REGION,
         max_test_utterances=e.test_utterances, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop,
-        reuse=[str(p) for p in reuse], stop_line=stop_line)),
+        reuse=[str(p) for p in reuse], stop_line=stop_line, **_placed(config))),
         "sweeps")
     return read_json(path / "summary.json")
 
@@ -276,12 +284,13 @@ def study(config: StudyConfig) -> dict:
         metrics = read_json(_evaluate(config, corpus, condition, model, timer) / "metrics.json")
         data = _mixed_manifest(out, corpus, condition.tasks, "dev",
                                None if len(condition.tasks) == 1 else max(1, e.scan_utterances // len(condition.tasks)))
-        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots, timer)
+        scan_dir = _scan(model, data, folder / "scan", "both", e.scan_utterances, condition.name, config.plots, timer,
+                         _placed(config))
         key = (condition.decoder, condition.tasks)
         if key not in base_scans:
             base_scans[key] = _scan(base, data, out / "base" / condition.decoder / f"scan-{'+'.join(condition.tasks)}",
                                     "text", e.scan_utterances, f"base {condition.decoder} on text", config.plots,
-                                    timer)
+                                    timer, _placed(config))
         scanned = ScanResult.load(scan_dir)
         labels = [f"base/{input}" for input in ScanResult.load(base_scans[key]).inputs]
         labels += [f"speechllm/{input}" for input in scanned.inputs]

@@ -105,7 +105,7 @@ def pruned_model(config: SweepConfig, scan: dict, strategy: str, fraction: float
     takes (same choice, same surgery, same refusals). The baseline (fraction 0) removes nothing;
     ``prefill_only`` chooses the same layers but leaves the model whole (they are skipped while the
     prefix is read)."""
-    model = load_model(config.model, device="cuda" if torch.cuda.is_available() else "cpu", loading=config.loading)
+    model = load_model(config.model, dtype=config.dtype, device=config.device, device_map=config.device_map, loading=config.loading)
     # at fraction 0 every strategy removes nothing; "last" is the one that reads nothing from the scan
     selection = Selection(strategy=strategy if fraction else "last", fraction=fraction, scan=scan,
                           scan_path=config.scan, input=config.input, region=config.region)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import random
 import shutil
 import sys
@@ -47,6 +48,7 @@ from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import next_token_loss
+from speechprune.model.device import resolve_device
 from speechprune.model.interface import LoadedModel
 from speechprune.model.kinds import SpeechLLMModel
 from speechprune.model.speechllm import SpeechLLM, decoder_texts
@@ -297,8 +299,14 @@ class StageResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_accelerator(loop: LoopConfig, out: Path) -> Accelerator:
-    on_cpu = loop.cpu or not torch.cuda.is_available()
+def make_accelerator(loop: LoopConfig, out: Path, device: str | torch.device = "auto") -> Accelerator:
+    """The Accelerator of a training run: on the CPU with ``loop.cpu`` or ``device`` cpu (or no GPU),
+    else on ``device`` (``cuda:N``: that GPU; under accelerate launch each process takes its own),
+    in ``loop.mixed_precision``. A device this machine lacks is a one-line error."""
+    placed = resolve_device("cpu" if loop.cpu else device)
+    on_cpu = placed.type == "cpu"
+    if not on_cpu and placed.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        torch.cuda.set_device(placed.index)  # Accelerate trains on the current CUDA device
     if on_cpu and loop.mixed_precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         note("bf16 on this CPU is emulated (no AVX512-BF16 or AMX): about 7x slower than float32 here "
              "(BENCHMARKS.md, bf16); --loop.mixed-precision no trains faster")
@@ -568,6 +576,7 @@ def train(config: TrainConfig) -> Path:
     OUT becomes a SpeechLLM directory, with ``config.yaml`` (the resolved configuration) and
     ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files."""
     out = Path(config.out)
+    resolve_device(config.device)  # a device this machine lacks: one line, before any work
     utterances = load_manifests(config.train, skip_bad=config.skip_bad)
     seed_everything(config.loop.seed)
     if config.init:
@@ -583,7 +592,7 @@ def train(config: TrainConfig) -> Path:
     # without an order it would run those as well
     config = dataclasses.replace(config, stage_order=list(config.ordered_stages()))
     save_config(config, out / "config.yaml")
-    accelerator = make_accelerator(config.loop, out)
+    accelerator = make_accelerator(config.loop, out, config.device)
     model.train()
     results = run_stages(model, utterances, config.ordered_stages(), config.loop, out, accelerator, config.resume)
     fingerprints = replica_fingerprints(model, accelerator)

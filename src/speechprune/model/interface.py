@@ -18,13 +18,11 @@ from pathlib import Path
 import torch
 
 from speechprune.errors import UserError
+from speechprune.model.device import DTYPES, resolve_device, torch_dtype  # noqa: F401  (DTYPES: re-exported)
 from speechprune.model.loaded import LoadedModel
 from speechprune.model.safety import SAFE, LoadingPolicy
-from speechprune.options.model import DTYPE_NAMES
 
 __all__ = ["LoadedModel", "load_model", "supported_config_classes"]
-
-DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype -> the torch dtype
 # what the hub takes as a model id: "name" or "org/name", letters, digits, "-", "_", "."
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -35,14 +33,21 @@ def supported_config_classes() -> list[str]:
     return sorted(cls.__name__ for cls in FAMILIES)
 
 
-def load_model(path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+def load_model(path: str, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
                device_map: str | None = None, loading: LoadingPolicy = SAFE) -> LoadedModel:
     """Open ``path`` (a local directory, a hub id, a ``.gguf`` file or the short name of a GGUF LLM)
     as the kind it is: a SpeechLLM directory, a supported Hugging Face speech-LLM family, a plain
     causal LM, or a GGUF causal LM (dequantised once into a cache). ``loading`` says whether its
-    own code may run and pickled weights may load (:class:`~speechprune.model.safety.LoadingPolicy`)."""
+    own code may run and pickled weights may load (:class:`~speechprune.model.safety.LoadingPolicy`).
+    ``dtype`` and ``device`` as torch takes them or as --dtype and --device spell them (``auto``:
+    the checkpoint's own dtype; the GPU when there is one), a device this machine lacks refused in
+    one line (:func:`~speechprune.model.device.resolve_device`); ``device_map="auto"`` spreads the
+    model over the devices there are (``device`` is then unused)."""
     from speechprune.model.gguf import is_gguf
     from speechprune.model.speechllm import is_speechllm_dir
+
+    dtype, device_map = torch_dtype(dtype), device_map or None
+    device = resolve_device(device)
 
     if is_gguf(path):
         from speechprune.model.kinds import GGUFModel

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from speechprune.config import option, require
 from speechprune.options.data import LANGUAGES
-from speechprune.options.model import DEFAULT_PROMPTS, DecoderConfig
-from speechprune.options.train import LoopConfig
+from speechprune.options.model import DEFAULT_PROMPTS, DecoderConfig, device_option, dtype_option
+from speechprune.options.train import TRAIN_DEVICE_HELP, TRAIN_DTYPE_HELP, LoopConfig, train_placement
 
 
 @dataclass
@@ -32,6 +32,8 @@ class BaseLLMConfig:
     eval_every: int = option(100, help="steps between dev-perplexity measurements")
     loop: LoopConfig = option(LoopConfig(checkpoint_every=500))
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
+    dtype: str | None = dtype_option(None, help=TRAIN_DTYPE_HELP)
+    device: str = device_option(help=TRAIN_DEVICE_HELP)
 
     def __post_init__(self):
         require(len(self.languages) > 0, "--languages is empty")
@@ -42,3 +44,4 @@ class BaseLLMConfig:
         require(self.sentences_per_document >= 1, "--sentences-per-document must be >= 1")
         require(0 <= self.repeat_probability < 1, "--repeat-probability must be in [0, 1)")
         require(self.decoder.pretrained is None, "the base LLM is built here: leave decoder.pretrained empty")
+        train_placement(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.model import SHORT_NAMES_HELP
+from speechprune.options.model import SHORT_NAMES_HELP, check_placement, device_option, dtype_option
 from speechprune.options.train import MODES, TOKEN_CTC_VOCABULARIES
 
 
@@ -63,8 +63,12 @@ class DemoConfig:
     test_utterances: int | None = option(None, help="in-domain test utterances per sweep cell (empty: all, the "
                                                     "evaluation's: the sweep's baseline is then the evaluated one)")
     overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
+    dtype: str = dtype_option(help="the dtype the evaluation, the scans and the sweeps (healing included) load "
+                                   "their models in; training's precision is --mixed-precision")
+    device: str = device_option(help="where every step runs (auto: the GPU when there is one)")
 
     def __post_init__(self):
+        check_placement(self)
         require_choice(self.decoder, MODES, "--decoder")
         if self.mixed_precision is not None:
             require_choice(self.mixed_precision, ("bf16", "no"), "--mixed-precision")

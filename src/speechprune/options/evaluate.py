@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.model import DTYPE_NAMES, LoadingPolicy
+from speechprune.options.model import LoadingPolicy, check_placement, device_map_option, device_option, dtype_option
 
 METRICS = ("auto", "decode", "perplexity")
 
@@ -25,14 +25,15 @@ class EvalConfig:
     batch_size: int = option(16, help="utterances decoded together")
     max_new_tokens: int = option(160, help="stop after this many generated tokens (<eos> stops earlier)")
     num_beams: int = option(1, help="1 = greedy")
-    dtype: str = option("float32", help="float32 | bfloat16 | float16")
-    device: str = option("auto", help="auto | cpu | cuda | cuda:N")
+    dtype: str = dtype_option()
+    device: str = device_option()
+    device_map: str | None = device_map_option()
     max_utterances: int | None = option(None, help="evaluate only the first N utterances")
     loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
     overwrite: bool = option(False, help="replace an existing --out")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
 
     def __post_init__(self):
-        require_choice(self.dtype, DTYPE_NAMES, "--dtype")
+        check_placement(self)
         require_choice(self.metric, METRICS, "--metric")
         require(self.batch_size >= 1 and self.num_beams >= 1, "--batch-size and --num-beams must be >= 1")

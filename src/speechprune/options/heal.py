@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.model import LoadingPolicy
+from speechprune.options.model import LoadingPolicy, check_placement, device_option, dtype_option
 
 TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
 GGUF_TYPES = ("q8_0", "f16")  # what a GGUF --out stores the healed tensors as (heal_gguf.py)
@@ -40,6 +40,9 @@ class HealConfig:
                                       "into a GGUF file: untouched tensors copied as stored, healed ones written as "
                                       "--gguf-type) | auto (gguf when --out ends in .gguf)")
     gguf_type: str = option("q8_0", help="q8_0 | f16: the type of the tensors healing changed, in a GGUF --out")
+    dtype: str = dtype_option(help="the dtype the pruned model is loaded, healed and saved in (the LoRA "
+                                   "adapters train in float32 and are merged into it)")
+    device: str = device_option(help="where healing runs (auto: the GPU when there is one)")
 
     def __post_init__(self):
         require_choice(self.target, TARGETS, "--target")
@@ -53,6 +56,7 @@ class HealConfig:
         require(self.format != "gguf" or self.out.lower().endswith(".gguf"),
                 f"--format gguf writes a file: give an --out ending in .gguf, not {self.out}")
         require(self.gguf_type in GGUF_TYPES, f"--gguf-type must be {' or '.join(GGUF_TYPES)}, not {self.gguf_type!r}")
+        check_placement(self)
 
     @property
     def writes_gguf(self) -> bool:

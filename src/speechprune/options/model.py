@@ -1,19 +1,27 @@
 """Configuration of the model stage: how a SpeechLLM is built (:class:`ModelConfig` and its parts),
-what a model from elsewhere may do while it loads (:class:`LoadingPolicy`), and the names of the
-layouts, regions and dtypes that the commands' options take."""
+what a model from elsewhere may do while it loads (:class:`LoadingPolicy`), the names of the
+layouts, regions and dtypes that the commands' options take, and the options that say where and in
+what precision every model-loading command runs (:func:`dtype_option`, :func:`device_option`,
+:func:`device_map_option`, checked by :func:`check_placement`; resolved on the device by
+:func:`speechprune.model.device.resolve_device`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
+from typing import Any
 
-from speechprune.config import option, require
+from speechprune.config import option, require, require_choice
 
 # the decoder's input layouts and their regions (model/layout.py)
 REGIONS = ("speech", "prompt", "target", "last", "all")
 LAYOUTS = ("task", "plain")
 LAYOUT_REGIONS = {"task": REGIONS, "plain": ("last", "all")}
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # --dtype of the commands that load a model
+DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(:\d+)?")  # --device of the commands that load a model
+# --dtype of the training commands (train, base-llm) is their Accelerate precision
+MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 DEFAULT_PROMPTS = {"asr": "Transcribe speech to text.", "st": "Translate the speech into {target_language}."}
 
 # the LLMs that ship as GGUF files in wheels and open by a short name wherever a causal LM is taken;
@@ -24,6 +32,45 @@ GGUF_SHORT_NAMES = {"smollm2-135m": "SmolLM2-135M-Instruct", "gemma3-270m": "Gem
 #: the short names as the help texts list them
 SHORT_NAMES_HELP = (", ".join(GGUF_SHORT_NAMES) + "; the qwen2.5-coder ones are the Qwen2.5-Coder instruct "
                     "models, tuned for code")
+
+
+def dtype_option(default: str | None = "float32", help: str = "the dtype the model is loaded and run in") -> Any:
+    """``--dtype`` of a command that loads a model: float32 | bfloat16 | float16 (``auto``, the
+    checkpoint's own, where ``default`` is auto). ``help`` says what it means for the command."""
+    choices = " | ".join(DTYPE_NAMES + (("auto",) if default == "auto" else ()))
+    return option(default, help=f"{choices}: {help}")
+
+
+def device_option(help: str = "where the model runs (auto: the GPU when there is one)") -> Any:
+    """``--device`` of a command that loads a model: auto | cpu | cuda | cuda:N; a CUDA device this
+    machine lacks is refused in one line when the command starts."""
+    return option("auto", help=f"auto | cpu | cuda | cuda:N: {help}")
+
+
+def device_map_option(help: str = "") -> Any:
+    """``--device-map`` of a command that only reads a model (scan, eval, sweep without healing);
+    ``help`` adds what it means for the command."""
+    return option(None, help="auto: spread a model too large for one GPU over all GPUs (and the CPU), as "
+                             "accelerate places it; --device is then ignored" + (f" ({help})" if help else ""))
+
+
+def check_placement(config: Any) -> None:
+    """The checks of :func:`dtype_option`, :func:`device_option` and :func:`device_map_option` for
+    a config that has them (called from its ``__post_init__``): the spelling only; whether this
+    machine has the device is :func:`speechprune.model.device.resolve_device`'s to say."""
+    dtype = getattr(config, "dtype", None)
+    if dtype is not None:
+        require_choice(dtype, DTYPE_NAMES + (("auto",) if _default(config, "dtype") == "auto" else ()), "--dtype")
+    device = getattr(config, "device", "auto")
+    require(isinstance(device, str) and DEVICE_SYNTAX.fullmatch(device) is not None,
+            f"--device must be auto, cpu, cuda or cuda:N (N: a GPU's index), not {device!r}")
+    device_map = getattr(config, "device_map", None)
+    require(device_map in (None, "", "auto"), f"--device-map must be auto or empty, not {device_map!r}")
+
+
+def _default(config: Any, name: str) -> Any:
+    field = next((f for f in dataclasses.fields(config) if f.name == name), None)
+    return None if field is None else field.default
 
 
 @dataclass(frozen=True)

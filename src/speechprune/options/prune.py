@@ -9,7 +9,8 @@ from typing import Any
 
 from speechprune.config import option, require, require_choice
 from speechprune.errors import UserError
-from speechprune.options.model import LAYOUTS, SHORT_NAMES_HELP, LoadingPolicy
+from speechprune.options.model import (LAYOUTS, SHORT_NAMES_HELP, LoadingPolicy, check_placement, device_option,
+                                        dtype_option)
 
 DEFAULT_INPUT = "auto"
 DEFAULT_REGION = "all"
@@ -65,7 +66,7 @@ class PruneConfig:
     split: str | None = option(None, help="split of a Hugging Face dataset --data (default: its only split)")
     max_utterances: int = option(0, help="use only the first N utterances of --data (0 = all)")
     batch_size: int = option(8, help="utterances per forward on --data")
-    device: str = option("auto", help="where --data is run: auto | cpu | cuda | cuda:N (the export itself is on CPU)")
+    device: str = device_option(help="where --data is run (the export itself is on CPU)")
     verify: bool = option(True, help="reload the export and check it reproduces the original with the layers "
                                      "skipped (logits, cached decoding)")
     loading: LoadingPolicy = option(LoadingPolicy(), help="what --model may do while it loads")
@@ -73,6 +74,8 @@ class PruneConfig:
     format: str = option("auto", help="hf (a Hugging Face checkpoint directory) | gguf (a GGUF --model pruned into a "
                                       "GGUF file: kept blocks copied in their own quantization) | auto (gguf when "
                                       "--out ends in .gguf)")
+    dtype: str = dtype_option("auto", help="the dtype the model is loaded, measured and exported in (auto: the "
+                                           "checkpoint's own; a .gguf export keeps each block's own quantization)")
 
     def __post_init__(self) -> None:
         require(bool(self.model), "--model is empty")
@@ -99,6 +102,9 @@ class PruneConfig:
         require_choice(self.layout, LAYOUTS + ("auto",), "--layout")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
+        check_placement(self)
+        require(self.dtype == "auto" or not self.writes_gguf,
+                f"--dtype {self.dtype}: a .gguf export copies each kept block in its own quantization; leave --dtype auto")
 
     @property
     def writes_gguf(self) -> bool:

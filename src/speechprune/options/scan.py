@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from speechprune.config import option, require, require_choice, require_choices
-from speechprune.options.model import DTYPE_NAMES, LAYOUTS, REGIONS, LoadingPolicy
+from speechprune.options.model import (LAYOUTS, REGIONS, LoadingPolicy, check_placement, device_map_option,
+                                        device_option, dtype_option)
 
 INPUTS = ("speech", "text")  # what a scan feeds the decoder (scan/scanner.py)
 
@@ -34,9 +35,10 @@ class ScanConfig:
     split: Optional[str] = option(None, help="split of a Hugging Face dataset (default: its only split)")
     batch_size: int = option(8, help="utterances per forward")
     max_utterances: int = option(0, help="scan only the first N utterances of --data (0 = all)")
-    dtype: str = option("float32", help="model dtype: float32 | bfloat16 | float16 (sums are float64 always)")
-    device: str = option("auto", help="auto | cpu | cuda | cuda:N (under accelerate launch: each process's own)")
-    device_map: Optional[str] = option(None, help="'auto' spreads a decoder too large for one GPU over all GPUs")
+    dtype: str = dtype_option(help="the dtype the model runs in (the sums are float64 always)")
+    device: str = device_option(help="where the model runs (auto: the GPU when there is one; under accelerate "
+                                     "launch: each process's own)")
+    device_map: Optional[str] = device_map_option()
     stability_regions: list[str] = option(["all", "last"],
                                           help="regions whose per-utterance sums are kept for the bootstrap")
     bootstrap: int = option(1000, help="bootstrap resamples for the stability of l*(n) (0 = none)")
@@ -54,8 +56,7 @@ class ScanConfig:
         require_choices(self.regions, REGIONS, "--regions")
         require(self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}")
         require(self.max_utterances >= 0, f"--max-utterances must be 0 or more, not {self.max_utterances}")
-        require_choice(self.dtype, DTYPE_NAMES, "--dtype")
-        require(self.device_map in (None, "", "auto"), f"--device-map must be 'auto' or empty, not {self.device_map!r}")
+        check_placement(self)
         require(self.bootstrap >= 0, f"--bootstrap must be 0 or more, not {self.bootstrap}")
         require(self.checkpoint_every >= 0, f"--checkpoint-every must be 0 or more, not {self.checkpoint_every}")
 

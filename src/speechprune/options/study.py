@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechprune.config import option, require, require_choice
-from speechprune.options.model import SHORT_NAMES_HELP, EncoderConfig, ProjectorConfig
+from speechprune.options.model import (SHORT_NAMES_HELP, EncoderConfig, ProjectorConfig, check_placement, device_option,
+                                        dtype_option)
 from speechprune.options.train import TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
 
 MODES = ("lora", "frozen")
@@ -153,8 +154,12 @@ class StudyConfig:
                               help="every training's loop; loop.lora is the decoder's LoRA in joint training (lora mode)")
     overwrite: bool = option(False, help="replace an existing --out (else only this study's own work is resumed "
                                          "or reused)")
+    dtype: str = dtype_option(help="the dtype the evaluations, scans and sweeps (healing included) load their "
+                                   "models in; training's precision is --loop.mixed-precision")
+    device: str = device_option(help="where every step runs (auto: the GPU when there is one)")
 
     def __post_init__(self):
+        check_placement(self)
         require(len(self.decoders) >= 1 and len(self.encoders) >= 1, "a study needs a decoder and an encoder")
         for kind in ("decoders", "encoders"):
             names = [d.name for d in getattr(self, kind)]

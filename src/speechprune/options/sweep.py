@@ -9,7 +9,7 @@ from pathlib import Path
 from speechprune.config import option, require, require_choice, require_choices
 from speechprune.options.evaluate import METRICS
 from speechprune.options.heal import TARGETS as HEAL_TARGETS
-from speechprune.options.model import LoadingPolicy
+from speechprune.options.model import LoadingPolicy, check_placement, device_map_option, device_option, dtype_option
 from speechprune.options.prune import SCAN_STRATEGY_NAMES
 
 STOP_LINE = ("never", "any-set", "every-set")
@@ -56,6 +56,9 @@ class SweepConfig:
                                           "set's own): the larger fractions of that line are not run")
     overwrite: bool = option(False, help="replace an existing --out (else only this sweep's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
+    dtype: str = dtype_option(help="the dtype every cell's model is loaded, healed and evaluated in")
+    device: str = device_option(help="where every cell runs (auto: the GPU when there is one)")
+    device_map: str | None = device_map_option(help="with --heal none only: healing trains the model")
 
     def __post_init__(self):
         bad = [f for f in self.fractions if not 0 <= f < 1]
@@ -64,6 +67,10 @@ class SweepConfig:
         require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
         require_choice(self.metric, METRICS, "--metric")
         require_choice(self.stop_line, STOP_LINE, "--stop-line")
+        check_placement(self)
+        healed = [h for h in self.heal if h != "none"]
+        require(not self.device_map or not healed, f"--device-map auto only reads a model; --heal "
+                f"{healed[0] if healed else ''} trains one: give --heal none, or drop --device-map")
         not_sweeps = [d for d in self.reuse if not (Path(d) / "cells").is_dir()]
         require(not not_sweeps, f"--reuse {not_sweeps[0] if not_sweeps else ''}: not a sweep directory (no cells/)")
 

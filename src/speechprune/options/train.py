@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from speechprune.config import option, require
-from speechprune.options.model import LoadingPolicy, ModelConfig
+from speechprune.options.model import (MIXED_PRECISION, LoadingPolicy, ModelConfig, check_placement, device_option,
+                                        dtype_option)
 
 MODES = ("frozen", "lora", "full")
 INPUTS = ("speech", "text", "lm")
@@ -88,6 +89,35 @@ class LoopConfig:
         require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16")
 
 
+# --dtype and --device of a training command (train, base-llm): made one with its --loop by train_placement
+TRAIN_DTYPE_HELP = ("training precision, the same as --loop.mixed-precision: float32 = no, bfloat16 = bf16, "
+                    "float16 = fp16 (Accelerate autocast; the weights, the optimiser state and the saved model stay "
+                    "float32); empty: as --loop.mixed-precision")
+TRAIN_DEVICE_HELP = ("where training runs: cpu is --loop.cpu; cuda:N trains on that GPU (under accelerate launch "
+                     "each process takes its own)")
+
+
+def train_placement(config) -> None:
+    """Check a training config's ``dtype`` and ``device`` and make them one with its ``loop``: the
+    dtype is the Accelerate precision (``loop.mixed_precision``), ``--device cpu`` is ``loop.cpu``.
+    Both sides given and disagreeing is a one-line error; after this both say what will run."""
+    check_placement(config)
+    loop = config.loop
+    given = {value: name for name, value in MIXED_PRECISION.items()}[loop.mixed_precision]
+    if config.dtype is None:
+        config.dtype = given
+    else:
+        require(loop.mixed_precision in ("no", MIXED_PRECISION[config.dtype]),
+                f"--dtype {config.dtype} and --loop.mixed-precision {loop.mixed_precision} disagree: give one "
+                f"(--dtype {given} is --loop.mixed-precision {loop.mixed_precision})")
+        loop.mixed_precision = MIXED_PRECISION[config.dtype]
+    if loop.cpu:
+        require(config.device in ("auto", "cpu"), f"--device {config.device} and --loop.cpu disagree: give one")
+        config.device = "cpu"
+    elif config.device == "cpu":
+        loop.cpu = True
+
+
 def default_stages() -> dict:
     # measured on the offline default: 60 text-lm steps first left WER at 0.31 instead of 0.045
     # after the same joint stage, so text pretraining is there to switch on, not on by default
@@ -153,9 +183,12 @@ class TrainConfig:
     loading: LoadingPolicy = option(LoadingPolicy(), help="what pretrained parts (--model.decoder.pretrained, --model.encoder.pretrained, --init) may do while they load")
     overwrite: bool = option(False, help="replace an existing --out (else only this run's unfinished work is resumed)")
     skip_bad: bool = option(False, help="skip utterances whose line or audio is bad, and list them, instead of stopping")
+    dtype: str | None = dtype_option(None, help=TRAIN_DTYPE_HELP)
+    device: str = device_option(help=TRAIN_DEVICE_HELP)
 
     def __post_init__(self):
         require(len(self.train) > 0, "--train needs at least one manifest")
+        train_placement(self)
         require(not (self.init and self.encoder_from), "--init loads a whole SpeechLLM: --encoder-from has no use with it")
         unknown = [name for name in self.stage_order if name not in self.stages]
         require(not unknown, f"stage_order names unknown stage(s) {unknown}; stages are {list(self.stages)}")

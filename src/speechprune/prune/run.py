@@ -17,25 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from speechprune.config import save_config
 from speechprune.console import show, table
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json, write_text
+from speechprune.model.device import DTYPES, as_run, resolve_device
 from speechprune.model.layout import LAYOUT_REGIONS
 from speechprune.options.prune import PruneConfig
 from speechprune.prune.apply import Measurement, Selection, parse_drop, prune_model, read_scan  # noqa: F401  (parse_drop: re-exported)
 from speechprune.prune.verify import probe_ids, reference_logits, verify_export
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        return str(torch.device(name))
-    except RuntimeError:
-        raise UserError(f"--device: not a device: {name!r}") from None
 
 
 def _selection(config: PruneConfig) -> Selection:
@@ -63,7 +53,7 @@ def _measurement(config: PruneConfig, model: Any, rescan: Callable | None,
         layout = model.resolve_layout(config.layout)
         if config.strategy == "iterative" and config.region not in LAYOUT_REGIONS[layout]:
             raise UserError(f"--region {config.region}: the {layout} layout has only {', '.join(LAYOUT_REGIONS[layout])}")
-        model.module.to(_device(config.device))
+        model.module.to(resolve_device(config.device))
         batches = calibration_batches(model, config.data, input_name, config.batch_size, config.max_utterances,
                                       layout, config.text_column, config.split)
         data_path = Path(config.data)
@@ -113,11 +103,12 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
     if root.exists() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise UserError(f"--out {config.out} must not be --model or lie inside it")
     selection = _selection(config)
+    resolve_device(config.device)  # a device this machine lacks: one line, before any work
     if config.writes_gguf:
         from speechprune.prune import gguf_export
 
         gguf_plan = gguf_export.plan(config.model)  # refuses what it cannot rewrite, before any work
-    model = load_model(config.model, loading=config.loading)
+    model = load_model(config.model, dtype=config.dtype, loading=config.loading)
     probe = probe_ids(model)
     reference = None
 
@@ -128,8 +119,9 @@ def prune(config: PruneConfig, rescan: Callable[[Any], dict] | None = None,
             reference = reference_logits(model.causal_lm, removed, probe)
 
     pruning = prune_model(model, selection, _measurement(config, model, rescan, score), take_reference)
-    pruning["config"] = asdict(config)
     ranges, dtype = pruning["kept_ranges"], pruning["dtype"]
+    config = as_run(config, dtype=dtype if dtype in DTYPES else None)  # what ran: the device and dtype resolved
+    pruning["config"] = asdict(config)
     previous = root / "pruning.json"
     if previous.is_file():
         pruning["previous_pruning"] = read_json(previous)

@@ -29,15 +29,18 @@ CHECKPOINT_DIR = ".checkpoint"
 
 # loading ---------------------------------------------------------------------------------------
 def _load(config: ScanConfig, device: torch.device):
-    from speechprune.model.interface import DTYPES, load_model
+    from speechprune.model.interface import load_model
 
-    return load_model(config.model, dtype=DTYPES[config.dtype], device=str(device),
-                      device_map="auto" if config.device_map else None, loading=config.loading)
+    return load_model(config.model, dtype=config.dtype, device=device, device_map=config.device_map,
+                      loading=config.loading)
 
 
 def _resolve_device(config: ScanConfig):
     from accelerate import PartialState
 
+    from speechprune.model.device import resolve_device
+
+    device = resolve_device(config.device)  # a device this machine lacks: one line, before any work
     state = PartialState(cpu=config.device == "cpu")
     if state.num_processes > 1:
         require(not config.device_map, "--device-map auto is for one process; do not combine it with accelerate launch")
@@ -46,10 +49,7 @@ def _resolve_device(config: ScanConfig):
         return state, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if config.device == "auto":
         return state, state.device
-    try:
-        return state, torch.device(config.device)
-    except RuntimeError:
-        raise UserError(f"--device: not a device: {config.device!r}") from None
+    return state, device
 
 
 def _inputs_for(config: ScanConfig, model, utterances: list) -> list[str]:
