@@ -111,8 +111,7 @@ def _cell(removed: int, hyps: list[str], refs: list[str]) -> dict:
             for r, h in zip(refs, hyps)]
     return {"strategy": "angular" if removed else "none", "heal": "none", "removed_count": removed,
             "original_layers": 8, "removed": list(range(8 - removed, 8)), "decoder_bytes": 8 - removed,
-            "sets": {"test": score(rows)},
-            "utterance_statistics": {"test": {"asr": {"wer": metric_statistics("asr", rows)["wer"].tolist()}}}}
+            "sets": {"test": score(rows)}, "rows": {"test": rows}, "test_utterances": {"test": len(rows)}}
 
 
 def test_sweep_summary_reads_verdicts_into_a_largest_acceptable_fraction_and_its_upper_end():
@@ -130,4 +129,6 @@ def test_sweep_summary_reads_verdicts_into_a_largest_acceptable_fraction_and_its
     best = summarise(cells, config)["largest_acceptable"]["angular/none/test"]
     assert (best["removed_count"], best["removed_count_not_ruled_out"]) == (1, 2)
     assert best["removed"] == [7] and best["utterances"] == len(refs)
+    assert [(v["removed_count"], v["verdict"], v["utterances"]) for v in best["verdicts"]] == [
+        (1, "acceptable", len(refs)), (2, "undecided", len(refs)), (3, "not acceptable", len(refs))]
     assert best["removed_not_ruled_out"] == [6, 7], "the layers of the largest level not ruled out"

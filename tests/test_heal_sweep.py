@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from speechprune.bootstrap import Interval, SequentialVerdict, Verdict
 from speechprune.errors import UserError
 from speechprune.data.manifest import load_manifest
 from speechprune.heal import HealConfig, heal, healing_layers, lora_targets
@@ -202,9 +203,11 @@ def test_stop_line_leaves_out_only_cells_that_cannot_change_what_it_decides(tiny
     # two test sets; set "a" is not acceptable from 2 layers removed, set "b" from 3 (at 2 undecided)
     tests = [str(write_tiny_manifest(tmp_path / "data", name, with_st=False)) for name in ("a.jsonl", "b.jsonl")]
     worst = {"a": 2, "b": 3}
-    monkeypatch.setattr(sweep_module, "verdict", lambda cell, baseline, set_name, config: (
-        "not acceptable" if cell["removed_count"] >= worst[set_name] else
-        "undecided" if cell["removed_count"] == worst[set_name] - 1 == 2 else "acceptable"))
+    nothing = Interval(0.0, 0.0, 0.0, 0.95, 0, 6)
+    monkeypatch.setattr(sweep_module, "set_verdict", lambda cell, baseline, set_name, config: SequentialVerdict(
+        Verdict("not acceptable" if cell["removed_count"] >= worst[set_name] else
+                "undecided" if cell["removed_count"] == worst[set_name] - 1 == 2 else "acceptable", nothing, nothing),
+        6, (6,), final=True))
     ran = []
     run_cell = sweep_module.run_cell
     monkeypatch.setattr(sweep_module, "run_cell", lambda *args: ran.append(args[3]) or run_cell(*args))
@@ -234,3 +237,42 @@ def test_stop_line_leaves_out_only_cells_that_cannot_change_what_it_decides(tiny
     assert (tmp_path / "any-set" / "results.csv").read_text().count("\n") == 3 * 2 + 1
     with pytest.raises(UserError, match=r"--stop-line must be one of never, any-set, every-set, not 'any'"):
         SweepConfig(model="m", scan="s", train=[], test=[], out="o", stop_line="any")
+
+
+def test_a_sweep_reads_each_test_set_in_looks_and_the_baseline_only_as_far_as_a_cell_needed(
+        tiny_speechllm, tmp_path, monkeypatch):
+    # six test utterances judged at looks of 2, 4 and 6: one layer removed decides acceptable at 4,
+    # two decide not acceptable at the first look, three stay undecided to the last
+    test = str(write_tiny_manifest(tmp_path / "data", "a.jsonl", with_st=False))
+    decided_at = {1: (4, "acceptable"), 2: (2, "not acceptable"), 3: (None, "undecided")}
+    nothing = Interval(0.0, 0.0, 0.0, 0.95, 0, 6)
+    levels = set()
+
+    def rules_at(cell, baseline, set_name, config, upto, level, samples):
+        levels.add(level)
+        assert len(baseline["rows"][set_name]) >= upto and len(cell["rows"][set_name]) >= upto, "paired on the same"
+        at, found = decided_at[cell["removed_count"]]
+        return {"wer": Verdict(found if at is not None and upto >= at else "undecided", nothing, nothing)}
+
+    monkeypatch.setattr(sweep_module, "_rules_at", rules_at)
+    scored = []
+    measure = sweep_module.measure
+    monkeypatch.setattr(sweep_module, "measure", lambda model, utterances, *args, **kwargs: scored.append(
+        len(utterances)) or measure(model, utterances, *args, **kwargs))
+    config = SweepConfig(model=str(tiny_speechllm), scan=str(fake_scan(tmp_path, 6)), train=[], test=[test],
+                         out=str(tmp_path / "sweep"), fractions=[0.0, 0.17, 0.34, 0.5], strategies=["angular"],
+                         heal=["none"], batch_size=6, looks=[2, 4, 6], alpha=0.03)
+    summary = sweep(config)
+    cells = {path.stem: json.loads(path.read_text()) for path in (tmp_path / "sweep" / "cells").glob("*.json")}
+    assert {name: len(cell["rows"]["a"]) for name, cell in cells.items()} == {
+        "baseline": 6, "angular-remove1-none": 4, "angular-remove2-none": 2, "angular-remove3-none": 6}
+    # baseline 2 (its own first look), cells 2+2, 2, 2+2+2; the baseline extended to 4, then to 6
+    assert sorted(scored) == sorted([2, 2, 2, 2, 2, 2, 2, 2, 2]) and sum(scored) == 6 + 4 + 2 + 6
+    assert levels == {1 - 2 * 0.03 / 3}, "three looks: each judged at alpha / 3"
+    trail = summary["largest_acceptable"]["angular/none/a"]["verdicts"]
+    assert [(t["removed_count"], t["verdict"], t["utterances"]) for t in trail] == [
+        (1, "acceptable", 4), (2, "not acceptable", 2)]
+    rows = {r["removed"]: r for r in json.loads((tmp_path / "sweep" / "results.json").read_text())}
+    assert (rows[1]["decided_at"], rows[2]["decided_at"], rows[3]["decided_at"]) == (4, 2, None)
+    assert rows[3]["utterances"] == 6 and rows[3]["verdict"] == "undecided"
+    assert cells["angular-remove1-none"]["sets"]["a"]["asr"]["utterances"] == 4, "metrics over the scored utterances"

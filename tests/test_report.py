@@ -33,6 +33,13 @@ MARKUP_FOLDER = "run <svg onload=window.__pwned=3>"  # a path with markup (no '/
 WORDS_PER_UTTERANCE, UTTERANCES = 100, 6
 
 
+def _row(errors: int) -> dict:
+    """A decoded utterance of WORDS_PER_UTTERANCE words with ``errors`` of them substituted."""
+    words = [f"w{i}" for i in range(WORDS_PER_UTTERANCE)]
+    return {"task": "asr", "src_lang": "en", "tgt_lang": "en", "reference": " ".join(words),
+            "hypothesis": " ".join(["x"] * errors + words[errors:])}
+
+
 def _sweep_cell(strategy: str, removed: list[int], heal: str, wer: float) -> dict:
     """A cell record as the sweep writes it (decoding an untrained tiny model for every cell would
     take minutes; the sweep's own table, summary and curves are then made from these by sweep()).
@@ -46,7 +53,8 @@ def _sweep_cell(strategy: str, removed: list[int], heal: str, wer: float) -> dic
             "sets": {"tiny": {"asr": {"utterances": UTTERANCES, "words": UTTERANCES * WORDS_PER_UTTERANCE,
                                       "wer": estimate.value, "wer_interval": [estimate.low, estimate.high]},
                               "decode_seconds": 1.0 + 0.5 * (LAYERS - len(removed))}},
-            "utterance_statistics": {"tiny": {"asr": {"wer": errors.tolist()}}},
+            "rows": {"tiny": [_row(round(wer * WORDS_PER_UTTERANCE)) for _ in range(UTTERANCES)]},
+            "test_utterances": {"tiny": UTTERANCES},
             "decoder_bytes": 1000 * (LAYERS - len(removed)), "model_bytes": 2000}
 
 
@@ -122,11 +130,13 @@ def test_report_shows_the_runs_own_numbers(small_run):
         assert f"| {layer} | {1 - cosine[layer, layer + 1]:.4f} |" in md
     # the sweep: without healing 1 layer of 4 is acceptable, healed 2 (limit 0.125), with the removed
     # layers, the largest level not ruled out and the counts it rests on
-    assert "| angular | none | tiny | 0.250 | 1 | 2 | 0.250 | 6 utterances, 600 words |" in md
-    assert "| angular | receiving-mlp | tiny | 0.500 | 2 | 1 2 | 0.500 | 6 utterances, 600 words |" in md
+    assert ("| angular | none | tiny | 0.250 | 1 | 2 | 0.250 | 1 layer acceptable at 6; 2 layers not acceptable at 6 "
+            "utterances | 6 utterances, 600 words |") in md
+    assert ("| angular | receiving-mlp | tiny | 0.500 | 2 | 1 2 | 0.500 | 1 layer acceptable at 6; 2 layers acceptable "
+            "at 6 utterances | 6 utterances, 600 words |") in md
     cells = md[md.index("| test set | strategy | healing | removed |"):]
     assert cells.splitlines()[2].startswith("| tiny | none | none | 0 | none | 0.100 [0.100, 0.100] |")  # baseline first
-    assert "| tiny | angular | none | 2 | 1 2 | 0.300 [0.300, 0.300] | - | +200.0% [+200.0%, +200.0%] | not acceptable |" in md
+    assert "| tiny | angular | none | 2 | 1 2 | 0.300 [0.300, 0.300] | - | +200.0% [+200.0%, +200.0%] | not acceptable at 6 |" in md
     # every point's interval is zero wide here: the caption says they hide behind their markers
     # (baseline, two levels of two lines)
     assert "5 intervals are narrower than the marker" in md
@@ -148,8 +158,8 @@ def test_report_leads_with_its_findings(small_run):
     findings = md[: md.index("\n## ", md.index("## Findings") + 1)]
     asr = json.loads((small_run / "eval" / "metrics.json").read_text())["sets"]["tiny"]["asr"]
     assert f"| WER of model on tiny | {with_interval(asr, 'wer')} | 6 utterances, {asr['words']} words; " in findings
-    assert ("| largest acceptable fraction of model (angular, healing none, tiny) | 0.250 (1 layer); removes layers 2 | "
-            "6 utterances, 600 words;") in findings
+    assert ("| largest acceptable fraction of model (angular, healing none, tiny) | 0.250 (1 layer); removes layers 2; "
+            "1 layer acceptable at 6; 2 layers not acceptable at 6 utterances | at most 6 utterances, 600 words;") in findings
     pair = json.loads((small_run / "compare" / "compare.json").read_text())["pairs"][0]
     assert f"Spearman {pair['spearman']:.3f}" in findings
     # nothing that is missing is said before the findings are over

@@ -257,7 +257,8 @@ def test_the_shipped_real_config_plans_nine_conditions_without_a_model_file(monk
     assert stacks == {"whisper": 4, "wav2vec2": 8}
     assert (config.loop.lora.rank, config.loop.lora.alpha) == (16, 32)
     corpus = config.corpus
-    assert (corpus.train_sentences, corpus.dev_sentences, corpus.test_sentences) == (2000, 100, 100)
+    assert (corpus.train_sentences, corpus.dev_sentences, corpus.test_sentences) == (2000, 100, 800)
+    assert e.looks == [100, 200, 400, 800], "sweeps read up to all 800 test utterances, in looks"
     assert (e.fractions, e.test_utterances, e.wer_bar, e.bleu_bar) == ([0.0, 0.1, 0.2, 0.3, 0.4], 100, 0.2, 0.0)
     plan = {c.name: set(c.axes) for c in conditions(config)}
     assert plan == {

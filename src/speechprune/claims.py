@@ -49,12 +49,15 @@ def metrics_text(metrics: dict) -> str:
 
 def _largest(entry: dict) -> str:
     """``0.25 (not ruled out: 0.38; layers 5 6)``: a largest acceptable fraction as the claims state it."""
+    from speechprune.sweep import verdicts_text
+
     layers = lambda key: " ".join(map(str, entry.get(key, []))) or "none"  # noqa: E731
     upper = entry.get("fraction_not_ruled_out", entry["fraction"])
+    decided = verdicts_text(entry)
     return (f"{entry['fraction']:.2f} (layers {layers('removed')}; not ruled out: {upper:.2f}"
             + (f", layers {layers('removed_not_ruled_out')}"
                if upper > entry["fraction"] and "removed_not_ruled_out" in entry else "")
-            + f"; {_counts(entry)})")
+            + (f"; decided: {decided}" if decided else "") + f"; {_counts(entry)})")
 
 
 def smallest_largest(summary: dict, strategy: str, heal: str) -> dict:
@@ -131,7 +134,7 @@ def _size_caveat(evidence: dict[str, dict], sizes: dict[str, tuple[str, int]]) -
     if not any(len(depths) >= 2 for depths in _families(sizes, sizes).values()):
         here = ", ".join(f"{name} ({family}, {layers} layers)" for name, (family, layers) in sizes.items())
         return (f"not tested by these decoders: the claim needs several sizes of one family, and each family here "
-                f"has one ({here}), so it is not measured here (nor by the synthetic study's default grid: "
+                f"has one ({here}), so these decoders cannot measure it (nor can the synthetic study's default grid: "
                 f"docs/study.md). Per decoder: ")
     swept = [r["condition"].decoder for r in evidence.values() if "sweep" in r]
     if not any(len(depths) >= 2 for depths in _families(sizes, swept).values()):

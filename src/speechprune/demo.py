@@ -54,7 +54,7 @@ def demo(config: DemoConfig) -> Path:
 
     timer.run("data synth", corpus / "corpus.json", lambda: synthesize(SynthConfig(
         out=str(corpus), languages=config.languages, st_pairs=config.st_pairs,
-        train_sentences=config.train_sentences)))
+        train_sentences=config.train_sentences, test_sentences=config.test_sentences)))
     if config.tiny:
         stages = default_stages()
         stages["ctc"].steps, stages["joint"].steps = recipe.ctc_steps, recipe.joint_steps
@@ -86,14 +86,14 @@ def demo(config: DemoConfig) -> Path:
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],
         fractions=list(recipe.fractions), strategies=config.strategies, heal=config.heal,
         heal_steps=recipe.heal_steps, prefill_only=config.prefill_only, max_test_utterances=config.test_utterances,
-        out=str(out / "sweep"), **placed)))
+        looks=config.looks, out=str(out / "sweep"), **placed)))
     if not config.tiny:  # what PruneMe and ShortGPT users do: the base LLM alone, pruned, perplexity on text.
         # Unhealed: healing on the corpus's own sentences teaches the LLM their grammar, which is not recovery
         # (measured: 3 layers removed and 40 steps took perplexity from the unpruned 1,004 to 333)
         timer.run("sweep base LLM", out / "sweep-base" / "summary.json", lambda: sweep(SweepConfig(
             model=config.base_llm, scan=str(out / "scan-base"), train=[train_manifest], test=tests[:1],
             metric="perplexity", fractions=list(recipe.fractions), strategies=config.strategies, heal=["none"],
-            out=str(out / "sweep-base"), **placed)))
+            looks=config.looks, out=str(out / "sweep-base"), **placed)))
     timer.save()  # also when every step was reused: marks a demo run
     ReportConfig, report = _optional("speechprune.report", "ReportConfig", "report")
     stderr().rule("[bold]report")  # always rebuilt: it is fast and reflects every step above

@@ -191,13 +191,29 @@ def perplexity(model: LoadedModel, utterances: list[Utterance], batch_size: int 
             rows += [{"id": u.id, "nll": float(loss), "tokens": int(count)}
                      for u, loss, count in zip(batch, losses, tokens)]
             shown.advance()
+    return EvalResult({"lm": perplexity_scores(rows, layout, source), "decode_seconds": time.perf_counter() - started},
+                      rows)
+
+
+def perplexity_scores(rows: list[dict], layout: str, source: str) -> dict:
+    """The ``lm`` entry of :func:`perplexity`'s metrics from its rows (each utterance's summed loss
+    and tokens): corpus perplexity with its bootstrap interval and counts."""
     statistics = utterance_statistics("perplexity", [], [], [(r["nll"], r["tokens"]) for r in rows])
     estimate = interval("perplexity", statistics)
     tokens = int(statistics[:, 1].sum())
-    lm = {"utterances": len(rows), "tokens": tokens, "perplexity": estimate.value,
-          "perplexity_interval": [estimate.low, estimate.high], "nll_per_token": float(statistics[:, 0].sum()) / tokens,
-          "layout": layout, "source": source, **_interval_settings(estimate)}
-    return EvalResult({"lm": lm, "decode_seconds": time.perf_counter() - started}, rows)
+    return {"utterances": len(rows), "tokens": tokens, "perplexity": estimate.value,
+            "perplexity_interval": [estimate.low, estimate.high],
+            "nll_per_token": float(statistics[:, 0].sum()) / tokens if tokens else float("nan"),
+            "layout": layout, "source": source, **_interval_settings(estimate)}
+
+
+def rescore(metric: str, rows: list[dict], scored: dict) -> dict:
+    """The metrics of ``rows`` as :func:`measure` gives them (``scored``: metrics of any part of
+    the same rows, for a perplexity's layout and source): what a set's metrics become when more of
+    its utterances are scored."""
+    if metric == "perplexity":
+        return {"lm": perplexity_scores(rows, scored["lm"]["layout"], scored["lm"]["source"])}
+    return score(rows)
 
 
 def measure(model: LoadedModel, utterances: list[Utterance], metric: str, batch_size: int = 16,

@@ -248,7 +248,7 @@ def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path:
         model=str(model), scan=str(scan_dir), train=train_manifest,
         test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path), fractions=list(e.fractions),
         strategies=["angular"], heal=heal, heal_steps=e.heal_steps, input="speech", region=REGION,
-        max_test_utterances=e.test_utterances, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop,
+        looks=list(e.looks), alpha=e.alpha, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop,
         reuse=[str(p) for p in reuse], stop_line=stop_line, **_placed(config))),
         "sweeps")
     return read_json(path / "summary.json")

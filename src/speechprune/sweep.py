@@ -10,9 +10,13 @@ Acceptability (per test set):
   budget as for WER).
 - A plain LLM (``--metric perplexity``, its default): perplexity on the test texts <= baseline
   perplexity x (1 + ``perplexity_rise``).
-Each rule is judged with a paired bootstrap over the test utterances (:mod:`speechprune.bootstrap`):
-a cell is ``acceptable`` when the whole 95% interval of its margin to the limit is inside it, ``not
-acceptable`` when the whole interval is outside, and ``undecided`` at this test size otherwise. The
+Each rule is judged with a paired bootstrap over the test utterances (:mod:`speechprune.bootstrap`),
+in looks: a cell reads the first 100 test utterances of a set, then 200, 400, 800 (``--looks``) while
+its verdict is undecided, and stops at the first look that decides; the baseline is scored as far as
+any cell needed, and every look pairs the two on the same utterances. At each of K looks a cell is
+``acceptable`` when the whole interval (level 1 - 2 alpha / K) of its margin to the limit is inside it,
+``not acceptable`` when the whole interval is outside, and ``undecided`` otherwise; undecided after
+the last look is the final word of that test size (docs/verdicts.md). The
 largest acceptable fraction of a line is the largest level that it and every smaller one are
 decided acceptable at; the largest not ruled out (acceptable or undecided) is its upper end.
 Both end below a set's first not-acceptable cell, so ``--stop-line`` may leave a line's larger
@@ -44,8 +48,9 @@ import torch
 from speechprune.config import save_config
 from speechprune.console import counts, plural, show, table
 from speechprune.data.sources import load_data
+from speechprune.bootstrap import Looks, SequentialVerdict, Verdict, sequential
 from speechprune.bootstrap import verdict as bootstrap_verdict
-from speechprune.evaluate import measure, metric_statistics, resolve_metric, test_set_name
+from speechprune.evaluate import measure, metric_statistics, rescore, resolve_metric, test_set_name
 from speechprune.files import atomic_path, claims_output, read_json, write_json, write_text
 from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
 from speechprune.model.decoder import decoder_layers
@@ -80,23 +85,69 @@ def decoding_limit(model: LoadedModel, test_sets: dict, config: SweepConfig) -> 
     return 2 * longest + 16
 
 
-def _measure(model: LoadedModel, test_sets: dict, batch_size: int, metric: str, max_new_tokens: int | None) -> dict:
-    """Decode (or score the perplexity of) every test set; per test set and task the per-utterance
-    statistics its paired bootstrap against the baseline needs; on CUDA also the peak memory."""
+def _score_more(model: LoadedModel, cell: dict, set_name: str, utterances: list, upto: int, batch_size: int,
+                metric: str, max_new_tokens: int | None) -> None:
+    """Decode (or score the perplexity of) a test set's utterances ``len(rows)..upto`` and add them
+    to ``cell``: its rows of the set, in test order, and the set's metrics over all of them."""
+    have = cell["rows"].setdefault(set_name, [])
+    if upto <= len(have):
+        return
+    decoding = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}
+    more = measure(model, utterances[len(have):upto], metric, batch_size, **decoding)
+    have += more.rows
+    seconds = cell["sets"].get(set_name, {}).get("decode_seconds", 0.0) + more.metrics["decode_seconds"]
+    cell["sets"][set_name] = {**rescore(metric, have, more.metrics), "decode_seconds": seconds}
+
+
+def _new_cell(model: LoadedModel, test_sets: dict) -> dict:
+    """The measurement part of a cell before any utterance is scored: sizes, and on CUDA peak memory."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    decoding = {"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}
-    decoded = {name: measure(model, utts, metric, batch_size, **decoding) for name, utts in test_sets.items()}
-    statistics = {name: {task: {name_: rows.tolist() for name_, rows in
-                                metric_statistics(task, [r for r in result.rows
-                                                         if r.get("task", "lm") == task]).items()}
-                         for task in TASKS if task in result.metrics}
-                  for name, result in decoded.items()}
-    measured = {"sets": {name: result.metrics for name, result in decoded.items()},
-                "utterance_statistics": statistics, **_model_bytes(model)}
+    return {"sets": {}, "rows": {}, "test_utterances": {name: len(u) for name, u in test_sets.items()},
+            **_model_bytes(model)}
+
+
+def _measure_in_looks(model: LoadedModel, cell: dict, test_sets: dict, config: SweepConfig, metric: str,
+                      max_new_tokens: int | None, baseline: "Baseline | None") -> None:
+    """Score each test set look by look (:class:`~speechprune.bootstrap.Looks`): the first look's
+    utterances, then, while the cell's verdict against ``baseline`` on the set is undecided, up to
+    the next look. The baseline itself (``baseline`` None) scores the first look only; it is
+    extended when a cell needs more (:meth:`Baseline.extend`)."""
+    looks = _looks(config)
+    for set_name, utterances in test_sets.items():
+        upto = looks.plan(len(utterances))[0]
+        while upto is not None:
+            _score_more(model, cell, set_name, utterances, upto, config.batch_size, metric, max_new_tokens)
+            if baseline is None:
+                break
+            baseline.extend(set_name, upto)
+            upto = set_verdict(cell, baseline.cell, set_name, config).next_look
     if torch.cuda.is_available():
-        measured["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    return measured
+        cell["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+
+
+class Baseline:
+    """The unpruned model's cell, scored over as many utterances of each set as any cell needs: it
+    starts at the first look and is extended (the model loaded again, the missing utterances
+    scored, the cell file rewritten) when a cell's look needs more of it."""
+
+    def __init__(self, cell: dict, path: Path, config: SweepConfig, scan, test_sets: dict, speech: dict | None = None):
+        self.cell, self.path, self.config, self.scan, self.test_sets = cell, path, config, scan, test_sets
+        self.speech = speech
+
+    def extend(self, set_name: str, upto: int) -> None:
+        if len(self.cell["rows"].get(set_name, [])) >= upto:
+            return
+        print(f"sweep: baseline scored on {upto} utterances of {set_name} (a look needs them)", file=sys.stderr,
+              flush=True)
+        model, _ = pruned_model(self.config, self.scan, "last", 0.0)
+        if self.speech is not None:
+            model.share_speech(self.speech)
+        metric = resolve_metric(self.config.metric, model)
+        _score_more(model, self.cell, set_name, self.test_sets[set_name], upto, self.config.batch_size, metric,
+                    self.cell.get("max_new_tokens"))
+        write_json(self.path, self.cell)
+        del model
 
 
 def pruned_model(config: SweepConfig, scan: dict, strategy: str, fraction: float,
@@ -125,7 +176,8 @@ def measured_on(config: SweepConfig, heal: str) -> dict:
     """What a cell's numbers depend on besides the layers it removes: with these equal, two cells that
     remove the same layers are one measurement, whichever sweep made it."""
     found = {"model": _source(config.model), "test": [_source(p) for p in config.test],
-             "max_test_utterances": config.max_test_utterances, "metric": config.metric,
+             "max_test_utterances": config.max_test_utterances, "looks": list(config.looks), "alpha": config.alpha,
+             "metric": config.metric,
              "max_new_tokens": config.max_new_tokens, "batch_size": config.batch_size, "heal": heal}
     if heal not in ("none", PREFILL_ONLY):
         found |= {"train": [_source(p) for p in config.train], "heal_steps": config.heal_steps,
@@ -148,7 +200,10 @@ def reusable_cell(config: SweepConfig, scan, strategy: str, n: int, heal: str, o
 
 
 def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, heal: str, test_sets: dict,
-             train_utterances: list, out: Path) -> dict:
+             train_utterances: list, out: Path, baseline: Baseline | None, speech: dict | None = None) -> dict:
+    """One cell: prune, heal, then score the test sets look by look against ``baseline`` (None:
+    this is the baseline). ``speech``: the test utterances' projected speech, shared by the cells
+    (:meth:`~speechprune.model.loaded.LoadedModel.share_speech`) unless this one healed its projector."""
     prefill_only = heal == PREFILL_ONLY
     model, pruning = pruned_model(config, scan, strategy, fraction, prefill_only)
     removed, kept, num_layers, n = pruning["removed"], pruning["kept"], pruning["original_num_layers"], pruning["n"]
@@ -166,10 +221,13 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
             checkpoints.parent.rmdir()  # healing/ holds only the running cell's checkpoints
         merge_lora(model)
     record["heal_seconds"] = time.perf_counter() - started
+    if speech is not None and not (config.heal_projector and heal not in ("none", PREFILL_ONLY) and n):
+        model.share_speech(speech)  # pruning and healing the decoder leave encoder and projector as loaded
     with prefill_skip(model.causal_lm, removed if prefill_only else []):
         metric = resolve_metric(config.metric, model)
         limit = decoding_limit(model, test_sets, config) if metric == "decode" else None
-        record.update(_measure(model, test_sets, config.batch_size, metric, limit), max_new_tokens=limit)
+        record.update(_new_cell(model, test_sets), max_new_tokens=limit)
+        _measure_in_looks(model, record, test_sets, config, metric, limit, baseline)
     return record
 
 
@@ -177,26 +235,63 @@ RULES = {"wer": ("asr", False), "bleu": ("st", True), "perplexity": ("lm", False
 TASKS = ("asr", "st", "lm")
 
 
-def judgements(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> dict:
-    """Per rule metric (``wer`` for ASR, ``bleu`` for ST, ``perplexity`` for a plain LLM) of one test set, the bootstrap
-    :class:`~speechprune.bootstrap.Verdict` of ``cell`` against ``baseline`` as a dict."""
-    limits = {"wer": lambda wer: wer_limit(wer, config), "bleu": lambda bleu: bleu_limit(bleu, config),
-              "perplexity": lambda perplexity: perplexity_limit(perplexity, config)}
+def _looks(config: SweepConfig) -> Looks:
+    return Looks(tuple(config.looks), config.alpha)
+
+
+def _rule_rows(cell: dict, set_name: str, task: str, metric: str, upto: int) -> np.ndarray:
+    """Per-utterance statistics of ``metric`` over the first ``upto`` utterances of a set, its
+    ``task``'s rows only: the same utterances for every cell, so that a cell pairs with the baseline."""
+    rows = [r for r in cell["rows"][set_name][:upto] if r.get("task", "lm") == task]
+    return metric_statistics(task, rows)[metric]
+
+
+def _limits(config: SweepConfig) -> dict:
+    return {"wer": lambda wer: wer_limit(wer, config), "bleu": lambda bleu: bleu_limit(bleu, config),
+            "perplexity": lambda perplexity: perplexity_limit(perplexity, config)}
+
+
+def _rules_at(cell: dict, baseline: dict, set_name: str, config: SweepConfig, upto: int, level: float,
+              samples: int) -> dict:
+    """Per rule metric of the set (``wer`` for ASR, ``bleu`` for ST, ``perplexity`` for a plain LLM),
+    the paired bootstrap :class:`~speechprune.bootstrap.Verdict` on the first ``upto`` utterances."""
     found = {}
+    tasks = {r.get("task", "lm") for r in baseline["rows"][set_name][:upto]}
     for metric, (task, higher_is_better) in RULES.items():
-        if task not in baseline["sets"][set_name]:
-            continue
-        base_rows, cell_rows = (np.asarray(c["utterance_statistics"][set_name][task][metric])
-                                for c in (baseline, cell))
-        found[metric] = bootstrap_verdict(metric, base_rows, cell_rows, limits[metric], higher_is_better).as_dict()
+        if task in tasks:
+            found[metric] = bootstrap_verdict(metric, _rule_rows(baseline, set_name, task, metric, upto),
+                                              _rule_rows(cell, set_name, task, metric, upto),
+                                              _limits(config)[metric], higher_is_better, samples, level)
     return found
+
+
+def set_verdict(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> SequentialVerdict:
+    """The sequential verdict of ``cell`` on one test set (:func:`~speechprune.bootstrap.sequential`):
+    at each look its rules are judged on the same utterances of cell and baseline; one rule not
+    acceptable makes the look not acceptable, every rule acceptable makes it acceptable. Its
+    ``verdict.margin`` and ``verdict.change`` are those of the set's first rule metric."""
+    def judge(upto: int, level: float, samples: int) -> Verdict:
+        rules = _rules_at(cell, baseline, set_name, config, upto, level, samples)
+        found = {v.verdict for v in rules.values()}
+        combined = ("not acceptable" if "not acceptable" in found else "undecided" if "undecided" in found
+                    else "acceptable")
+        first = next(iter(rules.values()))
+        return Verdict(combined, first.margin, first.change, rules)
+
+    available = cell.get("test_utterances", {}).get(set_name) or len(baseline["rows"][set_name])
+    return sequential(judge, _looks(config), available, len(cell["rows"][set_name]))
+
+
+def judgements(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> dict:
+    """Per rule metric of one test set, its :class:`~speechprune.bootstrap.Verdict` (as a dict) at
+    the look that decided the cell's verdict on the set (or its last)."""
+    return {metric: found.as_dict() for metric, found in set_verdict(cell, baseline, set_name, config).verdict.rules.items()}
 
 
 def verdict(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> str:
     """acceptable | not acceptable | undecided: whether ``cell`` keeps the quality of ``baseline`` on
-    one test set (rules in the module doc); one rule not acceptable makes the cell not acceptable."""
-    found = {j["verdict"] for j in judgements(cell, baseline, set_name, config).values()}
-    return "not acceptable" if "not acceptable" in found else "undecided" if "undecided" in found else "acceptable"
+    one test set (rules in the module doc), after as many looks as decided it."""
+    return set_verdict(cell, baseline, set_name, config).verdict.verdict
 
 
 def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> bool:
@@ -204,12 +299,20 @@ def acceptable(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -
     return verdict(cell, baseline, set_name, config) == "acceptable"
 
 
+JUDGED_BY = ("paired bootstrap over utterances at each look (the first 100, 200, ... of a set, as --looks says), "
+             "stopping at the first look that decides; with K looks each is judged by the interval of the margin to "
+             "the limit at level 1 - 2 alpha / K (Bonferroni over looks)")
+
+
 def summarise(cells: list[dict], config: SweepConfig) -> dict:
+    """The baseline, the rules, and per strategy, healing and test set the largest acceptable
+    fraction, the largest not ruled out, and the verdicts that decide them with the utterances each
+    rests on (``verdicts``; ``utterances``/``words``: the most any of them needed)."""
     baseline = next(c for c in cells if c["removed_count"] == 0)
     summary = {"baseline": {name: {k: v for k, v in m.items() if k in TASKS} for name, m in baseline["sets"].items()},
                "rules": {"wer_rise": config.wer_rise, "wer_floor": config.wer_floor, "bleu_drop": config.bleu_drop,
-                         "perplexity_rise": config.perplexity_rise,
-                         "judged_by": "paired bootstrap over utterances, 95% interval of the margin to the limit"},
+                         "perplexity_rise": config.perplexity_rise, "looks": list(config.looks), "alpha": config.alpha,
+                         "judged_by": JUDGED_BY},
                "largest_acceptable": {}}
     for strategy in config.strategies:
         for heal in [*config.heal, *([PREFILL_ONLY] if config.prefill_only else [])]:
@@ -218,9 +321,12 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
             for set_name in baseline["sets"]:
                 best = {"fraction": 0.0, "removed_count": 0, "removed": []}
                 upper = {"fraction_not_ruled_out": 0.0, "removed_count_not_ruled_out": 0}
-                decided = True
+                decided, trail = True, []
                 for cell in line:  # the largest level such that it and every smaller one pass
-                    found = verdict(cell, baseline, set_name, config)
+                    judged = set_verdict(cell, baseline, set_name, config)
+                    found = judged.verdict.verdict
+                    trail.append({"removed_count": cell["removed_count"], "verdict": found,
+                                  "utterances": judged.utterances, "words": _words(cell, set_name)})
                     if found == "not acceptable":
                         break
                     level = {"fraction": cell["removed_count"] / cell["original_layers"],
@@ -231,9 +337,11 @@ def summarise(cells: list[dict], config: SweepConfig) -> dict:
                     decided = decided and found == "acceptable"
                     if decided:
                         best = {**level, "removed": cell["removed"]}
+                deciding = max(trail, key=lambda t: t["utterances"], default=None)
                 summary["largest_acceptable"][f"{strategy}/{heal}/{set_name}"] = {
-                    **best, **upper, "utterances": _utterances(baseline, set_name),
-                    "words": _words(baseline, set_name)}
+                    **best, **upper, "verdicts": trail,
+                    "utterances": deciding["utterances"] if deciding else _utterances(baseline, set_name),
+                    "words": deciding["words"] if deciding else _words(baseline, set_name)}
     return summary
 
 
@@ -256,13 +364,24 @@ def _table(cells: list[dict], baseline: dict, config: SweepConfig) -> list[dict]
                 "wer": metrics.get("asr", {}).get("wer"), "bleu": metrics.get("st", {}).get("bleu"),
                 "chrf": metrics.get("st", {}).get("chrf"), "perplexity": metrics.get("lm", {}).get("perplexity"),
                 "utterances": _utterances(cell, set_name), "words": _words(cell, set_name),
-                **_intervals(metrics), **_changes(judgements(cell, baseline, set_name, config)),
-                "verdict": verdict(cell, baseline, set_name, config),
-                "acceptable": acceptable(cell, baseline, set_name, config),
+                **_intervals(metrics), **_judged(cell, baseline, set_name, config),
                 "decoder_size_ratio": cell["decoder_bytes"] / baseline["decoder_bytes"],
                 "removed_layers": " ".join(map(str, cell["removed"])),
             })
     return rows
+
+
+def _judged(cell: dict, baseline: dict, set_name: str, config: SweepConfig) -> dict:
+    """A results row's verdict columns: the verdict, the utterances of the look that decided it
+    (None for the baseline or while undecided), and the relative change of the rule metric on them."""
+    if cell["removed_count"] == 0:
+        return {"relative_change": None, "relative_change_low": None, "relative_change_high": None,
+                "verdict": "acceptable", "acceptable": True, "decided_at": None, "looks": None}
+    judged = set_verdict(cell, baseline, set_name, config)
+    found = judged.verdict.verdict
+    return {**_changes({m: v.as_dict() for m, v in judged.verdict.rules.items()}), "verdict": found,
+            "acceptable": found == "acceptable", "decided_at": judged.utterances if found != "undecided" else None,
+            "looks": " ".join(map(str, judged.looks))}
 
 
 def _intervals(metrics: dict) -> dict:
@@ -284,7 +403,7 @@ def _changes(found: dict) -> dict:
 
 def wer_limit(baseline_wer: float, config: SweepConfig) -> float:
     """The largest acceptable WER for a baseline WER (rule in the module doc)."""
-    return max(baseline_wer * (1 + config.wer_rise), baseline_wer + config.wer_floor)
+    return np.maximum(baseline_wer * (1 + config.wer_rise), baseline_wer + config.wer_floor)
 
 
 def perplexity_limit(baseline_perplexity: float, config: SweepConfig) -> float:
@@ -389,9 +508,20 @@ def largest_text(best: dict) -> str:
     return text + ")"
 
 
+def verdicts_text(best: dict) -> str:
+    """``1 layer acceptable at 100 utterances; 2 not acceptable at 200``: the verdicts that decide a
+    line's largest acceptable fraction, each with the test utterances it rests on."""
+    parts = []
+    for step in best.get("verdicts", []):
+        at = "after" if step["verdict"] == "undecided" else "at"
+        parts.append(f"{plural(step['removed_count'], 'layer')} {step['verdict']} {at} {step['utterances']}")
+    return ("; ".join(parts) + " utterances") if parts else ""
+
+
 def report(rows: list[dict], summary: dict, out: Path) -> list:
     """What the terminal shows: per test set the main metric of every cell (x: not acceptable,
-    ?: undecided at this test size) and the largest acceptable fraction per strategy and healing."""
+    ?: undecided after the last look; @N: the test utterances the verdict rests on) and the largest
+    acceptable fraction per strategy and healing."""
     lines = []
     for set_name in sorted({r["set"] for r in rows}):
         of_set = [r for r in rows if r["set"] == set_name]
@@ -403,13 +533,15 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
             by_level = {r["removed"]: r for r in of_set if (r["strategy"], r["heal"]) == key}
             best = summary["largest_acceptable"].get(f"{key[0]}/{key[1]}/{set_name}", {})
             table_rows.append(("/".join(key), *(
-                f"{by_level[n][metric]:.3f}{MARKS[by_level[n]['verdict']]}" if n in by_level else "-"
-                for n, _ in levels), largest_text(best)))
+                f"{by_level[n][metric]:.3f}{MARKS[by_level[n]['verdict']]} @{by_level[n]['utterances']}"
+                if n in by_level else "-" for n, _ in levels), largest_text(best)))
         lines.append(table(
             f"sweep {set_name}: {LABELS[metric]} (baseline {baseline[metric]:.3f} "
             f"[{baseline[metric + '_low']:.3f}, {baseline[metric + '_high']:.3f}], "
             f"{counts(baseline['utterances'], baseline['words'], 'token' if metric == 'perplexity' else 'word')}); "
-            "x = not acceptable, ? = undecided at this test size (paired bootstrap, 95%)",
+            "x = not acceptable, ? = undecided after the last look, @N = the test utterances the verdict rests on "
+            f"(paired bootstrap at looks of {', '.join(map(str, summary['rules']['looks']))} utterances; at most "
+            f"{summary['rules']['alpha']:g} chance of calling a model at the limit acceptable)",
             ("strategy/healing", *(f"-{n} ({fraction:.0%})" for n, fraction in levels), "largest acceptable"),
             table_rows))
     if "stopped" in summary:
@@ -439,7 +571,8 @@ def sweep(config: SweepConfig) -> dict:
             plan |= {(s, n, h) for s in config.strategies for h in config.heal}
             if config.prefill_only:
                 plan |= {(s, n, PREFILL_ONLY) for s in config.strategies}
-    cells = []
+    cells, baseline = [], None
+    speech: dict = {}  # the test utterances' projected speech, computed once for the cells that share it
     failed: dict[str, set[str]] = {}  # line "strategy/heal" -> test sets a cell of it was not acceptable on
     stopped: dict[str, int] = {}  # line -> the layers removed from which it was not run
     # the plan runs by layers removed, baseline first: a line's smaller levels are judged before its larger ones
@@ -461,10 +594,16 @@ def sweep(config: SweepConfig) -> dict:
         else:
             print(f"sweep cell {number}/{len(plan)}: {name}", file=sys.stderr, flush=True)
             started = time.perf_counter()
-            cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out)
-            print(f"sweep cell {number}/{len(plan)} done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
-                  flush=True)
+            cell = run_cell(config, scan, strategy, n / num_layers, heal, test_sets, train_utterances, out, baseline,
+                            speech)
             write_json(path, cell)
+            print(f"sweep cell {number}/{len(plan)} done in {time.perf_counter() - started:.0f} s"
+                  + (f" ({_decided_text(cell, baseline.cell, config)})" if baseline else ""), file=sys.stderr,
+                  flush=True)
+        if baseline is None:
+            baseline = Baseline(cell, out / "cells" / f"{name}.json", config, scan, test_sets, speech)
+        for set_name in test_sets:  # a cell taken from elsewhere may rest on more utterances than scored so far
+            baseline.extend(set_name, len(cell["rows"][set_name]))
         cells.append(cell)
         if n and config.stop_line != "never":  # judged again for the table; only a stopping line needs it now
             failed.setdefault(line, set()).update(
@@ -487,6 +626,17 @@ def sweep(config: SweepConfig) -> dict:
     write_json(out / "summary.json", summary)
     show(*report(rows, summary, out))
     return summary
+
+
+def _decided_text(cell: dict, baseline: dict, config: SweepConfig) -> str:
+    """``asr-en.test acceptable at 100 utterances; ood undecided after 800``: a cell's verdicts."""
+    parts = []
+    for set_name in cell["rows"]:
+        judged = set_verdict(cell, baseline, set_name, config)
+        found = judged.verdict.verdict
+        parts.append(f"{set_name} {found} " + (f"after {judged.utterances}" if found == "undecided"
+                                                else f"at {judged.utterances}") + " utterances")
+    return "; ".join(parts)
 
 
 def _line_stops(rule: str, failed_sets: set[str], test_sets: set[str]) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from speechprune.looks import LOOKS
 from speechprune.config import option, require, require_choice
 from speechprune.options.model import SHORT_NAMES_HELP, check_placement, device_option, dtype_option
 from speechprune.options.train import MODES, TOKEN_CTC_VOCABULARIES
@@ -60,8 +61,12 @@ class DemoConfig:
     heal: list[str] = option(["none", "receiving-mlp"], help="sweep: healing settings")
     heal_steps: int | None = option(None, help="LoRA healing steps per sweep cell (empty: 40 on a base LLM, 80 tiny)")
     prefill_only: bool = option(False, help="sweep also skips the chosen layers in the prefix only")
-    test_utterances: int | None = option(None, help="in-domain test utterances per sweep cell (empty: all, the "
-                                                    "evaluation's: the sweep's baseline is then the evaluated one)")
+    test_sentences: int = option(800, help="meanings in the corpus's in-domain test split: the evaluation reads "
+                                           "them all, a sweep cell as many as its verdict needs (--looks)")
+    looks: list[int] = option(list(LOOKS), help="sweep: judge each cell after this many in-domain test utterances, "
+                                                "then each larger count, until its verdict is decided")
+    test_utterances: int | None = option(None, help="in-domain test utterances a sweep cell may read at most "
+                                                    "(empty: the whole split, up to the last look)")
     overwrite: bool = option(False, help="replace an existing --out (else this demo's own work is resumed or reused)")
     dtype: str = dtype_option(help="the dtype the evaluation, the scans and the sweeps (healing included) load "
                                    "their models in; training's precision is --mixed-precision")

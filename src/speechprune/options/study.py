@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from speechprune.looks import ALPHA, LOOKS, Looks
 from speechprune.config import option, require, require_choice
 from speechprune.options.model import (SHORT_NAMES_HELP, EncoderConfig, ProjectorConfig, check_placement, device_option,
                                         dtype_option)
@@ -99,7 +100,12 @@ class SpeechLLMSettings:
 
 @dataclass
 class EvalSettings:
-    test_utterances: int = option(50, help="utterances per test set (evaluation and sweeps)")
+    test_utterances: int = option(50, help="utterances per test set in each condition's evaluation")
+    looks: list[int] = option(list(LOOKS), help="sweeps: judge each cell after this many test utterances, then each "
+                                                "larger count, stopping at the first that decides (the last look is "
+                                                "all of a test set, at most the largest count: corpus.test_sentences "
+                                                "bounds it)")
+    alpha: float = option(ALPHA, help="sweeps: chance over all looks of calling a cell at the limit acceptable")
     scan_utterances: int = option(100, help="dev utterances each scan reads (the same for base and SpeechLLM)")
     fractions: list[float] = option([0.0, 0.25, 0.5], help="removed fractions of every sweep")
     heal_steps: int = option(60, help="LoRA healing steps per healed sweep cell")
@@ -114,6 +120,10 @@ class EvalSettings:
                                        "at least this; 0: BLEU is stated, never a reason to leave a condition out")
 
     def __post_init__(self):
+        try:
+            Looks(tuple(self.looks), self.alpha)
+        except ValueError as error:
+            require(False, f"evaluation.looks / evaluation.alpha: {error}")
         require(self.wer_bar >= 0, f"evaluation.wer_bar must be >= 0, not {self.wer_bar}")
         require(0 <= self.bleu_bar <= 100, f"evaluation.bleu_bar must be in [0, 100], not {self.bleu_bar}")
 

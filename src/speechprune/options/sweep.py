@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from speechprune.looks import ALPHA, LOOKS, Looks
 from speechprune.config import option, require, require_choice, require_choices
 from speechprune.options.evaluate import METRICS
 from speechprune.options.heal import TARGETS as HEAL_TARGETS
@@ -38,6 +39,12 @@ class SweepConfig:
     input: str = option("auto", help="scan input the strategies choose by")
     region: str = option("all", help="scan region the strategies choose by")
     max_test_utterances: int | None = option(None, help="score only the first N utterances of each test manifest (empty: all)")
+    looks: list[int] = option(list(LOOKS), help="judge each cell after this many test utterances, then after each "
+                                                "larger count, and stop at the first look that decides; the last look "
+                                                "is all of a test set, at most the largest count")
+    alpha: float = option(ALPHA, help="chance, over all looks, that a cell whose true metric sits exactly at the "
+                                      "limit is called acceptable (or, at the limit from the other side, not "
+                                      "acceptable): each of K looks is judged at alpha/K (Bonferroni over looks)")
     batch_size: int = option(16, help="utterances per batch, in healing and decoding")
     max_new_tokens: int | None = option(None, help="stop decoding after this many tokens (empty: twice the test sets' "
                                                    "longest reference plus 16, so that a broken model that never "
@@ -71,6 +78,10 @@ class SweepConfig:
         healed = [h for h in self.heal if h != "none"]
         require(not self.device_map or not healed, f"--device-map auto only reads a model; --heal "
                 f"{healed[0] if healed else ''} trains one: give --heal none, or drop --device-map")
+        try:
+            Looks(tuple(self.looks), self.alpha)
+        except ValueError as error:
+            require(False, f"--looks / --alpha: {error}")
         not_sweeps = [d for d in self.reuse if not (Path(d) / "cells").is_dir()]
         require(not not_sweeps, f"--reuse {not_sweeps[0] if not_sweeps else ''}: not a sweep directory (no cells/)")
 

@@ -24,6 +24,7 @@ from speechprune.report.discover import Found, Run
 from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, rows_unit,
                                         scan_counts, swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
+from speechprune.sweep import verdicts_text
 
 
 @dataclass
@@ -300,6 +301,14 @@ def _sweep_row_key(row: dict) -> tuple:
     return (row["set"], row["removed"] > 0, row["strategy"], row["heal"], row["removed"])
 
 
+def _verdict_at(row: dict) -> str:
+    """``acceptable at 200``: a sweep row's verdict and the test utterances that decided it."""
+    if not row["removed"]:
+        return "-"
+    found = row.get("verdict", "-")
+    return f"{found} {'after' if found == 'undecided' else 'at'} {row['utterances']}" if "looks" in row else found
+
+
 def sweep_section(sweep: Found, run: Run) -> Section:
     summary, rows = sweep.data, sweep.extra["rows"]
     section = Section(f"Sweep: {run.relative(sweep.path)} (model: {swept_model(sweep, run)})")
@@ -308,8 +317,9 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                 f"+{rules.get('wer_rise', 0) * 100:.0f}% relative (and at least +{rules.get('wer_floor', 0)} "
                 f"absolute is allowed), BLEU at most -{rules.get('bleu_drop', 0) * 100:.0f}% relative, perplexity at "
                 f"most +{rules.get('perplexity_rise', 0) * 100:.0f}% relative; each level is "
-                "judged by a paired bootstrap against the baseline on the same utterances: acceptable, not acceptable, "
-                "or undecided at this test size.")
+                "judged by a paired bootstrap against the baseline on the same utterances, in looks (the first "
+                f"{', '.join(map(str, rules.get('looks', [])))} test utterances, stopping at the first look that "
+                "decides): acceptable, not acceptable, or undecided after the last look.")
     command = made_by("sweep", sweep.path, run)
     heals = sorted({r["heal"] for r in rows if r["removed"] > 0})
     unit = rows_unit(rows)
@@ -339,9 +349,10 @@ def sweep_section(sweep: Found, run: Run) -> Section:
         strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
         largest.append([strategy, heal, set_name, _num(value["fraction"]), str(value["removed_count"]),
                         " ".join(map(str, value.get("removed", []))) or "none",
-                        _num(value.get("fraction_not_ruled_out")), counts(value.get("utterances"), value.get("words"), unit)])
+                        _num(value.get("fraction_not_ruled_out")), verdicts_text(value) or "-",
+                        counts(value.get("utterances"), value.get("words"), unit)])
     section.add(Table(["strategy", "healing", "test set", "largest acceptable fraction", "layers removed",
-                       "removed layers (0-based)", "largest not ruled out", "rests on"], largest,
+                       "removed layers (0-based)", "largest not ruled out", "decided by", "rests on (at most)"], largest,
                       "the largest level that it and every smaller level are decided acceptable at; not ruled out: "
                       "the largest level that is acceptable or undecided"))
     table_rows = []
@@ -351,7 +362,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                            *(interval_text(r.get(metric), r.get(f"{metric}_low"), r.get(f"{metric}_high"), digits)
                              for _, metric, _, digits, _ in shown),
                            _change(r) if r["removed"] else "baseline",
-                           r.get("verdict", "-") if r["removed"] else "-", _num(r.get("decoder_size_ratio"), 2),
+                           _verdict_at(r), _num(r.get("decoder_size_ratio"), 2),
                            counts(r.get("utterances"), r.get("words"), unit)])
     section.add(Table(["test set", "strategy", "healing", "removed", "removed layers (0-based)",
                        *(f"{label} [95% CI]" for _, _, label, _, _ in shown), "relative change [95% CI]", "verdict", "decoder size ratio", "rests on"],

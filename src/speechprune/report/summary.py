@@ -15,7 +15,7 @@ from speechprune.console import counts, plural, stderr
 from speechprune.evaluate import with_interval
 from speechprune.report.discover import Found, Run, read_pruned
 from speechprune.scan.result import ScanResult
-from speechprune.sweep import largest_text
+from speechprune.sweep import largest_text, verdicts_text
 
 
 # every quality metric a result may hold: (task, metric, label, digits, what it counts besides utterances)
@@ -130,9 +130,11 @@ def _largest(run: Run) -> list[Finding]:
             removed = " ".join(map(str, best.get("removed", []))) or "none"
             found.append(Finding(f"largest acceptable fraction of {swept_model(sweep, run)} ({strategy}, healing {heal}, "
                                  f"{set_name})",
-                                 f"{largest_text(best)}; removes layers {removed}",
-                                 counts(best.get("utterances"), best.get("words"), rows_unit(sweep.extra["rows"]))
-                                 + "; paired bootstrap against the baseline, 95%", run.relative(sweep.path)))
+                                 f"{largest_text(best)}; removes layers {removed}"
+                                 + (f"; {verdicts_text(best)}" if best.get("verdicts") else ""),
+                                 "at most " + counts(best.get("utterances"), best.get("words"),
+                                                     rows_unit(sweep.extra["rows"]))
+                                 + "; paired bootstrap against the baseline, in looks", run.relative(sweep.path)))
     return found
 
 
