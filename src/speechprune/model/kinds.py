@@ -41,6 +41,8 @@ class SpeechLLMModel(LoadedModel):
 
     def __init__(self, path: str, speechllm: SpeechLLM):
         self.speechllm = speechllm
+        # (utterance id, audio) -> projected speech on the CPU, shared through share_speech; None: off
+        self.shared_speech: dict[tuple[str, str | None], torch.Tensor] | None = None
         super().__init__(path, speechllm.decoder, speechllm.tokenizer, speechllm)
 
     @property
@@ -59,18 +61,41 @@ class SpeechLLMModel(LoadedModel):
     def task_inputs(self, utterances: list[Utterance], source: str, with_target: bool = True,
                     padding_side: str = "right") -> DecoderInputs:
         if source == "text":  # no audio is read for text input
-            batch = text_batch(self.tokenizer, utterances, self.speechllm.prompts)
+            batch, speech = text_batch(self.tokenizer, utterances, self.speechllm.prompts), None
         else:
-            batch = self._speech_batch(utterances)
-        return self.speechllm.decoder_inputs(batch, source=source, with_target=with_target, padding_side=padding_side)
+            batch, speech = self._speech_batch_and_positions(utterances)
+        return self.speechllm.decoder_inputs(batch, source=source, with_target=with_target, padding_side=padding_side,
+                                             speech=speech)
 
     def _speech_batch(self, utterances: list[Utterance]):
         # one small dataset per call: nothing (features included) is kept across batches
         return next(iter(self.speechllm.batches(utterances, batch_size=len(utterances), shuffle=False)))
 
+    def share_speech(self, speech: dict) -> bool:
+        self.shared_speech = speech
+        return True
+
+    def _speech_batch_and_positions(self, utterances: list[Utterance]) -> tuple:
+        """The batch of ``utterances`` and their projected speech: None (computed from the batch's
+        audio as it is used) without a shared dict; with one, the batch holds token ids only (no
+        audio read) and the speech comes from the dict, the missing utterances encoded and
+        projected together first (one batch, as they would have been without the dict)."""
+        if self.shared_speech is None:
+            return self._speech_batch(utterances), None
+        key = lambda utterance: (utterance.id, utterance.audio)  # noqa: E731  (ids may repeat across test sets)
+        missing = [u for u in utterances if key(u) not in self.shared_speech]
+        if missing:
+            with torch.no_grad():
+                projected = self.speechllm.project(*self.speechllm.encode(self._speech_batch(missing)))
+            for utterance, positions in zip(missing, projected):
+                # on the CPU: a sweep's cells record their own peak GPU memory
+                self.shared_speech[key(utterance)] = positions.to("cpu", copy=True)
+        return (text_batch(self.tokenizer, utterances, self.speechllm.prompts),
+                [self.shared_speech[key(u)].to(self.device) for u in utterances])
+
     def generate(self, utterances: list[Utterance], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
-        return self.speechllm.generate(self._speech_batch(utterances), max_new_tokens=max_new_tokens,
-                                       num_beams=num_beams)
+        batch, speech = self._speech_batch_and_positions(utterances)
+        return self.speechllm.generate(batch, max_new_tokens=max_new_tokens, num_beams=num_beams, speech=speech)
 
     def save_pruned(self, out: Path) -> Path:
         root = Path(self.path)

@@ -11,7 +11,8 @@ What the stages need of a model, and nothing else:
   or from the source text, in the ``task`` layout (each kind's own sequence, :meth:`task_inputs`)
   or, for text, the ``plain`` layout (the text alone as the tokenizer frames it, the same for
   every kind);
-- :meth:`LoadedModel.generate`: utterances -> hypotheses;
+- :meth:`LoadedModel.generate`: utterances -> hypotheses (:meth:`LoadedModel.share_speech`: with
+  the speech input computed once for models that share an encoder and projector);
 - :meth:`LoadedModel.save_pruned`: write the (pruned) model with every non-weight file of the
   original, and :meth:`LoadedModel.reload_causal_lm` to check what was written.
 """
@@ -107,6 +108,13 @@ class LoadedModel(ABC):
     @abstractmethod
     def generate(self, utterances: list[Utterance], max_new_tokens: int = 64, num_beams: int = 1) -> list[str]:
         """Hypotheses (decoded target texts) in the order of ``utterances``."""
+
+    def share_speech(self, speech: dict) -> bool:
+        """Read the projected speech of utterances (encoder and projector output) from ``speech``, a
+        dict shared by models whose encoder and projector are this one's (a sweep's cells: pruning
+        the decoder changes neither, nor does healing it without the projector), computing and adding
+        what it lacks. False: this kind computes its speech input anew on every call."""
+        return False
 
     @abstractmethod
     def save_pruned(self, out: Path) -> Path:
