@@ -218,7 +218,7 @@ def test_what_every_test_set_keeps_is_the_smallest_of_each_bound():
     ({"decoders": [{"name": "x", "config": {"model_type": "llama"}, "pretrained": "x.gguf"}]},
      "x: set exactly one of config and pretrained, not both"),
     ({"multilingual_decoder": "nope"}, "multilingual_decoder 'nope' is not among the decoders"),
-    ({"encoders": [{"name": "w", "pretrained": "openai/whisper-tiny"}]}, "pretrained is for decoders"),
+    ({"encoders": [{"name": "w"}]}, "w: set exactly one of config and pretrained, not neither"),
     ({"speechllm": {"token_ctc_vocabulary": "some"}}, "speechllm.token_ctc_vocabulary must be one of full, corpus"),
     ({"evaluation": {"bleu_bar": 120}}, r"evaluation.bleu_bar must be in \[0, 100\]"),
 ])

@@ -9,6 +9,12 @@ adapters, as the paper builds its SpeechLLMs on Llama and Qwen, by the recipe of
 scanned on the same text beside the SpeechLLM. ``--base-llm`` takes any other causal LM (a path,
 hub id, ``.gguf`` file or GGUF short name, or a base LLM made by ``speechprune base-llm``).
 
+The encoder is a Whisper-style one trained from scratch, warmed up on CTC first; ``--encoder`` takes
+a pretrained one instead (``whisper-tiny.en``, ``whisper-base``, a CTranslate2 folder, a Hugging Face
+encoder), kept frozen as the paper keeps it: no CTC warm-up, its states computed once per utterance
+and cached by the training loop (:func:`speechprune.train.frozen_encoder_stages`), and the
+projector's stack set by its frame rate so that a decoder position spans 160 ms of speech.
+
 ``--tiny`` is the quick look: an 8-layer decoder trained from scratch with the speech task,
 about 8 minutes, with no base LLM (and nothing to spare: docs/offline-default.md).
 
@@ -20,6 +26,7 @@ CLI calls; nothing here is demo-only logic.
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 from pathlib import Path
 
 from speechprune.config import save_config
@@ -27,15 +34,37 @@ from speechprune.console import StepTimes, stderr
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output
-from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
+from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, ProjectorConfig
 from speechprune.options.demo import DemoConfig
-from speechprune.train import LoopConfig, LoraConfig, TrainConfig, base_llm_stages, default_stages, train
+from speechprune.train import (LoopConfig, LoraConfig, StageConfig, TrainConfig, base_llm_stages, default_stages,
+                               frozen_encoder_stages, train)
+
+POSITION_MS = 160.0  # speech per decoder position with a pretrained --encoder (the from-scratch encoder's 40 ms x 4)
 
 
 def _optional(module: str, config: str, function: str):
     """Later stages are looked up when the demo reaches them (lower stages never import them)."""
     loaded = importlib.import_module(module)
     return getattr(loaded, config), getattr(loaded, function)
+
+
+def training_plan(config: DemoConfig) -> tuple[dict[str, StageConfig], ModelConfig]:
+    """The stages and model config the demo trains its SpeechLLM with (nothing is opened here)."""
+    recipe = config.recipe()
+    if config.tiny:
+        stages = default_stages()
+        stages["ctc"].steps, stages["joint"].steps = recipe.ctc_steps, recipe.joint_steps
+        model = ModelConfig()
+    else:
+        stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
+                                 proj_steps=recipe.proj_steps, token_ctc_vocabulary=recipe.token_ctc_vocabulary)
+        model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
+    if config.encoder:  # frozen and cached, no CTC on it; a decoder position spans as much speech as with the
+        # from-scratch encoder (its 40 ms frames by 4): a pretrained Whisper's 20 ms frames by 8, wav2vec2's likewise
+        stages = frozen_encoder_stages(stages)
+        model = replace(model, encoder=EncoderConfig(pretrained=config.encoder), ctc=False,
+                        projector=replace(model.projector, position_ms=POSITION_MS))
+    return stages, model
 
 
 @claims_output("demo", resumable=True, reusable=True)
@@ -55,14 +84,7 @@ def demo(config: DemoConfig) -> Path:
     timer.run("data synth", corpus / "corpus.json", lambda: synthesize(SynthConfig(
         out=str(corpus), languages=config.languages, st_pairs=config.st_pairs,
         train_sentences=config.train_sentences, test_sentences=config.test_sentences)))
-    if config.tiny:
-        stages = default_stages()
-        stages["ctc"].steps, stages["joint"].steps = recipe.ctc_steps, recipe.joint_steps
-        model = ModelConfig()
-    else:
-        stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
-                                 proj_steps=recipe.proj_steps, token_ctc_vocabulary=recipe.token_ctc_vocabulary)
-        model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
+    stages, model = training_plan(config)
     placed = {"dtype": config.dtype, "device": config.device}  # every step that reads or heals a model
     timer.run("train", model_dir / "speechllm.json", lambda: train(TrainConfig(
         train=[train_manifest], out=str(model_dir), stages=stages, model=model, device=config.device,

@@ -17,7 +17,8 @@ left out of every average, agreement and consensus.
     OUT/corpus/                         the synthetic corpus (or the one named by --corpus)
     OUT/base/{decoder}/                 base LLM (Hugging Face checkpoint; a pretrained one stays
                                         where it is) and its text scans
-    OUT/encoders/{encoder}-{langs}/     one warmed-up (CTC) encoder per encoder and language set
+    OUT/encoders/{encoder}-{langs}/     one warmed-up (CTC) encoder per encoder and language set (none
+                                        for a pretrained encoder: frozen in every stage, no CTC)
     OUT/conditions/{condition}/         model/ eval/ scan/ compare-base/ [sweep/]
     OUT/agreement/{axis}/               compare across the conditions of one axis (speech input)
     OUT/consensus/                      consensus scan; the multi-task model swept with it, with its
@@ -56,7 +57,8 @@ from speechprune.scan.result import SCAN_FILE, ScanResult
 from speechprune.scan.run import ScanConfig, scan
 from speechprune.sweep import SweepConfig, sweep
 from speechprune.options.study import Condition, NamedConfig, StudyConfig, llama_config
-from speechprune.train import LoopConfig, StageConfig, TrainConfig, base_llm_stages, ctc_greedy_cer, train
+from speechprune.train import (LoopConfig, StageConfig, TrainConfig, base_llm_stages, ctc_greedy_cer,
+                               frozen_encoder_stages, train)
 
 console = Console(stderr=True)
 REGION = "all"  # the region every agreement and consensus is computed on
@@ -176,7 +178,10 @@ def _placed(config: StudyConfig) -> dict:
 
 
 def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedConfig, languages: tuple[str, ...],
-                  timer: StepTimes) -> Path:
+                  timer: StepTimes) -> Path | None:
+    """The CTC warm-up of an encoder built from its config; none for a pretrained one (kept frozen)."""
+    if encoder.pretrained:
+        return None
     path = out / "encoders" / f"{encoder.name}-{'+'.join(languages)}"
     s = config.speechllm
     stages = {"ctc": StageConfig(steps=s.warmup_steps, lm_weight=0.0, ctc_weight=1.0, projector="frozen",
@@ -196,9 +201,10 @@ def _warm_encoder(config: StudyConfig, out: Path, corpus: Path, encoder: NamedCo
     return path
 
 
-def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path,
-               timer: StepTimes) -> Path:
-    path = out / "conditions" / condition.name / "model"
+def speechllm_training(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str,
+                       warm: Path | None) -> TrainConfig:
+    """How a condition's SpeechLLM trains: on its warmed-up encoder (``warm``), or on a pretrained
+    encoder kept frozen in every stage, with no CTC on it (``warm`` is None); nothing is opened here."""
     s = config.speechllm
     loop = _loop(config)
     loop.batch_size = s.batch_size
@@ -206,11 +212,22 @@ def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Conditio
     stages = base_llm_stages(condition.mode, ctc_steps=0, copy_steps=s.copy_steps, joint_steps=joint_steps,
                              lr=s.lr, projector_lr=s.projector_lr, ctc_weight=s.ctc_weight,
                              proj_steps=s.proj_steps, token_ctc_vocabulary=s.token_ctc_vocabulary)
-    timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json", lambda: train(TrainConfig(
-        train=[str(_manifest(corpus, t, "train")) for t in condition.tasks], out=str(path), encoder_from=str(warm),
-        stages=stages, loop=loop, model=ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector),
-        device=config.device)),
-        "SpeechLLM training")
+    model = ModelConfig(decoder=DecoderConfig(pretrained=base), projector=s.projector)
+    encoder = next(e for e in config.encoders if e.name == condition.encoder)
+    if encoder.pretrained:
+        stages = frozen_encoder_stages(stages)
+        model = dataclasses.replace(model, encoder=EncoderConfig(pretrained=encoder.pretrained), ctc=False)
+    return TrainConfig(train=[str(_manifest(corpus, t, "train")) for t in condition.tasks],
+                       out=str(out / "conditions" / condition.name / "model"),
+                       encoder_from=None if warm is None else str(warm), stages=stages, loop=loop, model=model,
+                       device=config.device)
+
+
+def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path | None,
+               timer: StepTimes) -> Path:
+    training = speechllm_training(config, out, corpus, condition, base, warm)
+    path = Path(training.out)
+    timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json", lambda: train(training), "SpeechLLM training")
     return path
 
 
@@ -298,7 +315,7 @@ def study(config: StudyConfig) -> dict:
         records[condition.name] = {
             "condition": condition, "model": model, "scan": scan_dir, "metrics": metrics,
             "misses": bar.misses(metrics),
-            "encoder_ctc_cer": read_json(warm / "ctc_cer.json")["cer"],
+            "encoder_ctc_cer": None if warm is None else read_json(warm / "ctc_cer.json")["cer"],  # None: pretrained
             "num_layers": scanned.num_layers,
             "inherited": find_pair(base_compare, "base/text", "speechllm/speech", REGION),
             "text_speech": find_pair(base_compare, "speechllm/speech", "speechllm/text", REGION),

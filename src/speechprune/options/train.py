@@ -4,7 +4,7 @@ recipes. Why stages, and what each default stage does: :mod:`speechprune.train`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from speechprune.config import option, require
 from speechprune.options.model import (MIXED_PRECISION, LoadingPolicy, ModelConfig, check_placement, device_option,
@@ -164,6 +164,20 @@ def base_llm_stages(decoder: str = "lora", ctc_steps: int = 300, copy_steps: int
     if decoder == "frozen":  # nothing in the decoder to teach: the copy stage would train nothing
         del stages["copy"]
     return {name: stage for name, stage in stages.items() if stage.steps > 0}
+
+
+def frozen_encoder_stages(stages: dict[str, StageConfig]) -> dict[str, StageConfig]:
+    """``stages`` for a pretrained encoder (``model.encoder.pretrained``) kept frozen, as the paper
+    keeps its encoders: every stage leaves the encoder frozen, so :func:`speechprune.train.run_stages`
+    computes its states once per utterance and caches them, and no stage trains a CTC on it (build
+    the model with ``ctc=False``). A stage left with nothing to train (the encoder's CTC warm-up) is
+    dropped; the projector's warm-up on the token CTC stays."""
+    kept = {}
+    for name, stage in stages.items():
+        if stage.lm_weight == 0 and stage.token_ctc_weight == 0:  # the encoder's own CTC and nothing else
+            continue
+        kept[name] = replace(stage, encoder="frozen", ctc_weight=0.0)
+    return kept
 
 
 @dataclass
