@@ -17,7 +17,10 @@ side, on the same utterances in the same run:
 - with ``--speechllm DIR``, a SpeechLLM built on a Whisper encoder, its encoder window set to
   ``full`` and then to ``dynamic``, decoded by the toolkit's own ``evaluate.decode`` (batched,
   ``--batch-size``); the seconds are its ``decode_seconds``, ``encoder_seconds`` the encoder's
-  forward calls alone. ``--model ''`` leaves the Whisper out.
+  forward calls alone. ``--model ''`` leaves the Whisper out. A SpeechLLM learned on the states of
+  one window (``speechllm.json`` names it; the demo trains at ``dynamic``): the other is one it
+  never saw, so its WER there says little about what that window could give. For both on equal terms,
+  train one SpeechLLM at each (``speechprune train ... --model.encoder.window full``).
 
 For each: WER with its 95 % bootstrap interval over utterances (``speechprune.evaluate``), and the
 paired difference dynamic - full on the same resampled utterances. For the Whisper, also how many
