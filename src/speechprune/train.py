@@ -37,6 +37,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, gather_object
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
@@ -48,7 +49,7 @@ from speechprune.data.manifest import Utterance, load_manifests
 from speechprune.errors import UserError
 from speechprune.files import claims_output, read_json, staged_dir, write_json
 from speechprune.model.decoder import next_token_loss
-from speechprune.model.device import resolve_device
+from speechprune.model.device import resolve_device, training_precision
 from speechprune.model.interface import LoadedModel
 from speechprune.model.kinds import SpeechLLMModel
 from speechprune.model.speechllm import SpeechLLM, decoder_texts
@@ -303,17 +304,26 @@ class StageResult:
 def make_accelerator(loop: LoopConfig, out: Path, device: str | torch.device = "auto") -> Accelerator:
     """The Accelerator of a training run: on the CPU with ``loop.cpu`` or ``device`` cpu (or no GPU),
     else on ``device`` (``cuda:N``: that GPU; under accelerate launch each process takes its own),
-    in ``loop.mixed_precision``. A device this machine lacks is a one-line error."""
+    in ``loop.mixed_precision`` (``auto``: bf16 autocast where it is faster here, said in one line:
+    :func:`~speechprune.model.device.training_precision`). A device this machine lacks is a one-line
+    error."""
     placed = resolve_device("cpu" if loop.cpu else device)
     on_cpu = placed.type == "cpu"
     if not on_cpu and placed.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         torch.cuda.set_device(placed.index)  # Accelerate trains on the current CUDA device
+    precision, line = training_precision(loop.mixed_precision, placed)
+    if line and os.environ.get("RANK", "0") == "0":  # one line per run, not one per process
+        note(line)
+    if AcceleratorState._shared_state.get("_mixed_precision", precision) != precision:
+        # Accelerate keeps one precision per process and refuses another; a study or demo trains in
+        # bf16, then heals in float32 in the same process: the new run's precision replaces it
+        AcceleratorState._reset_state()
     if on_cpu and loop.mixed_precision == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         note("bf16 on this CPU is emulated (no AVX512-BF16 or AMX): about 7x slower than float32 here "
-             "(BENCHMARKS.md, bf16); --loop.mixed-precision no trains faster")
+             "(BENCHMARKS.md, bf16); --loop.mixed-precision no (or auto) trains faster")
     return Accelerator(
         cpu=on_cpu,
-        mixed_precision=loop.mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=loop.grad_accum,
         log_with=loop.log_with,
         project_dir=str(out),
@@ -606,6 +616,7 @@ def train(config: TrainConfig) -> Path:
                 "stages": [r.__dict__ for r in results],
                 "train_seconds": sum(r.seconds for r in results),
                 "num_processes": accelerator.num_processes,
+                "mixed_precision": accelerator.mixed_precision,  # what ran (auto: what the probe chose)
                 "replica_fingerprints": fingerprints,
                 "utterances": len(utterances),
             })

@@ -3,12 +3,16 @@
 into torch's, and refuses a device this machine does not have in one line.
 
 ``auto`` is the GPU when there is one (torch's current CUDA device), else the CPU; ``cuda`` is the
-current CUDA device; ``cuda:N`` that one, and N must be below the number of GPUs."""
+current CUDA device; ``cuda:N`` that one, and N must be below the number of GPUs. Training's
+``--loop.mixed-precision auto`` is decided here too (:func:`training_precision`)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
+import time
 from typing import Any
 
 import torch
@@ -70,3 +74,56 @@ def as_run(config: Any, **resolved: Any) -> Any:
         if name in fields and value is not None:
             object.__setattr__(ran, name, value)
     return ran
+
+
+# ----------------------------------------------------------------------------- training precision
+PROBE_SIZE, PROBE_REPEATS = 512, 5  # a 512 x 512 matmul, timed 5 times in each precision (a fraction of a second)
+BF16_MARGIN = 1.1  # bf16 autocast must be at least this many times as fast: a near tie keeps float32, the more precise
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_matmul_speedup(size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) -> float:
+    """How many times faster a ``size`` x ``size`` matmul runs under CPU bf16 autocast than in
+    float32 here: the fastest of ``repeats`` timings of each, interleaved (so that other work on the
+    machine slows both alike). Once per process. Where the CPU lacks AVX512-BF16 and AMX, bf16 is
+    emulated and this is well below 1 (about 0.14 measured: BENCHMARKS.md)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
+
+    def float32() -> None:
+        torch.mm(a, b)
+
+    def bf16() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.mm(a, b)
+
+    best = {float32: math.inf, bf16: math.inf}
+    for run in best:  # warm-up: the first call of each picks its kernels
+        run()
+    for _ in range(repeats):
+        for run in best:
+            started = time.perf_counter()
+            run()
+            best[run] = min(best[run], time.perf_counter() - started)
+    return best[float32] / max(best[bf16], 1e-9)
+
+
+def training_precision(mixed_precision: str, device: torch.device) -> tuple[str, str]:
+    """``(precision, line)``: what ``--loop.mixed-precision`` (``no | bf16 | fp16 | auto``) runs as
+    on ``device`` (Accelerate's ``no``, ``bf16`` or ``fp16``), and for ``auto`` the one line that
+    says which and why (else ""). ``auto`` is bf16 autocast where it pays: on a CUDA GPU that has
+    bf16; on the CPU where :func:`bf16_matmul_speedup` finds its matmul at least
+    :data:`BF16_MARGIN` times as fast as float32's; float32 elsewhere."""
+    if mixed_precision != "auto":
+        return mixed_precision, ""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"precision: bf16 autocast ({device} computes bf16)"
+        return "no", f"precision: float32 ({device} has no bf16)"
+    if device.type != "cpu":
+        return "no", f"precision: float32 (bf16 autocast is not probed on {device.type})"
+    speedup = bf16_matmul_speedup()
+    if speedup >= BF16_MARGIN:
+        return "bf16", f"precision: bf16 autocast (its matmul {speedup:.1f}x faster than float32 here)"
+    return "no", (f"precision: float32 (bf16 autocast's matmul {speedup:.2f}x float32's speed here"
+                  + (": emulated" if speedup < 1 else f", under the {BF16_MARGIN}x it must gain") + ")")

@@ -61,7 +61,9 @@ class DemoConfig:
                                                          "training transcripts' tokens, tens of times cheaper; "
                                                          "empty: corpus) | full (the whole vocabulary)")
     mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
-                                                    "where the CPU or GPU computes bf16 natively; empty: no)")
+                                                    "where the CPU or GPU computes bf16 natively) | auto (bf16 where "
+                                                    "a probe at start finds it faster here, else no; one line says "
+                                                    "which); empty: no")
     fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
                                                       "0.2, 0.3 on a base LLM; 0, 0.125, 0.25, 0.375 tiny)")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")
@@ -83,7 +85,7 @@ class DemoConfig:
         check_placement(self)
         require_choice(self.decoder, MODES, "--decoder")
         if self.mixed_precision is not None:
-            require_choice(self.mixed_precision, ("bf16", "no"), "--mixed-precision")
+            require_choice(self.mixed_precision, ("bf16", "no", "auto"), "--mixed-precision")
         if self.token_ctc_vocabulary is not None:
             require_choice(self.token_ctc_vocabulary, TOKEN_CTC_VOCABULARIES, "--token-ctc-vocabulary")
         for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):

@@ -14,6 +14,8 @@ MODES = ("frozen", "lora", "full")
 INPUTS = ("speech", "text", "lm")
 COMPONENTS = ("encoder", "projector", "decoder")
 TOKEN_CTC_VOCABULARIES = ("full", "corpus")
+MIXED_PRECISIONS = ("no", "bf16", "fp16", "auto")  # auto: probed at start (speechprune.model.device.training_precision)
+TRAIN_DTYPES = {**MIXED_PRECISION, "auto": "auto"}  # a training command's --dtype -> its --loop.mixed-precision
 
 
 @dataclass
@@ -74,7 +76,9 @@ class LoopConfig:
     batch_size: int = option(8, help="utterances per optimiser step (per process); why 8: BENCHMARKS.md, "
                                      "measured defaults")
     grad_accum: int = option(1, help="gradient accumulation steps")
-    mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it)")
+    mixed_precision: str = option("no", help="no | bf16 | fp16 (where the device has it) | auto (bf16 autocast where "
+                                             "it is faster: a GPU with bf16, or a CPU whose bf16 matmul a probe at "
+                                             "start finds faster than float32; else no; one line says which)")
     cpu: bool = option(False, help="force the CPU even when a GPU is present")
     seed: int = option(0, help="seed of initialisation, data order and dropout")
     checkpoint_every: int = option(200, help="optimiser steps between checkpoints (resume points)")
@@ -86,12 +90,15 @@ class LoopConfig:
 
     def __post_init__(self):
         require(self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1")
-        require(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision must be no, bf16 or fp16")
+        require(self.mixed_precision in MIXED_PRECISIONS,
+                f"mixed_precision must be {', '.join(MIXED_PRECISIONS[:-1])} or {MIXED_PRECISIONS[-1]}, "
+                f"not {self.mixed_precision!r}")
 
 
 # --dtype and --device of a training command (train, base-llm): made one with its --loop by train_placement
 TRAIN_DTYPE_HELP = ("training precision, the same as --loop.mixed-precision: float32 = no, bfloat16 = bf16, "
                     "float16 = fp16 (Accelerate autocast; the weights, the optimiser state and the saved model stay "
+                    "float32), auto = auto (bf16 autocast where a probe at start finds it faster here, else "
                     "float32); empty: as --loop.mixed-precision")
 TRAIN_DEVICE_HELP = ("where training runs: cpu is --loop.cpu; cuda:N trains on that GPU (under accelerate launch "
                      "each process takes its own)")
@@ -101,16 +108,20 @@ def train_placement(config) -> None:
     """Check a training config's ``dtype`` and ``device`` and make them one with its ``loop``: the
     dtype is the Accelerate precision (``loop.mixed_precision``), ``--device cpu`` is ``loop.cpu``.
     Both sides given and disagreeing is a one-line error; after this both say what will run."""
+    dtype = config.dtype
+    if dtype == "auto":  # a training precision, not a dtype a model is loaded in: checked here
+        config.dtype = None
     check_placement(config)
+    config.dtype = dtype
     loop = config.loop
-    given = {value: name for name, value in MIXED_PRECISION.items()}[loop.mixed_precision]
+    given = {value: name for name, value in TRAIN_DTYPES.items()}[loop.mixed_precision]
     if config.dtype is None:
         config.dtype = given
     else:
-        require(loop.mixed_precision in ("no", MIXED_PRECISION[config.dtype]),
+        require(loop.mixed_precision in ("no", TRAIN_DTYPES[config.dtype]),
                 f"--dtype {config.dtype} and --loop.mixed-precision {loop.mixed_precision} disagree: give one "
                 f"(--dtype {given} is --loop.mixed-precision {loop.mixed_precision})")
-        loop.mixed_precision = MIXED_PRECISION[config.dtype]
+        loop.mixed_precision = TRAIN_DTYPES[config.dtype]
     if loop.cpu:
         require(config.device in ("auto", "cpu"), f"--device {config.device} and --loop.cpu disagree: give one")
         config.device = "cpu"
