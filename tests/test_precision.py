@@ -33,15 +33,30 @@ def test_the_probe_picks_one_of_the_two_and_says_which_in_one_line():
         assert training_precision(given, CPU) == (given, "")
 
 
-@pytest.mark.parametrize("speedup, precision, line", [
-    (2.1, "bf16", "precision: bf16 autocast (its matmul 2.1x faster than float32 here)"),
-    (0.14, "no", "precision: float32 (bf16 autocast's matmul 0.14x float32's speed here: emulated)"),
-    (1.05, "no", "precision: float32 (bf16 autocast's matmul 1.05x float32's speed here, under the 1.1x it must "
-                 "gain)"),
+@pytest.mark.parametrize("speedup, native, precision, line", [
+    (2.1, True, "bf16", "precision: bf16 autocast (its matmul 2.1x faster than float32 here)"),
+    (0.14, False, "no", "precision: float32 (bf16 autocast's matmul 0.14x float32's speed here: emulated, no "
+                        "AVX512-BF16 or AMX)"),
+    (0.9, True, "no", "precision: float32 (bf16 autocast's matmul 0.90x float32's speed here)"),
+    (1.05, True, "no", "precision: float32 (bf16 autocast's matmul 1.05x float32's speed here, under the 1.1x it "
+                       "must gain)"),
 ])
-def test_the_probe_decides_by_the_measured_speed(monkeypatch, speedup, precision, line):
+def test_the_probe_decides_by_the_measured_speed(monkeypatch, speedup, native, precision, line):
     monkeypatch.setattr(device_module, "bf16_matmul_speedup", lambda: speedup)
+    monkeypatch.setattr(device_module, "native_cpu_bf16", lambda: native)
     assert training_precision("auto", CPU) == (precision, line)
+
+
+def test_the_probe_runs_on_one_thread_and_gives_the_threads_back(monkeypatch):
+    threads, seen = torch.get_num_threads(), []
+    monkeypatch.setattr(device_module, "_speedup", lambda size, repeats: seen.append(torch.get_num_threads()) or 2.0)
+    torch.set_num_threads(2)
+    try:
+        bf16_matmul_speedup.cache_clear()
+        assert bf16_matmul_speedup() == 2.0 and seen == [1] and torch.get_num_threads() == 2
+    finally:
+        bf16_matmul_speedup.cache_clear()
+        torch.set_num_threads(threads)
 
 
 def test_auto_is_a_training_precision_of_every_recipe():

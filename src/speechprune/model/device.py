@@ -85,8 +85,20 @@ BF16_MARGIN = 1.1  # bf16 autocast must be at least this many times as fast: a n
 def bf16_matmul_speedup(size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) -> float:
     """How many times faster a ``size`` x ``size`` matmul runs under CPU bf16 autocast than in
     float32 here: the fastest of ``repeats`` timings of each, interleaved (so that other work on the
-    machine slows both alike). Once per process. Where the CPU lacks AVX512-BF16 and AMX, bf16 is
-    emulated and this is well below 1 (about 0.14 measured: BENCHMARKS.md)."""
+    machine slows both alike), on one thread: the kernels' own speeds, which a busy machine disturbs
+    least (on a 2-core AVX512-BF16 CPU beside a two-thread job, two threads measured 0.65x and one
+    thread 2.1x; a whole training step there runs 1.4x faster in bf16). Once per process. Where the
+    CPU lacks AVX512-BF16 and AMX, bf16 is emulated and this is well below 1 (BENCHMARKS.md: about
+    7x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _speedup(size, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _speedup(size: int, repeats: int) -> float:
     generator = torch.Generator().manual_seed(0)
     a, b = (torch.randn(size, size, generator=generator) for _ in range(2))
 
@@ -108,6 +120,11 @@ def bf16_matmul_speedup(size: int = PROBE_SIZE, repeats: int = PROBE_REPEATS) ->
     return best[float32] / max(best[bf16], 1e-9)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16 or AMX), not emulated."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def training_precision(mixed_precision: str, device: torch.device) -> tuple[str, str]:
     """``(precision, line)``: what ``--loop.mixed-precision`` (``no | bf16 | fp16 | auto``) runs as
     on ``device`` (Accelerate's ``no``, ``bf16`` or ``fp16``), and for ``auto`` the one line that
@@ -126,4 +143,6 @@ def training_precision(mixed_precision: str, device: torch.device) -> tuple[str,
     if speedup >= BF16_MARGIN:
         return "bf16", f"precision: bf16 autocast (its matmul {speedup:.1f}x faster than float32 here)"
     return "no", (f"precision: float32 (bf16 autocast's matmul {speedup:.2f}x float32's speed here"
-                  + (": emulated" if speedup < 1 else f", under the {BF16_MARGIN}x it must gain") + ")")
+                  + (f", under the {BF16_MARGIN}x it must gain" if speedup >= 1 else
+                     "" if native_cpu_bf16() else ": emulated, no AVX512-BF16 or AMX")
+                  + ")")
