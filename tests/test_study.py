@@ -296,7 +296,7 @@ def test_miniature_study_on_pretrained_gguf_decoders(tmp_path, monkeypatch, caps
     # each pretrained decoder is its own base LLM (nothing text-pretrained), its SpeechLLMs built on its weights
     files = [d.pretrained for d in config.decoders]
     assert saved["decoders"] == {"llama": {"family": "llama", "num_layers": 4, "pretrained": files[0]},
-                                 "gemma3": {"family": "gemma3_text", "num_layers": 3, "pretrained": files[1]}}
+                                 "gemma3": {"family": "gemma3", "num_layers": 3, "pretrained": files[1]}}
     assert not list(out.glob("base/*/model"))
 
     # one warm-up per encoder on every language of the study; the multi-task model its own joint steps
@@ -318,7 +318,8 @@ def test_miniature_study_on_pretrained_gguf_decoders(tmp_path, monkeypatch, caps
     assert "where the time went" in capsys.readouterr().out
     for entry in saved["conditions"].values():
         decoder = json.loads((out / entry["model"] / "decoder" / "config.json").read_text())
-        assert (decoder["model_type"], decoder["hidden_size"]) == (saved["decoders"][entry["decoder"]]["family"], 64)
+        family = saved["decoders"][entry["decoder"]]["family"]  # a GGUF file's architecture: gemma3 is gemma3_text
+        assert decoder["model_type"] in (family, f"{family}_text") and decoder["hidden_size"] == 64
         assert entry["num_layers"] == saved["decoders"][entry["decoder"]]["num_layers"]
 
     # the listening bar: BLEU 100 is out of reach, so the two conditions with a translation test set are not evidence

@@ -142,6 +142,35 @@ def _size_caveat(evidence: dict[str, dict], sizes: dict[str, tuple[str, int]]) -
     return ""
 
 
+def _size_trend(evidence: dict[str, dict], sizes: dict[str, tuple[str, int]]) -> str:
+    """Claim (3) read off the sweeps: per family with two or more swept evidence decoders, each
+    depth's largest acceptable fraction (and its largest not ruled out), unhealed and healed, and
+    whether the deepest (the largest) keeps more than the shallowest, said only where the verdicts
+    separate them (one's decided fraction above the other's largest not ruled out); "" when no
+    family has two depths."""
+    swept: dict[str, list[tuple[int, dict]]] = {}
+    for r in evidence.values():
+        if "sweep" in r:
+            family, layers = sizes[r["condition"].decoder]
+            swept.setdefault(family, []).append((layers, r["sweep"]))
+    parts = []
+    for family, members in swept.items():
+        if len({layers for layers, _ in members}) < 2:
+            continue
+        members.sort(key=lambda m: m[0])
+        for heal, label in (("none", "unhealed"), ("receiving-mlp", "healed")):
+            found = [(layers, smallest_largest(summary, "angular", heal)) for layers, summary in members]
+            (_, small), (_, large) = found[0], found[-1]
+            upper = lambda e: e.get("fraction_not_ruled_out", e["fraction"])  # noqa: E731
+            trend = ("the larger keeps more" if large["fraction"] > upper(small)
+                     else "the larger keeps less" if small["fraction"] > upper(large)
+                     else "no difference shown at this test size")
+            parts.append(f"{family}, {label}: " + " -> ".join(
+                f"{layers} layers {e['fraction']:.2f} (not ruled out: {upper(e):.2f})" for layers, e in found)
+                + f": {trend}")
+    return ("by family (largest acceptable fraction by depth): " + "; ".join(parts) + ". Per decoder: ") if parts else ""
+
+
 def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, rel: Callable[[Path], str],
                  bar: ListeningBar, sizes: dict[str, tuple[str, int]]) -> list[dict]:
     """One claim per finding: ``claim``, ``measured``, ``paper`` and ``evidence`` (the study's folders),
@@ -186,7 +215,8 @@ def study_claims(records: dict[str, dict], axes: dict, backbone: dict | None, re
                          f"{_largest(healed).replace(' (', ' healed (', 1)}")
     claims.append({
         "claim": "(3) larger decoders tolerate more pruning (largest acceptable removed fraction)",
-        "measured": (_size_caveat(evidence, sizes) + "; ".join(lines)) if lines else "not measured",
+        "measured": ((_size_caveat(evidence, sizes) or _size_trend(evidence, sizes)) + "; ".join(lines)) if lines
+                    else "not measured",
         "paper": PAPER["size"],
         "evidence": ", ".join(rel(r["sweep_dir"]) for r in records.values() if "sweep_dir" in r)})
     per_axis = []

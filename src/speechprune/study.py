@@ -49,7 +49,7 @@ from speechprune.data.manifest import load_manifests, write_manifest
 from speechprune.data.synth import SynthConfig, synthesize
 from speechprune.evaluate import EvalConfig, evaluate
 from speechprune.files import claims_output, read_json, write_json, write_text
-from speechprune.model.gguf import decoder_checkpoint
+from speechprune.model.gguf import decoder_checkpoint, gguf_path, is_gguf, read_header
 from speechprune.model.speechllm import DecoderConfig, EncoderConfig, ModelConfig, SpeechLLM
 from speechprune.scan.compare import CompareConfig, compare
 from speechprune.scan.consensus import Consensus, agreement_matrices, consensus, find_pair, pair_metrics
@@ -66,9 +66,14 @@ REGION = "all"  # the region every agreement and consensus is computed on
 
 # ----------------------------------------------------------------------------- conditions
 def decoder_shape(decoder: NamedConfig) -> tuple[str, int]:
-    """(family, depth) of a study decoder: its config's, or a pretrained one's checkpoint config (a
-    GGUF model's dequantised cache, made on first use)."""
+    """(family, depth) of a study decoder: its config's; a GGUF model's ``general.architecture`` and
+    block count, read from the file's header (not dequantised: qwen2 for every Qwen2 and Qwen2.5
+    size, so that sizes of one family are compared in claim 3); or another pretrained one's
+    checkpoint config."""
     config = decoder.config
+    if decoder.pretrained and is_gguf(decoder.pretrained):
+        _, header = read_header(gguf_path(decoder.pretrained))
+        return header.architecture, header.block_count
     if decoder.pretrained:
         from transformers import AutoConfig
 
@@ -324,7 +329,7 @@ def study(config: StudyConfig) -> dict:
             train_manifest = [str(_manifest(corpus, t, "train")) for t in condition.tasks]
             records[condition.name]["sweep"] = _sweep(config, corpus, model, scan_dir, folder / "sweep",
                                                       condition.tasks, ["none", "receiving-mlp"], train_manifest,
-                                                      timer)
+                                                      timer, stop_line=e.stop_line)
             records[condition.name]["sweep_dir"] = folder / "sweep"
 
     # agreement over the conditions that passed the listening bar: per axis (its conditions share a

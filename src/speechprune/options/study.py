@@ -121,6 +121,10 @@ class EvalSettings:
                                        "it, marked, and leave it out of every average, agreement and consensus")
     bleu_bar: float = option(0.0, help="listening bar for speech translation: BLEU (0-100) on every ST test set "
                                        "at least this; 0: BLEU is stated, never a reason to leave a condition out")
+    stop_line: str = option("never", help="never | any-set: the decoder conditions' sweeps run every fraction, or "
+                                          "stop a line (unhealed, healed) at its first fraction not acceptable: "
+                                          "claim 3 reads the largest acceptable fraction and the largest not ruled "
+                                          "out, which both end below it, so only the curve past it is lost")
 
     def __post_init__(self):
         try:
@@ -128,6 +132,7 @@ class EvalSettings:
         except ValueError as error:
             require(False, f"evaluation.looks / evaluation.alpha: {error}")
         require(self.wer_bar >= 0, f"evaluation.wer_bar must be >= 0, not {self.wer_bar}")
+        require_choice(self.stop_line, ("never", "any-set"), "evaluation.stop_line")
         require(0 <= self.bleu_bar <= 100, f"evaluation.bleu_bar must be in [0, 100], not {self.bleu_bar}")
 
 
