@@ -276,3 +276,7 @@ def test_a_sweep_reads_each_test_set_in_looks_and_the_baseline_only_as_far_as_a_
     assert (rows[1]["decided_at"], rows[2]["decided_at"], rows[3]["decided_at"]) == (4, 2, None)
     assert rows[3]["utterances"] == 6 and rows[3]["verdict"] == "undecided"
     assert cells["angular-remove1-none"]["sets"]["a"]["asr"]["utterances"] == 4, "metrics over the scored utterances"
+    cost = summary["scoring_cost"]["a"]
+    assert (cost["cells"], cost["utterances"]) == (4, 18)
+    assert (cost["fixed_first_look"]["utterances"], cost["fixed_last_look"]["utterances"]) == (8, 24)
+    assert cost["decode_seconds"] == pytest.approx(sum(c["sets"]["a"]["decode_seconds"] for c in cells.values()))

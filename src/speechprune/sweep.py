@@ -548,6 +548,8 @@ def report(rows: list[dict], summary: dict, out: Path) -> list:
         lines.append(f"- = not run (--stop-line {summary['stopped']['rule']}): "
                      + "; ".join(f"{line} from {plural(n, 'layer')} removed on"
                                  for line, n in summary["stopped"]["lines"].items()))
+    if summary.get("scoring_cost"):
+        lines.append(cost_text(summary["scoring_cost"]))
     lines.append(f"{SPEED_NOTE}\nwrote {out}/results.csv, summary.json, curve_*.png")
     return lines
 
@@ -618,6 +620,7 @@ def sweep(config: SweepConfig) -> dict:
     write_json(out / "results.json", rows)
     _plot(rows, out, config)
     summary = summarise(cells, config)
+    summary["scoring_cost"] = scoring_cost(cells, _looks(config))
     summary["speed"] = SPEED_NOTE
     if stopped:
         summary["stopped"] = {"rule": config.stop_line, "lines": stopped,
@@ -626,6 +629,34 @@ def sweep(config: SweepConfig) -> dict:
     write_json(out / "summary.json", summary)
     show(*report(rows, summary, out))
     return summary
+
+
+def scoring_cost(cells: list[dict], looks: Looks) -> dict:
+    """Per test set, what the cells measured by this sweep (not those reused) scored: test utterances
+    and decoding seconds, beside what a fixed test size would have cost, the first look's or the last
+    look's for every cell (the seconds estimated from each cell's own measured seconds per utterance)."""
+    measured = [c for c in cells if "reused_from" not in c]
+    found = {}
+    for set_name in (measured[0]["rows"] if measured else {}):
+        plan = looks.plan(measured[0]["test_utterances"][set_name])
+        rates = [c["sets"][set_name].get("decode_seconds", 0.0) / max(1, len(c["rows"][set_name])) for c in measured]
+        found[set_name] = {
+            "cells": len(measured), "utterances": sum(len(c["rows"][set_name]) for c in measured),
+            "decode_seconds": sum(c["sets"][set_name].get("decode_seconds", 0.0) for c in measured),
+            **{f"fixed_{which}": {"utterances_per_cell": n, "utterances": n * len(measured),
+                                  "decode_seconds_estimated": n * sum(rates)}
+               for which, n in (("first_look", plan[0]), ("last_look", plan[-1]))}}
+    return found
+
+
+def cost_text(cost: dict) -> str:
+    """``asr-en.test: 1,300 test utterances scored, 250 s of decoding (a fixed 100 a cell: 700, ...``."""
+    return "; ".join(
+        f"{name}: {c['utterances']:,} test utterances scored over {plural(c['cells'], 'cell')}, "
+        f"{c['decode_seconds']:.0f} s decoding (a fixed {c['fixed_first_look']['utterances_per_cell']} a cell: "
+        f"{c['fixed_first_look']['utterances']:,}, about {c['fixed_first_look']['decode_seconds_estimated']:.0f} s; "
+        f"a fixed {c['fixed_last_look']['utterances_per_cell']}: {c['fixed_last_look']['utterances']:,}, about "
+        f"{c['fixed_last_look']['decode_seconds_estimated']:.0f} s)" for name, c in cost.items())
 
 
 def _decided_text(cell: dict, baseline: dict, config: SweepConfig) -> str:
