@@ -479,8 +479,11 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(LABELS[metric] + (" (higher is better)" if metric == "bleu" else " (lower is better)"))
             unit = "token" if metric == "perplexity" else "word"
-            rests_on = (f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point"
-                        if "utterances" in baseline else "")
+            scored = {r["utterances"] for r in rows_of_set}
+            rests_on = ("" if "utterances" not in baseline else
+                        f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point" if len(scored) == 1
+                        else f"\nbaseline {counts(baseline['utterances'], baseline.get('words'), unit)}; a pruned "
+                             f"point: {min(scored)}-{max(scored)} utterances, as many as its verdict needed")
             axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed{rests_on}", fontsize=9)
             axis.legend(fontsize=7, loc="lower right" if metric == "perplexity" else "best")
         figure.tight_layout()
