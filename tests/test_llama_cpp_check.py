@@ -72,10 +72,11 @@ def test_verdicts_with_a_stand_in_llama_simple(check, tmp_path, monkeypatch, cap
     bos, _ = check.adds_bos(pruned)
     expected = check.run_transformers(pruned, "the cat", 4, bos)["continuation"]
 
-    def run(continuation: str, layers: int) -> tuple[int, dict]:
+    def run(continuation: str, layers: int, near_top: float = 0.0) -> tuple[int, dict]:
         out = tmp_path / "out"
         argv = ["llama_cpp_check.py", "--models", "", "--files", str(pruned), "--prompt", "the cat", "-n", "4",
-                "--llama-simple", str(_stand_in(tmp_path, continuation, layers)), "--out", str(out)]
+                "--llama-simple", str(_stand_in(tmp_path, continuation, layers)), "--out", str(out),
+                "--near-top", str(near_top)]
         monkeypatch.setattr(sys, "argv", argv)
         status = check.main()
         return status, json.loads((out / "results.json").read_text())["files"][0]
@@ -84,6 +85,9 @@ def test_verdicts_with_a_stand_in_llama_simple(check, tmp_path, monkeypatch, cap
     assert status == 0 and result["ok"] and result["llama_cpp"]["continuation"] == expected
     assert "1 of 1 files ok" in capsys.readouterr().out
     status, result = run(expected + " zzz", 3)
-    assert status == 1 and not result["same_continuation"]
+    assert status == 1 and not result["same_continuation"] and not result["within_near_top"]
+    assert max(result["transformers"]["gaps"]) > 0, "a token below transformers' best, teacher-forced"
+    status, result = run(expected + " zzz", 3, near_top=1e9)  # parted, but within the allowed distance
+    assert status == 0 and not result["same_continuation"] and result["within_near_top"] and result["ok"]
     status, result = run(expected, 4)  # llama.cpp loading the wrong layer count fails too
     assert status == 1 and result["same_continuation"] and not result["ok"]

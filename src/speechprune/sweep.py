@@ -479,9 +479,9 @@ def _plot(rows: list[dict], out: Path, config: SweepConfig) -> list[str]:
             axis.set_xlabel("fraction of decoder layers removed")
             axis.set_ylabel(LABELS[metric] + (" (higher is better)" if metric == "bleu" else " (lower is better)"))
             unit = "token" if metric == "perplexity" else "word"
-            scored = {r["utterances"] for r in rows_of_set}
+            scored = {r.get("utterances") for r in rows_of_set} - {None}
             rests_on = ("" if "utterances" not in baseline else
-                        f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point" if len(scored) == 1
+                        f"\n{counts(baseline['utterances'], baseline.get('words'), unit)} per point" if len(scored) <= 1
                         else f"\nbaseline {baseline['utterances']} utterances; pruned: {min(scored)}-{max(scored)}, "
                              "as their verdicts needed")
             axis.set_title(f"{model} on {set_name}: {LABELS[metric]} against layers removed{rests_on}", fontsize=9)
@@ -647,7 +647,7 @@ def scoring_cost(cells: list[dict], looks: Looks) -> dict:
             "cells": len(measured), "utterances": sum(len(c["rows"][set_name]) for c in measured),
             "decode_seconds": sum(c["sets"][set_name].get("decode_seconds", 0.0) for c in measured),
             **{f"fixed_{which}": {"utterances_per_cell": n, "utterances": n * len(measured),
-                                  "decode_seconds_estimated": n * sum(rates)}
+                                  "decode_seconds": n * sum(rates), "seconds_are": "estimated"}
                for which, n in (("first_look", plan[0]), ("last_look", plan[-1]))}}
     return found
 
@@ -657,9 +657,9 @@ def cost_text(cost: dict) -> str:
     return "; ".join(
         f"{name}: {c['utterances']:,} test utterances scored over {plural(c['cells'], 'cell')}, "
         f"{c['decode_seconds']:.0f} s decoding (a fixed {c['fixed_first_look']['utterances_per_cell']} a cell: "
-        f"{c['fixed_first_look']['utterances']:,}, about {c['fixed_first_look']['decode_seconds_estimated']:.0f} s; "
+        f"{c['fixed_first_look']['utterances']:,}, about {c['fixed_first_look']['decode_seconds']:.0f} s; "
         f"a fixed {c['fixed_last_look']['utterances_per_cell']}: {c['fixed_last_look']['utterances']:,}, about "
-        f"{c['fixed_last_look']['decode_seconds_estimated']:.0f} s)" for name, c in cost.items())
+        f"{c['fixed_last_look']['decode_seconds']:.0f} s)" for name, c in cost.items())
 
 
 def _decided_text(cell: dict, baseline: dict, config: SweepConfig) -> str:
