@@ -196,6 +196,16 @@ def same_text(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and " ".join(a.split()) == " ".join(b.split())
 
 
+def stopped_early(llama: str | None, hf: str | None) -> bool:
+    """llama.cpp's continuation is a shorter start of transformers': it stopped at a token it ends
+    generation on (llama.cpp ends on every end-of-generation token of the vocabulary, transformers'
+    generate on the configured EOS only)."""
+    if not llama or not hf:
+        return False
+    a, b = " ".join(llama.split()), " ".join(hf.split())
+    return len(a) < len(b) and b.startswith(a)
+
+
 def run_llama(binary: Path, path: Path, prompt: str, tokens: int) -> dict:
     started = time.perf_counter()
     result = subprocess.run([str(binary), "-m", str(path), "-n", str(tokens), prompt], capture_output=True,
@@ -242,7 +252,9 @@ def run_transformers(path: Path, prompt: str, tokens: int, bos: bool, forced: st
         with torch.no_grad():
             logits = model(torch.tensor([ids + chosen])).logits[0, len(ids) - 1: len(ids) - 1 + len(chosen)]
         gaps = [round(float(row.max() - row[token]), 4) for row, token in zip(logits, chosen)]
-    return {"continuation": tokenizer.decode(new, skip_special_tokens=True), "prompt_tokens": len(ids),
+    # special tokens kept: llama.cpp prints them as text (a broken model writes <|fim_suffix|>)
+    return {"continuation": tokenizer.decode(new, skip_special_tokens=False).removesuffix(tokenizer.eos_token or "\0"),
+            "prompt_tokens": len(ids),
             "new_tokens": len(new), "n_layer": len(decoder_layers(model)), "gaps": gaps,
             "seconds": round(time.perf_counter() - started, 1)}
 
@@ -325,7 +337,8 @@ def main() -> int:
               flush=True)
         llama = run_llama(binary, path, args.prompt, args.tokens)
         hf = run_transformers(path, args.prompt, args.tokens, bos, llama["continuation"])
-        agree = llama["status"] == 0 and same_text(llama["continuation"], hf["continuation"])
+        agree = llama["status"] == 0 and (same_text(llama["continuation"], hf["continuation"])
+                                          or stopped_early(llama["continuation"], hf["continuation"]))
         near = llama["status"] == 0 and hf["gaps"] is not None and max(hf["gaps"], default=0.0) <= args.near_top
         loaded = llama["n_layer"] == layers
         ok = (agree or near) and loaded
@@ -335,7 +348,9 @@ def main() -> int:
         print(f"   transformers ({hf['seconds']:.0f} s, {hf['prompt_tokens']} prompt tokens): {hf['continuation']!r}")
         count = "layer count as in the file" if loaded else f"llama.cpp loaded {llama['n_layer']} layers, not {layers}"
         largest = max(hf["gaps"] or [0.0], default=0.0)
-        verdict = ("same continuation" if agree else
+        verdict = ("same continuation" + (" (llama.cpp stopped at an end-of-generation token)"
+                                          if stopped_early(llama["continuation"], hf["continuation"]) else "")
+                   if agree else
                    f"continuations part, but each llama.cpp token is within {largest:.2f} logits of transformers' "
                    "best" if near else f"DIFFERENT continuations (a llama.cpp token {largest:.2f} logits below "
                    "transformers' best)")
