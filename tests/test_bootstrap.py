@@ -76,7 +76,7 @@ def _wer_rows(refs, hyps):
 def test_verdict_is_acceptable_unacceptable_or_undecided_by_its_paired_interval():
     refs = REFS * 10
     baseline = _wer_rows(refs, HYPS * 10)
-    limit = lambda wer: max(wer * 1.25, wer + 0.02)  # noqa: E731 - the sweep's rule
+    limit = lambda wer: np.maximum(wer * 1.25, wer + 0.02)  # noqa: E731 - the sweep's rule
     same = verdict("wer", baseline, baseline, limit, higher_is_better=False)
     assert same.verdict == "acceptable" and same.margin.high < 0 and same.change.value == 0
     garbage = _wer_rows(refs, ["nothing like it at all"] * len(refs))
