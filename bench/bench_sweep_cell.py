@@ -24,13 +24,17 @@ Variants, each a whole cell (load to scoring) of the same pruned model on the sa
                 first cell, the baseline, pays to fill it
   reads-shared  a later cell that reads the shared dict: every other unhealed, prefill-only, or
                 healed-without-projector cell of a sweep
+  keeps-finished  reads-shared decoded by transformers' ``generate``, which keeps a finished row in
+                its batch until the batch ends (``generate_text(drop_finished=False)``); the other
+                variants take each row out at its <eos> (``model/greedy.py``)
 
-All three must write the same hypotheses (checked). Decoding splits by a forward hook on the decoder
+The first three must write the same hypotheses (checked); keeps-finished's may differ only where the
+smaller batches' rounding flips a near-tie (counted). Decoding splits by a forward hook on the decoder
 (a forward over more than one position is the prefill) and by timing the model's own pieces
 (``SpeechLLMModel._speech_batch``, the encoder and projector modules); ``decode`` is what remains of
-``evaluate.decode``'s own wall time. ``padded row-steps``: the share of decoder row-steps spent on
-rows that had already finished (Hugging Face ``generate`` runs a batch until its longest row stops),
-estimated from the hypotheses' token counts: what stopping each utterance at its end could save.
+``evaluate.decode``'s own wall time. ``row-steps``: the decoder's one-position forwards times the rows in
+each, counted by the hook; ``padded``: the share of them spent on rows that had already finished,
+estimated from the hypotheses' token counts.
 
 Model: ``--model`` (a SpeechLLM folder, e.g. a demo's ``runs/demo/model``; decoding stops at the
 sweep's limit, twice the longest reference plus 16 tokens, unless ``--max-new-tokens``), or
@@ -70,7 +74,8 @@ import soundfile as sf
 import torch
 
 PARTS = ("load", "prune", "heal", "features", "encoder", "prefill", "decode", "scoring")
-VARIANTS = ("encodes", "fills-shared", "reads-shared")
+VARIANTS = ("encodes", "fills-shared", "reads-shared", "keeps-finished")
+SAME_HYPOTHESES = VARIANTS[:3]
 WORDS = "the a red blue cat dog bird sees runs sleeps two three big small house tree river".split()
 
 
@@ -144,7 +149,7 @@ class DecoderForwards:
     counts the steps of each generate call."""
 
     def __init__(self, module: torch.nn.Module):
-        self.prefill_s, self.steps, self._start, self._positions = 0.0, 0, 0.0, 0
+        self.prefill_s, self.steps, self.row_steps, self._start, self._positions, self._rows = 0.0, 0, 0, 0.0, 0, 0
         module.register_forward_pre_hook(self._pre, with_kwargs=True)
         module.register_forward_hook(self._post)
 
@@ -152,7 +157,7 @@ class DecoderForwards:
         x = kwargs.get("inputs_embeds")
         x = kwargs.get("input_ids") if x is None else x
         x = args[0] if x is None and args else x
-        self._positions = int(x.shape[1])
+        self._rows, self._positions = int(x.shape[0]), int(x.shape[1])
         self._start = time.perf_counter()
 
     def _post(self, module, args, output):
@@ -160,13 +165,18 @@ class DecoderForwards:
             self.prefill_s += time.perf_counter() - self._start
         else:
             self.steps += 1
+            self.row_steps += self._rows
 
 
 # ----------------------------------------------------------------------------- one cell
 def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared: dict | None,
-             baseline_rows: list | None) -> dict:
+             baseline_rows: list | None, drop_finished: bool = True) -> dict:
     """One cell, timed part by part; ``shared``: the dict the model shares its speech through (None:
-    not shared). ``baseline_rows``: what the verdict pairs with (None: the cell's own rows)."""
+    not shared). ``baseline_rows``: what the verdict pairs with (None: the cell's own rows).
+    ``drop_finished``: off, decoding runs transformers' ``generate`` to each batch's end."""
+    import functools
+
+    import speechprune.model.speechllm as speechllm_module
     from speechprune.bootstrap import verdict
     from speechprune.evaluate import measure, metric_statistics, rescore
     from speechprune.heal import heal_model, healing_layers, lora_targets, merge_lora
@@ -215,9 +225,14 @@ def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared
         return texts
 
     model.generate = recorded
-    started = time.perf_counter()
-    result = measure(model, utterances, "decode", args.batch_size, max_new_tokens=args.max_new_tokens)
-    measured = time.perf_counter() - started
+    plain = speechllm_module.generate_text
+    speechllm_module.generate_text = functools.partial(plain, drop_finished=drop_finished)
+    try:
+        started = time.perf_counter()
+        result = measure(model, utterances, "decode", args.batch_size, max_new_tokens=args.max_new_tokens)
+        measured = time.perf_counter() - started
+    finally:
+        speechllm_module.generate_text = plain
     decoding = result.metrics["decode_seconds"]
     times["features"], times["encoder"], times["prefill"] = features.seconds, encoder.seconds, decoder.prefill_s
     times["decode"] = decoding - features.seconds - encoder.seconds - decoder.prefill_s
@@ -233,7 +248,7 @@ def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared
     # row-steps spent on rows already finished: each row needs its hypothesis's tokens and <eos>
     used = sum(min(len(model.tokenizer(text, add_special_tokens=False).input_ids) + 1, b["steps"])
                for b in batches for text in b["texts"])
-    run = sum(b["rows"] * b["steps"] for b in batches)
+    run = decoder.row_steps + len(batches)  # the prefill chooses each row's first token
     out = {"times": times, "rows": result.rows, "hypotheses": [r["hypothesis"] for r in result.rows],
            "verdict": judged.verdict,
            "wer": result.metrics.get("asr", {}).get("wer"), "removed": pruning["removed"],
@@ -287,13 +302,17 @@ def fmt_table(results: dict) -> str:
     lines.append("| **total** | " + " | ".join(f"**{totals[v]:.2f}** | 100%" for v in VARIANTS) + " |")
     base = totals["encodes"]
     lines.append("")
-    lines.append("cell total, encodes / variant: " + ", ".join(f"{v} {base / totals[v]:.2f}x" for v in VARIANTS[1:])
-                 + f"; hypotheses identical in all variants: {results['identical']}")
-    if s["fixed_length"]:
-        lines.append("padded row-steps: not measured (every utterance was made to generate max_new_tokens)")
-    else:
-        lines.append(f"padded row-steps (decoder rows kept running after their <eos>, estimated): "
-                     f"{results['padded_row_steps']:.0%} of {results['row_steps']} row-steps")
+    lines.append("cell total, encodes / variant: " + ", ".join(f"{v} {base / totals[v]:.2f}x" for v in VARIANTS[1:3])
+                 + f"; hypotheses identical in {', '.join(SAME_HYPOTHESES)}: {results['identical']}")
+    kept, dropped = medians["keeps-finished"], medians["reads-shared"]
+    lines.append(f"rows dropped at <eos>, keeps-finished / reads-shared: cell {totals['keeps-finished'] / totals['reads-shared']:.2f}x, "
+                 f"decode {kept['decode'] / dropped['decode']:.2f}x; hypotheses differing: "
+                 f"{results['keeps_finished_differing']} of {s['utterances']}")
+    for variant in ("reads-shared", "keeps-finished"):
+        steps = results["row_steps"][variant]
+        padded = ("not measured (every utterance was made to generate max_new_tokens)" if s["fixed_length"]
+                  else f"{steps['padded']:.0%} after their row's <eos> (estimated)")
+        lines.append(f"decoder row-steps, {variant}: {steps['run']}, {padded}")
     return "\n".join(lines)
 
 
@@ -359,7 +378,8 @@ def main() -> None:
                     shared = {}
                 baseline_rows = cells["encodes"][0]["rows"] if cells["encodes"] else None
                 cells[variant].append(run_cell(args, folder, utterances, heal_utterances,
-                                               None if variant == "encodes" else shared, baseline_rows))
+                                               None if variant == "encodes" else shared, baseline_rows,
+                                               drop_finished=variant != "keeps-finished"))
         reference = cells["encodes"][0]
         results = {
             "machine": machine(),
@@ -372,9 +392,12 @@ def main() -> None:
                       "scan": args.scan or None},
             "medians": {v: {part: statistics.median(c["times"][part] for c in cells[v]) for part in PARTS}
                         for v in VARIANTS},
-            "identical": all(c["hypotheses"] == reference["hypotheses"] for v in VARIANTS for c in cells[v]),
-            "wer": reference["wer"], "row_steps": reference["row_steps"],
-            "padded_row_steps": reference["padded_row_steps"],
+            "identical": all(c["hypotheses"] == reference["hypotheses"] for v in SAME_HYPOTHESES for c in cells[v]),
+            "keeps_finished_differing": max(sum(a != b for a, b in zip(c["hypotheses"], reference["hypotheses"]))
+                                            for c in cells["keeps-finished"]),
+            "wer": reference["wer"],
+            "row_steps": {v: {"run": cells[v][0]["row_steps"], "padded": cells[v][0]["padded_row_steps"]}
+                          for v in VARIANTS},
             "cells": {v: [{k: c[k] for k in ("times", "verdict", "shared_entries", "generate_calls")} for c in cells[v]]
                       for v in VARIANTS},
         }

@@ -32,6 +32,7 @@ from speechprune.errors import UserError
 from speechprune.files import staged_dir
 from speechprune.model.decoder import next_token_loss
 from speechprune.model.encoders import build_encoder, load_encoder
+from speechprune.model.greedy import changes_logits, greedy_tokens
 from speechprune.model.layout import DecoderInputs, Segment, assemble
 from speechprune.model.projector import FrameStackProjector
 from speechprune.model.safety import SAFE, LoadingPolicy, pretrained
@@ -495,13 +496,19 @@ def build_decoder_inputs(decoder: PreTrainedModel, batch: SpeechBatch, separator
 
 
 def generate_text(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, inputs: DecoderInputs,
-                  max_new_tokens: int = 64, num_beams: int = 1, eos_token_id: int | list[int] | None = None) -> list[str]:
-    """Decode from a left-padded prefix with ``generate`` (KV cache on); stop on ``eos_token_id``
-    (default: the tokenizer's)."""
+                  max_new_tokens: int = 64, num_beams: int = 1, eos_token_id: int | list[int] | None = None,
+                  drop_finished: bool = True) -> list[str]:
+    """Decode from a left-padded prefix (KV cache on); stop on ``eos_token_id`` (default: the
+    tokenizer's). Greedy decoding drops each row from the batch at its end (``model/greedy.py``)
+    unless ``drop_finished`` is off or the decoder's generation config processes logits; beam
+    search, and those, go through ``generate``."""
     device = decoder.get_input_embeddings().weight.device
-    output = decoder.generate(inputs_embeds=inputs.inputs_embeds.to(device), attention_mask=inputs.attention_mask.to(device),
-                              max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                              eos_token_id=tokenizer.eos_token_id if eos_token_id is None else eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id,
-                              use_cache=True)
+    eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+    if drop_finished and num_beams == 1 and not changes_logits(getattr(decoder, "generation_config", None)):
+        output = greedy_tokens(decoder, inputs.inputs_embeds.to(device), inputs.attention_mask.to(device),
+                               max_new_tokens, [] if eos is None else [eos] if isinstance(eos, int) else list(eos))
+    else:
+        output = decoder.generate(inputs_embeds=inputs.inputs_embeds.to(device), attention_mask=inputs.attention_mask.to(device),
+                                  max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
+                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id, use_cache=True)
     return [text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True)]
