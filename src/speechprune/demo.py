@@ -9,11 +9,12 @@ adapters, as the paper builds its SpeechLLMs on Llama and Qwen, by the recipe of
 scanned on the same text beside the SpeechLLM. ``--base-llm`` takes any other causal LM (a path,
 hub id, ``.gguf`` file or GGUF short name, or a base LLM made by ``speechprune base-llm``).
 
-The encoder is a Whisper-style one trained from scratch, warmed up on CTC first; ``--encoder`` takes
-a pretrained one instead (``whisper-tiny.en``, ``whisper-base``, a CTranslate2 folder, a Hugging Face
-encoder), kept frozen as the paper keeps it: no CTC warm-up, its states computed once per utterance
-and cached by the training loop (:func:`speechprune.train.frozen_encoder_stages`), and the
-projector's stack set by its frame rate so that a decoder position spans 160 ms of speech.
+The encoder is pretrained Whisper tiny.en (``--encoder`` takes ``whisper-base``, a CTranslate2 folder
+or a Hugging Face encoder instead), kept frozen as the paper keeps it: no CTC warm-up, its states
+computed once per utterance and cached by the training loop
+(:func:`speechprune.train.frozen_encoder_stages`), and the projector's stack set by its frame rate
+so that a decoder position spans 160 ms of speech. ``--encoder scratch`` (and ``--tiny``) train a
+Whisper-style encoder from scratch instead, warmed up on CTC first.
 
 ``--tiny`` is the quick look: an 8-layer decoder trained from scratch with the speech task,
 about 8 minutes, with no base LLM (and nothing to spare: docs/offline-default.md).
@@ -59,10 +60,11 @@ def training_plan(config: DemoConfig) -> tuple[dict[str, StageConfig], ModelConf
         stages = base_llm_stages(config.decoder, recipe.ctc_steps, recipe.copy_steps, recipe.joint_steps,
                                  proj_steps=recipe.proj_steps, token_ctc_vocabulary=recipe.token_ctc_vocabulary)
         model = ModelConfig(decoder=DecoderConfig(pretrained=config.base_llm), projector=ProjectorConfig(stack=4))
-    if config.encoder:  # frozen and cached, no CTC on it; a decoder position spans as much speech as with the
+    encoder = config.pretrained_encoder()
+    if encoder:  # frozen and cached, no CTC on it; a decoder position spans as much speech as with the
         # from-scratch encoder (its 40 ms frames by 4): a pretrained Whisper's 20 ms frames by 8, wav2vec2's likewise
         stages = frozen_encoder_stages(stages)
-        model = replace(model, encoder=EncoderConfig(pretrained=config.encoder), ctc=False,
+        model = replace(model, encoder=EncoderConfig(pretrained=encoder), ctc=False,
                         projector=replace(model.projector, position_ms=POSITION_MS))
     return stages, model
 

