@@ -24,17 +24,20 @@ Variants, each a whole cell (load to scoring) of the same pruned model on the sa
                 first cell, the baseline, pays to fill it
   reads-shared  a later cell that reads the shared dict: every other unhealed, prefill-only, or
                 healed-without-projector cell of a sweep
-  keeps-finished  reads-shared decoded by transformers' ``generate``, which keeps a finished row in
-                its batch until the batch ends (``generate_text(drop_finished=False)``); the other
-                variants take each row out at its <eos> (``model/greedy.py``)
+  drops-finished  reads-shared with each row taken out of its batch at its <eos>
+                (``generate_text(drop_finished=True)``, ``model/greedy.py``); the other variants
+                decode with transformers' ``generate``, which keeps a finished row in its batch
+                until the batch ends
 
-The first three must write the same hypotheses (checked); keeps-finished's may differ only where the
-smaller batches' rounding flips a near-tie (counted). Decoding splits by a forward hook on the decoder
+The first three must write the same hypotheses (checked); drops-finished's may differ only where
+the smaller batches' rounding flips a near-tie (counted). Decoding splits by a forward hook on the decoder
 (a forward over more than one position is the prefill) and by timing the model's own pieces
 (``SpeechLLMModel._speech_batch``, the encoder and projector modules); ``decode`` is what remains of
 ``evaluate.decode``'s own wall time. ``row-steps``: the decoder's one-position forwards times the rows in
-each, counted by the hook; ``padded``: the share of them spent on rows that had already finished,
-estimated from the hypotheses' token counts.
+each, counted by the hook. Dropping finished rows, every row-step is one a row needs (its next
+token), so the share of reads-shared's row-steps spent on finished rows is 1 - drops-finished's
+count over reads-shared's. (A decoder may end a row with a special token other than <eos>, or repeat one to the
+limit: the hypothesis' text does not show how long a row ran.)
 
 Model: ``--model`` (a SpeechLLM folder, e.g. a demo's ``runs/demo/model``; decoding stops at the
 sweep's limit, twice the longest reference plus 16 tokens, unless ``--max-new-tokens``), or
@@ -42,7 +45,7 @@ sweep's limit, twice the longest reference plus 16 tokens, unless ``--max-new-to
 assembles one (the default Whisper-style encoder, projector stacking 4 frames), saved once under
 ``--workdir``. An untrained model does not know when to stop, so every utterance is made to generate
 exactly ``--max-new-tokens`` (default 32) tokens (``min_new_tokens``): decoding costs the same in
-every variant, and the padded row-steps say nothing there. ``--tiny``: a tiny SpeechLLM built from
+every variant, and the row-steps say nothing there. ``--tiny``: a tiny SpeechLLM built from
 configs, to check that the script runs.
 
 Timing: torch threads fixed (``--threads``); one untimed warm-up (load, one batch decoded); then
@@ -74,7 +77,7 @@ import soundfile as sf
 import torch
 
 PARTS = ("load", "prune", "heal", "features", "encoder", "prefill", "decode", "scoring")
-VARIANTS = ("encodes", "fills-shared", "reads-shared", "keeps-finished")
+VARIANTS = ("encodes", "fills-shared", "reads-shared", "drops-finished")
 SAME_HYPOTHESES = VARIANTS[:3]
 WORDS = "the a red blue cat dog bird sees runs sleeps two three big small house tree river".split()
 
@@ -145,11 +148,11 @@ class Clock:
 
 
 class DecoderForwards:
-    """Splits the decoder's forwards into the prefill (more than one position) and the steps, and
-    counts the steps of each generate call."""
+    """Times the decoder's prefill forwards (more than one position) and counts the rows of its
+    one-position steps."""
 
     def __init__(self, module: torch.nn.Module):
-        self.prefill_s, self.steps, self.row_steps, self._start, self._positions, self._rows = 0.0, 0, 0, 0.0, 0, 0
+        self.prefill_s, self.row_steps, self._start, self._positions, self._rows = 0.0, 0, 0.0, 0, 0
         module.register_forward_pre_hook(self._pre, with_kwargs=True)
         module.register_forward_hook(self._post)
 
@@ -164,16 +167,15 @@ class DecoderForwards:
         if self._positions > 1:
             self.prefill_s += time.perf_counter() - self._start
         else:
-            self.steps += 1
             self.row_steps += self._rows
 
 
 # ----------------------------------------------------------------------------- one cell
 def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared: dict | None,
-             baseline_rows: list | None, drop_finished: bool = True) -> dict:
+             baseline_rows: list | None, drop_finished: bool = False) -> dict:
     """One cell, timed part by part; ``shared``: the dict the model shares its speech through (None:
     not shared). ``baseline_rows``: what the verdict pairs with (None: the cell's own rows).
-    ``drop_finished``: off, decoding runs transformers' ``generate`` to each batch's end."""
+    ``drop_finished``: each row leaves its batch at its <eos> (else ``generate`` runs each batch to its end)."""
     import functools
 
     import speechprune.model.speechllm as speechllm_module
@@ -215,14 +217,12 @@ def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared
     encoder.hook(model.speechllm.encoder)
     encoder.hook(model.speechllm.projector)
     decoder = DecoderForwards(model.causal_lm)
-    batches = []  # per generate call: its rows and the steps it ran
+    batches = []  # rows per generate call
     generate = model.generate
 
     def recorded(batch, **kwargs):
-        before = decoder.steps
-        texts = generate(batch, **kwargs)
-        batches.append({"rows": len(batch), "steps": decoder.steps - before + 1, "texts": texts})
-        return texts
+        batches.append(len(batch))
+        return generate(batch, **kwargs)
 
     model.generate = recorded
     plain = speechllm_module.generate_text
@@ -245,15 +245,11 @@ def run_cell(args, folder: Path, utterances: list, heal_utterances: list, shared
     judged = verdict("wer", base, cell, lambda w: wer_limit(w, args.limits), higher_is_better=False)
     times["scoring"] = measured - decoding + time.perf_counter() - started
 
-    # row-steps spent on rows already finished: each row needs its hypothesis's tokens and <eos>
-    used = sum(min(len(model.tokenizer(text, add_special_tokens=False).input_ids) + 1, b["steps"])
-               for b in batches for text in b["texts"])
-    run = decoder.row_steps + len(batches)  # the prefill chooses each row's first token
     out = {"times": times, "rows": result.rows, "hypotheses": [r["hypothesis"] for r in result.rows],
            "verdict": judged.verdict,
            "wer": result.metrics.get("asr", {}).get("wer"), "removed": pruning["removed"],
            "layers": [pruning["original_num_layers"], pruning["num_layers"]],
-           "generate_calls": len(batches), "row_steps": run, "padded_row_steps": 1 - used / run if run else 0.0,
+           "generate_calls": len(batches), "row_steps": decoder.row_steps,
            "shared_entries": len(shared) if shared is not None else None}
     model.release()
     del model
@@ -304,15 +300,14 @@ def fmt_table(results: dict) -> str:
     lines.append("")
     lines.append("cell total, encodes / variant: " + ", ".join(f"{v} {base / totals[v]:.2f}x" for v in VARIANTS[1:3])
                  + f"; hypotheses identical in {', '.join(SAME_HYPOTHESES)}: {results['identical']}")
-    kept, dropped = medians["keeps-finished"], medians["reads-shared"]
-    lines.append(f"rows dropped at <eos>, keeps-finished / reads-shared: cell {totals['keeps-finished'] / totals['reads-shared']:.2f}x, "
+    kept, dropped = medians["reads-shared"], medians["drops-finished"]
+    lines.append(f"rows dropped at <eos>, reads-shared / drops-finished: cell {totals['reads-shared'] / totals['drops-finished']:.2f}x, "
                  f"decode {kept['decode'] / dropped['decode']:.2f}x; hypotheses differing: "
-                 f"{results['keeps_finished_differing']} of {s['utterances']}")
-    for variant in ("reads-shared", "keeps-finished"):
-        steps = results["row_steps"][variant]
-        padded = ("not measured (every utterance was made to generate max_new_tokens)" if s["fixed_length"]
-                  else f"{steps['padded']:.0%} after their row's <eos> (estimated)")
-        lines.append(f"decoder row-steps, {variant}: {steps['run']}, {padded}")
+                 f"{results['drops_finished_differing']} of {s['utterances']}")
+    run, needed = results["row_steps"]["reads-shared"], results["row_steps"]["drops-finished"]
+    lines.append(f"decoder row-steps: reads-shared {run}, drops-finished {needed}"
+                 + (" (every utterance made to generate max_new_tokens)" if s["fixed_length"] else
+                    f": {1 - needed / run if run else 0.0:.0%} of reads-shared's on finished rows"))
     return "\n".join(lines)
 
 
@@ -379,7 +374,7 @@ def main() -> None:
                 baseline_rows = cells["encodes"][0]["rows"] if cells["encodes"] else None
                 cells[variant].append(run_cell(args, folder, utterances, heal_utterances,
                                                None if variant == "encodes" else shared, baseline_rows,
-                                               drop_finished=variant != "keeps-finished"))
+                                               drop_finished=variant == "drops-finished"))
         reference = cells["encodes"][0]
         results = {
             "machine": machine(),
@@ -393,11 +388,10 @@ def main() -> None:
             "medians": {v: {part: statistics.median(c["times"][part] for c in cells[v]) for part in PARTS}
                         for v in VARIANTS},
             "identical": all(c["hypotheses"] == reference["hypotheses"] for v in SAME_HYPOTHESES for c in cells[v]),
-            "keeps_finished_differing": max(sum(a != b for a, b in zip(c["hypotheses"], reference["hypotheses"]))
-                                            for c in cells["keeps-finished"]),
+            "drops_finished_differing": max(sum(a != b for a, b in zip(c["hypotheses"], reference["hypotheses"]))
+                                            for c in cells["drops-finished"]),
             "wer": reference["wer"],
-            "row_steps": {v: {"run": cells[v][0]["row_steps"], "padded": cells[v][0]["padded_row_steps"]}
-                          for v in VARIANTS},
+            "row_steps": {v: cells[v][0]["row_steps"] for v in VARIANTS},
             "cells": {v: [{k: c[k] for k in ("times", "verdict", "shared_entries", "generate_calls")} for c in cells[v]]
                       for v in VARIANTS},
         }

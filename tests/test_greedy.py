@@ -82,7 +82,7 @@ def test_generation_settings_that_change_logits_go_through_generate():
             return [" ".join(str(t) for t in row if t not in (eos, PAD)) for row in rows.tolist()]
 
     inputs = SimpleNamespace(inputs_embeds=embeds, attention_mask=mask)  # what generate_text reads
-    penalised = generate_text(model, Tokens(), inputs, max_new_tokens=STEPS)
+    penalised = generate_text(model, Tokens(), inputs, max_new_tokens=STEPS, drop_finished=True)
     plain = [" ".join(str(t) for t in row if t != eos) for row in reference(model, embeds, mask, eos)]
     expected = [" ".join(str(t) for t in row if t not in (eos, PAD))
                 for row in reference(model, embeds, mask, eos, repetition_penalty=3.0)]
