@@ -33,7 +33,7 @@ def test_the_scale_config_plans_two_sizes_of_one_family_without_a_model_file(mon
     config = build_config(StudyConfig, [], str(SHIPPED))
     assert [(d.name, d.pretrained) for d in config.decoders] == [("qwen05", "qwen2.5-coder-0.5b"),
                                                                 ("qwen15", "qwen2.5-coder-1.5b")]
-    # the reference recipe of study-real: LoRA, English ASR, the Whisper-style encoder trained here
+    # the reference recipe of study-real: LoRA, English ASR, its reference encoder (pretrained Whisper base)
     real = build_config(StudyConfig, [], str(files("speechprune") / "configs" / "study-real.yaml"))
     assert config.encoders == real.encoders[:1]
     assert config.speechllm == dataclasses.replace(real.speechllm, multitask_joint_steps=0)  # no multi-task model
