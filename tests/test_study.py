@@ -242,19 +242,23 @@ def test_the_shipped_real_config_plans_nine_conditions_without_a_model_file(monk
     config = build_config(StudyConfig, [], str(files("speechprune") / "configs" / "study-real.yaml"))
     assert [(d.name, d.pretrained, d.config) for d in config.decoders] == [("smollm2", "smollm2-135m", {}),
                                                                           ("gemma3", "gemma3-270m", {})]
-    assert config.encoders == build_config(StudyConfig).encoders  # the synthetic study's encoders
+    # the reference encoder pretrained Whisper base (frozen), against the synthetic study's wav2vec2
+    synthetic = {e.name: e for e in build_config(StudyConfig).encoders}
+    assert [(e.name, e.pretrained) for e in config.encoders] == [("whisper", "whisper-base"), ("wav2vec2", "")]
+    assert config.encoders[1] == synthetic["wav2vec2"]
     s, e = config.speechllm, config.evaluation
     assert (s.warmup_steps, s.warmup_batch_size, s.proj_steps, s.copy_steps) == (800, 16, 800, 30)
     assert (s.joint_steps, s.multitask_joint_steps, s.warmup_languages) == (200, 400, "study")
     assert (s.projector.stack, s.projector.position_ms, s.token_ctc_vocabulary) == (4, 160, "corpus")
-    # 160 ms a decoder position for either encoder: the 40 ms Whisper frames stacked by 4, wav2vec2's
-    # 20 ms frames by 8 (stacked by 4 they left the projector's token CTC stuck: docs/study.md)
+    # 160 ms a decoder position for either encoder: Whisper's 20 ms frames (10 ms mel hop, conv stride 2)
+    # and wav2vec2's 20 ms frames by 8 (stacked by 4, wav2vec2's left the projector's token CTC stuck:
+    # docs/study.md)
     from speechprune.model.encoders import build_encoder
     from speechprune.options.model import EncoderConfig
 
-    frame_ms = {e.name: build_encoder(e.config, hop_length=EncoderConfig().hop_length).frame_ms for e in config.encoders}
-    stacks = {name: s.projector.for_encoder(ms).stack for name, ms in frame_ms.items()}
-    assert stacks == {"whisper": 4, "wav2vec2": 8}
+    wav2vec2_ms = build_encoder(config.encoders[1].config, hop_length=EncoderConfig().hop_length).frame_ms
+    assert [s.projector.for_encoder(ms).stack for ms in (20.0, wav2vec2_ms)] == [8, 8]
+    assert config.loop.mixed_precision == "auto"
     assert (config.loop.lora.rank, config.loop.lora.alpha) == (16, 32)
     corpus = config.corpus
     assert (corpus.train_sentences, corpus.dev_sentences, corpus.test_sentences) == (2000, 100, 800)
