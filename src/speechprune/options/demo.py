@@ -25,12 +25,12 @@ class DemoRecipe:
     token_ctc_vocabulary: str = "full"
 
 
-# on a real LLM: configs/train-on-smollm2.yaml, step for step (a test checks it); tiny: the offline
-# default (BENCHMARKS.md)
 SCRATCH = "scratch"  # --encoder: the Whisper-style encoder trained from scratch on the corpus
 # the demo's encoder on a base LLM: English, as the demo's corpus, and within its 30 minutes (docs/results.md)
 DEMO_ENCODER = "whisper-tiny.en"
 
+# on a real LLM: configs/train-on-smollm2.yaml, step for step (a test checks it); tiny: the offline
+# default (BENCHMARKS.md)
 RECIPES = {"base LLM": DemoRecipe(ctc_steps=800, proj_steps=800, copy_steps=30, joint_steps=450,
                                   fractions=(0.0, 0.1, 0.2, 0.3), heal_steps=40, mixed_precision="no",
                                   token_ctc_vocabulary="corpus"),
