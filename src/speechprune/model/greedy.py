@@ -25,14 +25,14 @@ _LOGIT_SETTINGS = ("repetition_penalty", "encoder_repetition_penalty", "no_repea
                    "encoder_no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
                    "forced_bos_token_id", "forced_eos_token_id", "min_length", "min_new_tokens", "sequence_bias",
                    "exponential_decay_length_penalty", "forced_decoder_ids", "renormalize_logits")
+_DEFAULTS = GenerationConfig()  # built once: decoding asks for every batch
 
 
 def changes_logits(generation_config: GenerationConfig | None) -> bool:
     """Whether ``generate`` would process the logits of greedy decoding under this config."""
     if generation_config is None:
         return False
-    default = GenerationConfig()
-    return any(getattr(generation_config, name, None) != getattr(default, name, None) for name in _LOGIT_SETTINGS)
+    return any(getattr(generation_config, name, None) != getattr(_DEFAULTS, name, None) for name in _LOGIT_SETTINGS)
 
 
 def _accepts(decoder: torch.nn.Module, argument: str) -> bool:
