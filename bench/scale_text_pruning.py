@@ -29,10 +29,11 @@ sys.path.insert(0, str(HERE))
 
 from plain_llm_pruning import (Settings, add_options, fortunes, model_folder, prune_on_text,  # noqa: E402
                                settings_from, split)
+from speechprune.report.discover import unpruned_decoder  # noqa: E402
+from speechprune.report.figures import parameters_text, size_figure  # noqa: E402
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b"
 LINES = [("angular", "none"), ("angular", "receiving-mlp"), ("bi", "none"), ("last", "none")]
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 QUICK_SETS = {"calibration": 16, "healing": 32, "heldout": 40}
 QUICK_WORDS = ("the cat dog bird sees runs eats sleeps on a red big small house tree river near under old new "
                "sings flies and with").split()
@@ -69,13 +70,12 @@ def model_rows(model: str, folder: Path, dtype: str) -> list[dict]:
         if not (folder / sweep / "summary.json").is_file():
             continue
         summary = _read(folder / sweep / "summary.json")
-        baseline_cell = _read(folder / sweep / "cells" / "baseline.json")
+        decoder = unpruned_decoder(folder / sweep, {"dtype": dtype})
         for key, entry in summary["largest_acceptable"].items():
             strategy, heal, set_name = key.split("/", 2)
             base = summary["baseline"][set_name]["lm"]
             rows.append({
-                "model": model, "parameters": baseline_cell["model_bytes"] // BYTES[dtype],
-                "layers": baseline_cell["original_layers"], "strategy": strategy, "heal": heal, "set": set_name,
+                "model": model, "parameters": decoder["parameters"], "layers": decoder["layers"], "strategy": strategy, "heal": heal, "set": set_name,
                 "baseline_perplexity": base["perplexity"], "baseline_interval": base["perplexity_interval"],
                 "baseline_texts": base["utterances"], "baseline_tokens": base["tokens"],
                 "fraction": entry["fraction"], "removed_count": entry["removed_count"], "removed": entry["removed"],
@@ -97,10 +97,6 @@ def _interval(value: float, low: float | None, high: float | None) -> str:
     return f"{_ppl(value)} [{_ppl(low)}, {_ppl(high)}]" if low is not None else _ppl(value)
 
 
-def _params(count: int) -> str:
-    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
-
-
 def _healing(heal: str) -> str:
     return "none" if heal == "none" else f"LoRA, {heal}"
 
@@ -116,7 +112,7 @@ def by_size_table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: r["parameters"]):
         removed = f"{r['removed_count']}" + (f" ({' '.join(map(str, r['removed']))})" if r["removed"] else "")
         lines.append(
-            f"| {r['model']} | {_params(r['parameters'])} | {r['layers']} | {r['strategy']} | {_healing(r['heal'])} | "
+            f"| {r['model']} | {parameters_text(r['parameters'])} | {r['layers']} | {r['strategy']} | {_healing(r['heal'])} | "
             f"{_interval(r['baseline_perplexity'], *r['baseline_interval'])} ({r['baseline_texts']} texts, "
             f"{r['baseline_tokens']:,} tokens) | {r['fraction']:.3f} | {removed} | "
             f"{r['fraction_not_ruled_out']:.3f} ({r['removed_count_not_ruled_out']} layers) | "
@@ -152,37 +148,13 @@ def curve_table(model: str, folder: Path) -> str:
 
 
 def figure(rows: list[dict], path: Path) -> None:
-    """The largest acceptable fraction against parameters (log), one line per strategy/healing, each
-    point's error bar reaching up to the largest fraction not ruled out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The largest acceptable fraction against parameters: the figure ``speechprune report`` draws of
+    sweeps of several sizes, written to ``path``."""
+    drawn = size_figure(rows)  # selects matplotlib's Agg backend before pyplot is imported here
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    present = [line for line in LINES if any((r["strategy"], r["heal"]) == line for r in rows)]
-    for k, (strategy, heal) in enumerate(present):
-        line = sorted((r for r in rows if (r["strategy"], r["heal"]) == (strategy, heal)), key=lambda r: r["parameters"])
-        shift = 1 + 0.04 * (k - (len(present) - 1) / 2)  # side by side on the log axis, not on top of each other
-        x = [r["parameters"] * shift for r in line]
-        y = [r["fraction"] for r in line]
-        up = [r["fraction_not_ruled_out"] - r["fraction"] for r in line]
-        ax.errorbar(x, y, yerr=[[0] * len(y), up], marker="o", capsize=4,
-                    label=strategy + (", healed" if heal != "none" else ""))
-    ax.set_xscale("log")
-    models = sorted({(r["parameters"], r["model"]) for r in rows})
-    ax.set_xticks([p for p, _ in models], [f"{m}\n{_params(p)}" for p, m in models], fontsize=7)
-    ax.minorticks_off()
-    ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("largest acceptable fraction removed")
-    ax.set_title("Layers removable within +25% held-out perplexity\n(bar: up to the largest fraction not ruled out)",
-                 fontsize=9)
-    ax.set_ylim(0, min(1.0, max(r["fraction_not_ruled_out"] for r in rows) + 0.08))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    drawn.savefig(path, dpi=120)
+    plt.close(drawn)
 
 
 def write_outputs(out: Path, models: list[str], settings: Settings) -> list[dict]:
@@ -201,7 +173,7 @@ def write_outputs(out: Path, models: list[str], settings: Settings) -> list[dict
     for model in models:
         name = model_folder(model)
         row = next(r for r in rows if r["model"] == name)
-        md += [f"## {name} ({row['layers']} layers, {_params(row['parameters'])} parameters)", "",
+        md += [f"## {name} ({row['layers']} layers, {parameters_text(row['parameters'])} parameters)", "",
                curve_table(name, out / name)]
     (out / "scale.md").write_text("\n".join(md), encoding="utf-8")
     (out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")

@@ -359,3 +359,46 @@ def test_a_perplexity_result_is_reported_with_its_interval_and_tokens(tmp_path):
     assert "120 words" not in md, "a perplexity rests on tokens, not words"
     assert "| text | angular | none | 1 | 0 | - | - | 14.00 [13.00, 15.00] | +13.8% | undecided |" in md
     assert html.count('alt="sweep curve text"') == 1
+
+
+def _hand_sweep(folder: Path, model: str, dtype: str, decoder_bytes: int, layers: int, largest: dict) -> None:
+    """A finished sweep's files as the sweep writes them, by hand: its config (model, dtype), its
+    baseline cell (the unpruned decoder's bytes and layers), results and summary (``largest``:
+    line key -> (fraction, fraction not ruled out))."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"model: {model}\ndtype: {dtype}\n", encoding="utf-8")
+    write_json(folder / "cells" / "baseline.json", {"decoder_bytes": decoder_bytes, "original_layers": layers})
+    write_json(folder / "results.json", [{"strategy": "none", "heal": "none", "removed": 0, "fraction": 0.0,
+                                          "set": "text", "perplexity": 10.0, "utterances": 100, "words": 2000}])
+    write_json(folder / "summary.json", {"largest_acceptable": {key: {
+        "fraction": fraction, "removed_count": round(fraction * layers), "removed": list(range(round(fraction * layers))),
+        "fraction_not_ruled_out": not_ruled_out, "removed_count_not_ruled_out": round(not_ruled_out * layers),
+        "utterances": 200, "words": 4000} for key, (fraction, not_ruled_out) in largest.items()}})
+
+
+def test_sweeps_of_several_decoder_sizes_are_set_against_each_other(tmp_path):
+    """Sweeps of models of different sizes give the largest acceptable fraction by decoder size: the
+    parameters from each baseline cell's bytes and the sweep's dtype, one figure and one table row per
+    model and line; a line swept twice on one model is ambiguous and left out, and a line of one size
+    has nothing to compare."""
+    _hand_sweep(tmp_path / "small" / "sweep", "small-lm", "float32", 4 * 500_000, 8,
+                {"angular/none/text": (0.125, 0.125), "bi/none/text": (0.0, 0.0)})
+    _hand_sweep(tmp_path / "small" / "sweep-again", "small-lm", "float32", 4 * 500_000, 8,
+                {"bi/none/text": (0.125, 0.25)})
+    _hand_sweep(tmp_path / "large" / "sweep", "large-lm", "bfloat16", 2 * 1_500_000_000, 28,
+                {"angular/none/text": (0.25, 0.5), "last/none/text": (0.0, 0.0)})
+    html, md = _report(tmp_path)
+    assert "## Largest acceptable fraction by decoder size" in md
+    assert html.count('alt="largest acceptable fraction by decoder size"') == 1
+    assert "| small-lm | 0.5M | 8 | angular | none | text | 0.125 | 1 | 0.125 |" in md
+    assert "| large-lm | 1.50B | 28 | angular | none | text | 0.250 | 7 | 0.500 |" in md
+    assert "200 utterances, 4,000 tokens" in md
+    assert "| small-lm | 0.5M | 8 | bi |" not in md, "two sweeps of one model give the bi line: ambiguous"
+    assert "| large-lm | 1.50B | 28 | last |" not in md, "one size on the last line: nothing to compare"
+
+
+def test_sweeps_of_one_size_have_no_size_comparison(tmp_path):
+    _hand_sweep(tmp_path / "a" / "sweep", "lm-a", "float32", 4 * 1000, 8, {"angular/none/text": (0.125, 0.125)})
+    _hand_sweep(tmp_path / "b" / "sweep", "lm-b", "float32", 4 * 1000, 8, {"angular/none/text": (0.0, 0.125)})
+    html, md = _report(tmp_path)
+    assert "by decoder size" not in md and "by decoder size" not in html

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from speechprune.errors import UserError
@@ -80,11 +81,24 @@ def _read_compare(folder: Path) -> Found | None:
     return Found("compare", folder, data) if "pairs" in data else None
 
 
+def unpruned_decoder(folder: Path, config: dict) -> dict:
+    """The unpruned decoder a sweep measured, from its baseline cell: ``parameters`` (its bytes over
+    the element size of the sweep's ``dtype``) and ``layers``; empty where the cell does not say."""
+    path = folder / "cells" / "baseline.json"
+    cell = read_json(path) if path.is_file() else {}
+    dtype = getattr(torch, str(config.get("dtype", "float32")), None)
+    if not isinstance(cell.get("decoder_bytes"), int) or not isinstance(dtype, torch.dtype):
+        return {}
+    return {"parameters": cell["decoder_bytes"] // dtype.itemsize, "layers": cell.get("original_layers")}
+
+
 def _read_sweep(folder: Path) -> Found | None:
     summary = read_json(folder / "summary.json")
     if "largest_acceptable" not in summary or not (folder / "results.json").is_file():
         return None
-    return Found("sweep", folder, summary, _config(folder), {"rows": read_json(folder / "results.json")})
+    config = _config(folder)
+    return Found("sweep", folder, summary, config, {"rows": read_json(folder / "results.json"),
+                                                    "decoder": unpruned_decoder(folder, config)})
 
 
 def _read_eval(folder: Path) -> Found | None:

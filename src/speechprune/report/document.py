@@ -22,7 +22,7 @@ from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
 from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, rows_unit,
-                                        scan_counts, swept_model)
+                                        scan_counts, size_points, swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
 from speechprune.sweep import verdicts_text
 
@@ -372,6 +372,33 @@ def sweep_section(sweep: Found, run: Run) -> Section:
     return section
 
 
+def size_section(run: Run) -> Section | None:
+    """Sweeps of decoders of several sizes: the largest acceptable fraction by decoder size (the
+    paper's claim 3 for one family; ShortGPT's table by size on text), as a figure and a table."""
+    points = size_points(run)
+    if not points:
+        return None
+    section = Section("Largest acceptable fraction by decoder size")
+    section.add("Each sweep's largest acceptable fraction against the parameters of the decoder it pruned, one line "
+                "per strategy, healing and test set. A decoder's size is its unpruned parameter count; the families "
+                "of the models are not checked here (within one family, size is the only difference).")
+    section.add(Figure(f'<img alt="largest acceptable fraction by decoder size" src="{figures.size_png(points)}">',
+                       "Bars reach up to the largest fraction not ruled out (acceptable or undecided) at the test "
+                       "utterances each sweep read: a bar means the sweep left a larger fraction undecided.",
+                       "the sweeps below"))
+    section.add(Table(["model", "decoder parameters", "layers", "strategy", "healing", "test set",
+                       "largest acceptable fraction", "layers removed", "largest not ruled out", "decided by",
+                       "rests on (at most)", "sweep"],
+                      [[p["model"], figures.parameters_text(p["parameters"]), str(p.get("layers") or "?"),
+                        p["strategy"], p["heal"], p["set"], _num(p["fraction"]), str(p["largest"]["removed_count"]),
+                        _num(p["fraction_not_ruled_out"]), verdicts_text(p["largest"]) or "-",
+                        counts(p["largest"].get("utterances"), p["largest"].get("words"), p["unit"]),
+                        p["sweep"]] for p in points],
+                      "the largest level that it and every smaller level are decided acceptable at; not ruled out: "
+                      "the largest level that is acceptable or undecided"))
+    return section
+
+
 def eval_section(found: Found, run: Run) -> Section:
     folder, pruning, heal = model_of(found, run)
     name = run.relative(folder) if folder is not None else "?"
@@ -557,7 +584,8 @@ def build(run: Run) -> list[Section]:
     details += [eval_section(e, run) for e in run.evals]
     details += [scan_section(s, run) for s in run.scans]
     details += [compare_section(c, run) for c in run.compares]
-    details += [sweep_section(s, run) for s in run.sweeps]
+    sizes = size_section(run)
+    details += ([sizes] if sizes else []) + [sweep_section(s, run) for s in run.sweeps]
     models = models_section(run)
     sections = [findings_section(findings(run))] + ([models] if models else []) + details
     missing = not_here_section(run, sections)

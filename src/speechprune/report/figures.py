@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 from html import escape
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -279,3 +280,50 @@ def agreement_matrix_png(conditions: list[str], metrics: dict) -> str:
             figure.colorbar(image, ax=axis, fraction=0.046)
         figure.tight_layout()
         return _png_uri(figure)
+
+
+def parameters_text(count: int) -> str:
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.1f}M"
+
+
+def size_figure(points: list[dict]):
+    """The largest acceptable fraction removed against the decoder's parameters (log axis), one line
+    per strategy, healing and test set, each point's bar reaching up to the largest fraction not
+    ruled out. ``points``: dicts with model, parameters, strategy, heal, set, fraction and
+    fraction_not_ruled_out (:func:`speechprune.report.summary.size_points`). Returns the matplotlib
+    figure; :func:`size_png` is the report's image of it."""
+    plt = _pyplot()
+    lines = sorted({(p["strategy"], p["heal"], p["set"]) for p in points})
+    several_sets = len({p["set"] for p in points}) > 1
+    with _plain_text():
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for k, (strategy, heal, set_name) in enumerate(lines):
+            line = sorted((p for p in points if (p["strategy"], p["heal"], p["set"]) == (strategy, heal, set_name)),
+                          key=lambda p: p["parameters"])
+            shift = 1 + 0.04 * (k - (len(lines) - 1) / 2)  # lines side by side on the log axis, not on top
+            y = [p["fraction"] for p in line]
+            up = [max(0.0, p["fraction_not_ruled_out"] - p["fraction"]) for p in line]
+            label = strategy + ("" if heal == "none" else f", healed ({heal})") + (f", {set_name}" if several_sets
+                                                                                   else "")
+            axis.errorbar([p["parameters"] * shift for p in line], y, yerr=[[0.0] * len(y), up], marker="o",
+                          capsize=4, label=label)
+        axis.set_xscale("log")
+        named: dict[int, list[str]] = {}
+        for size, name in sorted({(p["parameters"], p["model"]) for p in points}):
+            named.setdefault(size, []).append("/".join(Path(name).parts[-2:]))  # a path's tail: the table has it whole
+        axis.set_xticks(list(named), ["\n".join(names + [parameters_text(size)]) for size, names in named.items()],
+                        fontsize=7)
+        axis.minorticks_off()
+        axis.set_xlabel("decoder parameters (log scale)")
+        axis.set_ylabel("largest acceptable fraction removed")
+        axis.set_title("Largest acceptable fraction of layers removed, by decoder size\n"
+                       "(bar: up to the largest fraction not ruled out)", fontsize=9)
+        axis.set_ylim(0, min(1.0, max(p["fraction_not_ruled_out"] for p in points) + 0.08))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+    return figure
+
+
+def size_png(points: list[dict]) -> str:
+    return _png_uri(size_figure(points))

@@ -138,6 +138,34 @@ def _largest(run: Run) -> list[Finding]:
     return found
 
 
+def size_points(run: Run) -> list[dict]:
+    """The largest acceptable fractions of the run's sweeps set against their decoders' sizes, for
+    models of several sizes (a scale study, ShortGPT's table by size): one point per swept model and
+    strategy/healing/test-set line, with ``model``, ``parameters`` and ``layers`` of its unpruned
+    decoder, ``strategy``, ``heal``, ``set``, the sweep's ``largest`` entry, the ``unit`` its counts
+    are in besides utterances, and the ``sweep`` it comes from. A point that two sweeps of one model both give (the same line swept from two scans) is
+    ambiguous and left out, and so is a line whose points are all of one size: nothing to compare."""
+    by_point: dict[tuple, list[dict]] = {}
+    for sweep in run.sweeps:
+        decoder = sweep.extra.get("decoder") or {}
+        if not decoder.get("parameters"):
+            continue
+        model = swept_model(sweep, run)
+        for key, best in sweep.data.get("largest_acceptable", {}).items():
+            strategy, heal, set_name = key.split("/", 2)
+            by_point.setdefault((model, strategy, heal, set_name), []).append(
+                {"model": model, **decoder, "strategy": strategy, "heal": heal, "set": set_name, "largest": best,
+                 "fraction": best["fraction"], "fraction_not_ruled_out": best.get("fraction_not_ruled_out",
+                                                                                  best["fraction"]),
+                 "unit": rows_unit(sweep.extra["rows"]), "sweep": run.relative(sweep.path)})
+    points = [found[0] for found in by_point.values() if len(found) == 1]
+    sizes: dict[tuple, set[int]] = {}
+    for p in points:
+        sizes.setdefault((p["strategy"], p["heal"], p["set"]), set()).add(p["parameters"])
+    return sorted((p for p in points if len(sizes[p["strategy"], p["heal"], p["set"]]) > 1),
+                  key=lambda p: (p["set"], p["strategy"], p["heal"], p["parameters"], p["model"]))
+
+
 def _is_speech_text(a: str, b: str) -> bool:
     ends = {a.rsplit("/", 1)[-1], b.rsplit("/", 1)[-1]}
     return ends == {"speech", "text"} and a.rsplit("/", 1)[0] == b.rsplit("/", 1)[0]
