@@ -134,8 +134,8 @@ def _size_caveat(evidence: dict[str, dict], sizes: dict[str, tuple[str, int]]) -
     if not any(len(depths) >= 2 for depths in _families(sizes, sizes).values()):
         here = ", ".join(f"{name} ({family}, {layers} layers)" for name, (family, layers) in sizes.items())
         return (f"not tested by these decoders: the claim needs several sizes of one family, and each family here "
-                f"has one ({here}), so these decoders cannot measure it (nor can the synthetic study's default grid: "
-                f"docs/study.md). Per decoder: ")
+                f"has one ({here}), so these decoders cannot measure it (study-scale.yaml measures it on two sizes "
+                f"of one family). Per decoder: ")
     swept = [r["condition"].decoder for r in evidence.values() if "sweep" in r]
     if not any(len(depths) >= 2 for depths in _families(sizes, swept).values()):
         return "not evidence: fewer than two sizes of one family passed the listening bar. Per decoder: "
