@@ -380,8 +380,8 @@ def size_section(run: Run) -> Section | None:
         return None
     section = Section("Largest acceptable fraction by decoder size")
     section.add("Each sweep's largest acceptable fraction against the parameters of the decoder it pruned, one line "
-                "per strategy, healing and test set. A decoder's size is its unpruned parameter count; the families "
-                "of the models are not checked here (within one family, size is the only difference).")
+                "per strategy, healing and test set. A decoder's size is its unpruned parameter count as loaded. The "
+                "models' families are not checked here: the paper's claim 3 compares sizes of one family.")
     section.add(Figure(f'<img alt="largest acceptable fraction by decoder size" src="{figures.size_png(points)}">',
                        "Bars reach up to the largest fraction not ruled out (acceptable or undecided) at the test "
                        "utterances each sweep read: a bar means the sweep left a larger fraction undecided.",
