@@ -389,6 +389,7 @@ def test_sweeps_of_several_decoder_sizes_are_set_against_each_other(tmp_path):
                 {"angular/none/text": (0.25, 0.5), "last/none/text": (0.0, 0.0)})
     html, md = _report(tmp_path)
     assert "## Largest acceptable fraction by decoder size" in md
+    assert "Each sweep's largest acceptable fraction" in md  # quotes stay readable in the Markdown
     assert html.count('alt="largest acceptable fraction by decoder size"') == 1
     assert "| small-lm | 0.5M | 8 | angular | none | text | 0.125 | 1 | 0.125 |" in md
     assert "| large-lm | 1.50B | 28 | angular | none | text | 0.250 | 7 | 0.500 |" in md

@@ -81,7 +81,8 @@ def html(sections: list[Section], title: str) -> str:
 
 
 def _md_cell(text: str) -> str:
-    return escape(str(text)).replace("|", "\\|").replace("\n", " ")
+    # < > & escaped so that no tag can form; quotes need no escaping outside a tag and stay readable
+    return escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _md_block(block) -> str:
