@@ -31,6 +31,7 @@ from plain_llm_pruning import (Settings, add_options, fortunes, model_folder, pr
                                settings_from, split)
 from speechprune.report.discover import unpruned_decoder  # noqa: E402
 from speechprune.report.figures import parameters_text, size_figure  # noqa: E402
+from speechprune.report.summary import line_of  # noqa: E402
 
 MODELS = "smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b"
 LINES = [("angular", "none"), ("angular", "receiving-mlp"), ("bi", "none"), ("last", "none")]
@@ -72,10 +73,11 @@ def model_rows(model: str, folder: Path, dtype: str) -> list[dict]:
         summary = _read(folder / sweep / "summary.json")
         decoder = unpruned_decoder(folder / sweep, {"dtype": dtype})
         for key, entry in summary["largest_acceptable"].items():
-            strategy, heal, set_name = key.split("/", 2)
+            strategy, heal, set_name = line_of(key)
             base = summary["baseline"][set_name]["lm"]
             rows.append({
-                "model": model, "parameters": decoder["parameters"], "layers": decoder["layers"], "strategy": strategy, "heal": heal, "set": set_name,
+                "model": model, "parameters": decoder["parameters"], "layers": decoder["layers"],
+                "strategy": strategy, "heal": heal, "set": set_name,
                 "baseline_perplexity": base["perplexity"], "baseline_interval": base["perplexity_interval"],
                 "baseline_texts": base["utterances"], "baseline_tokens": base["tokens"],
                 "fraction": entry["fraction"], "removed_count": entry["removed_count"], "removed": entry["removed"],
@@ -112,7 +114,8 @@ def by_size_table(rows: list[dict]) -> str:
     for r in sorted(rows, key=lambda r: r["parameters"]):
         removed = f"{r['removed_count']}" + (f" ({' '.join(map(str, r['removed']))})" if r["removed"] else "")
         lines.append(
-            f"| {r['model']} | {parameters_text(r['parameters'])} | {r['layers']} | {r['strategy']} | {_healing(r['heal'])} | "
+            f"| {r['model']} | {parameters_text(r['parameters'])} | {r['layers']} | {r['strategy']} | "
+            f"{_healing(r['heal'])} | "
             f"{_interval(r['baseline_perplexity'], *r['baseline_interval'])} ({r['baseline_texts']} texts, "
             f"{r['baseline_tokens']:,} tokens) | {r['fraction']:.3f} | {removed} | "
             f"{r['fraction_not_ruled_out']:.3f} ({r['removed_count_not_ruled_out']} layers) | "

@@ -21,8 +21,8 @@ from speechprune.console import counts, plural
 from speechprune.evaluate import with_interval
 from speechprune.report import figures
 from speechprune.report.discover import Found, Run
-from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, model_of, rows_unit,
-                                        scan_counts, size_points, swept_model)
+from speechprune.report.summary import (QUALITY, Finding, entry_counts, findings, interval_text, line_of, model_of,
+                                        rows_unit, scan_counts, size_points, swept_model)
 from speechprune.scan.result import RegionResult, ScanResult
 from speechprune.sweep import verdicts_text
 
@@ -346,7 +346,7 @@ def sweep_section(sweep: Found, run: Run) -> Section:
                       "could not change the largest acceptable fraction this sweep decides.")
     largest = []
     for key, value in summary.get("largest_acceptable", {}).items():
-        strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
+        strategy, heal, set_name = line_of(key)
         largest.append([strategy, heal, set_name, _num(value["fraction"]), str(value["removed_count"]),
                         " ".join(map(str, value.get("removed", []))) or "none",
                         _num(value.get("fraction_not_ruled_out")), verdicts_text(value) or "-",

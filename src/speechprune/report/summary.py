@@ -122,11 +122,18 @@ def _quality(run: Run) -> list[Finding]:
     return found
 
 
+def line_of(key: str) -> tuple[str, str, str]:
+    """(strategy, healing, test set) of a sweep summary's ``largest_acceptable`` key
+    ``strategy/heal/set`` (a test set's name may hold a '/')."""
+    strategy, heal, set_name = key.split("/", 2)
+    return strategy, heal, set_name
+
+
 def _largest(run: Run) -> list[Finding]:
     found = []
     for sweep in run.sweeps:
         for key, best in sweep.data.get("largest_acceptable", {}).items():
-            strategy, heal, set_name = key.split("/")[0], key.split("/")[1], "/".join(key.split("/")[2:])
+            strategy, heal, set_name = line_of(key)
             removed = " ".join(map(str, best.get("removed", []))) or "none"
             found.append(Finding(f"largest acceptable fraction of {swept_model(sweep, run)} ({strategy}, healing {heal}, "
                                  f"{set_name})",
@@ -143,8 +150,9 @@ def size_points(run: Run) -> list[dict]:
     models of several sizes (a scale study, ShortGPT's table by size): one point per swept model and
     strategy/healing/test-set line, with ``model``, ``parameters`` and ``layers`` of its unpruned
     decoder, ``strategy``, ``heal``, ``set``, the sweep's ``largest`` entry, the ``unit`` its counts
-    are in besides utterances, and the ``sweep`` it comes from. A point that two sweeps of one model both give (the same line swept from two scans) is
-    ambiguous and left out, and so is a line whose points are all of one size: nothing to compare."""
+    are in besides utterances, and the ``sweep`` it comes from. A point that two sweeps of one model
+    both give (the same line swept from two scans) is ambiguous and left out, and so is a line whose
+    points are all of one size: nothing to compare."""
     by_point: dict[tuple, list[dict]] = {}
     for sweep in run.sweeps:
         decoder = sweep.extra.get("decoder") or {}
@@ -152,7 +160,7 @@ def size_points(run: Run) -> list[dict]:
             continue
         model = swept_model(sweep, run)
         for key, best in sweep.data.get("largest_acceptable", {}).items():
-            strategy, heal, set_name = key.split("/", 2)
+            strategy, heal, set_name = line_of(key)
             by_point.setdefault((model, strategy, heal, set_name), []).append(
                 {"model": model, **decoder, "strategy": strategy, "heal": heal, "set": set_name, "largest": best,
                  "fraction": best["fraction"], "fraction_not_ruled_out": best.get("fraction_not_ruled_out",
