@@ -1,6 +1,6 @@
 """The one training loop for kinds other than this toolkit's SpeechLLM: the next-token loss with
-logits at labelled positions only (against full logits), and healing a plain causal LM with
-gradient accumulation (against one batch of the same utterances)."""
+logits at labelled positions only (against full logits), healing a plain causal LM with gradient
+accumulation (against one batch of the same utterances), and under bf16 autocast (against float32)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, Gemma2Config, Granite
 
 from speechprune.data.manifest import Utterance
 from speechprune.errors import UserError
-from speechprune.heal import heal_model, lora_targets
+from speechprune.heal import HealConfig, heal, heal_model, lora_targets
+from speechprune.model import device as device_module
 from speechprune.model.decoder import next_token_loss
 from speechprune.model.interface import load_model
 from speechprune.model.layout import IGNORE_INDEX, DecoderInputs
+from speechprune.prune.run import PruneConfig, prune
 from speechprune.train import LoraConfig, with_lora
 from tests.helpers import WORD_VOCAB_SIZE, save_word_tokenizer, tiny_causal_lm
 
@@ -140,3 +142,24 @@ def test_a_plain_lm_refuses_what_only_a_speechllm_trains(plain_lm, tmp_path):
     targets = lora_targets(model.causal_lm, "all-mlp")
     with pytest.raises(UserError, match="projector"):
         heal_model(model, _fixed_length_utterances(4), targets, tmp_path / "out", steps=1, lr=1e-3, projector=True)
+
+
+def test_healing_under_bf16_autocast_starts_from_the_same_loss_and_says_what_ran(plain_lm, tmp_path, monkeypatch,
+                                                                                  capsys):
+    monkeypatch.setattr(device_module, "bf16_matmul_speedup", lambda: 3.0)  # auto takes bf16 on any CPU
+    prune(PruneConfig(model=str(plain_lm), out=str(tmp_path / "pruned"), drop="1:2"))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(u.text for u in _fixed_length_utterances(4)) + "\n")
+    losses, ran = {}, {}
+    for precision in ("no", "auto"):
+        out = heal(HealConfig(model=str(tmp_path / "pruned"), data=[str(texts)], out=str(tmp_path / precision),
+                              steps=1, lr=1e-3, batch_size=4, mixed_precision=precision))
+        record = json.loads((out / "heal.json").read_text())
+        losses[precision], ran[precision] = record["stages"][0]["final_loss"], record["mixed_precision"]
+    assert ran == {"no": "no", "auto": "bf16"}
+    assert "precision: bf16 autocast (its matmul 3.0x faster than float32 here)" in capsys.readouterr().out
+    # one step: the loss of the same pruned weights, computed in two precisions
+    assert losses["auto"] == pytest.approx(losses["no"], rel=5e-2)
+    assert losses["auto"] != losses["no"]  # autocast did run
+    with pytest.raises(UserError, match="--mixed-precision must be one of"):
+        HealConfig(model="m", data=["d"], out="o", mixed_precision="bf32")

@@ -280,3 +280,17 @@ def test_a_sweep_reads_each_test_set_in_looks_and_the_baseline_only_as_far_as_a_
     assert (cost["cells"], cost["utterances"]) == (4, 18)
     assert (cost["fixed_first_look"]["utterances"], cost["fixed_last_look"]["utterances"]) == (8, 24)
     assert cost["decode_seconds"] == pytest.approx(sum(c["sets"]["a"]["decode_seconds"] for c in cells.values()))
+
+
+def test_a_cell_healed_under_another_precision_is_another_measurement(tmp_path):
+    def measured(heal: str, precision: str) -> dict:
+        config = SweepConfig(model="m", scan="s", train=["t"], test=["x"], out=str(tmp_path / "o"),
+                             heal_mixed_precision=precision)
+        return sweep_module.measured_on(config, heal)
+
+    healed = measured("receiving-mlp", "no")
+    assert "heal_mixed_precision" not in healed  # float32, as every cell measured before the option: still reused
+    assert measured("receiving-mlp", "auto") == {**healed, "heal_mixed_precision": "auto"}
+    assert measured("none", "auto") == measured("none", "no")  # nothing healed: the precision changes nothing
+    with pytest.raises(UserError, match="--heal-mixed-precision must be one of no, bf16, fp16, auto, not 'fp8'"):
+        SweepConfig(model="m", scan="s", train=["t"], test=["x"], out="o", heal_mixed_precision="fp8")

@@ -109,8 +109,8 @@ def demo(config: DemoConfig) -> Path:
     timer.run("sweep", out / "sweep" / "summary.json", lambda: sweep(SweepConfig(
         model=str(model_dir), scan=str(out / "scan"), train=[train_manifest], test=tests[:1],
         fractions=list(recipe.fractions), strategies=config.strategies, heal=config.heal,
-        heal_steps=recipe.heal_steps, prefill_only=config.prefill_only, max_test_utterances=config.test_utterances,
-        looks=config.looks, out=str(out / "sweep"), **placed)))
+        heal_steps=recipe.heal_steps, heal_mixed_precision=recipe.mixed_precision, prefill_only=config.prefill_only,
+        max_test_utterances=config.test_utterances, looks=config.looks, out=str(out / "sweep"), **placed)))
     if not config.tiny:  # what PruneMe and ShortGPT users do: the base LLM alone, pruned, perplexity on text.
         # Unhealed: healing on the corpus's own sentences teaches the LLM their grammar, which is not recovery
         # (measured: 3 layers removed and 40 steps took perplexity from the unpruned 1,004 to 333)

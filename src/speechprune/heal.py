@@ -38,6 +38,7 @@ from speechprune.data.sources import load_data, require_audio
 from speechprune.errors import UserError
 from speechprune.files import RUN_MARKER, claims_output, read_json, run_signature, staged_dir, write_json
 from speechprune.model.decoder import decoder_layers
+from speechprune.model.device import training_precision
 from speechprune.model.interface import LoadedModel, load_model
 from speechprune.options.heal import TARGETS, HealConfig  # noqa: F401  (re-exported)
 from speechprune.prune.surgery import receiving_layers
@@ -112,18 +113,20 @@ def _mlp_linears(layer: nn.Module, index: int) -> list[nn.Module]:
 
 def heal_model(model: LoadedModel, utterances: list, targets: list[str], out: Path, steps: int, lr: float,
                rank: int = 8, alpha: int = 16, projector: bool = False, batch_size: int = 16, seed: int = 0,
-               resume: bool = True, grad_accum: int = 1, checkpoint_every: int = 200) -> list[dict]:
+               resume: bool = True, grad_accum: int = 1, checkpoint_every: int = 200,
+               mixed_precision: str = "no") -> list[dict]:
     """Heal ``model`` in place with LoRA on ``targets`` (and its projector if asked) for ``steps``,
     through the training loop of every kind (:func:`~speechprune.train.run_stages`: checkpoints
-    under ``out/checkpoints``, resume, clipping, accumulation). Speech input when the model has
-    it, else the source text. The decoder stays LoRA-wrapped until it is saved or
-    :func:`merge_lora` merges it."""
+    under ``out/checkpoints``, resume, clipping, accumulation), under ``mixed_precision``
+    autocast (``no``: the model's own dtype; ``auto``: bf16 where a probe finds it faster here).
+    Speech input when the model has it, else the source text. The decoder stays LoRA-wrapped
+    until it is saved or :func:`merge_lora` merges it."""
     if projector and getattr(model, "speechllm", None) is None:
         raise UserError(f"--projector: {model.path} is a {model.kind}; only a SpeechLLM directory has a projector "
                         "this toolkit trains")
     device = next(model.module.parameters()).device  # heal where the model was loaded (--device)
     loop = LoopConfig(batch_size=batch_size, seed=seed, grad_accum=grad_accum, checkpoint_every=checkpoint_every,
-                      cpu=device.type == "cpu")
+                      cpu=device.type == "cpu", mixed_precision=mixed_precision)
     loop.lora.rank, loop.lora.alpha, loop.lora.decoder_targets = rank, alpha, targets
     stage = StageConfig(steps=steps, input="speech" if "speech" in model.sources else "text", encoder="frozen",
                         decoder="lora", projector="full" if projector else "frozen", lr=lr)
@@ -132,6 +135,12 @@ def heal_model(model: LoadedModel, utterances: list, targets: list[str], out: Pa
     results = run_stages(model, utterances, {"heal": stage}, loop, out, make_accelerator(loop, out, device), resume)
     model.module.eval()
     return [result.__dict__ for result in results]
+
+
+def _precision_ran(config: HealConfig, model: LoadedModel) -> str:
+    """The autocast healing ran under: ``auto`` resolved as the training loop resolved it (its probe
+    is measured once per process, so this is the same answer)."""
+    return training_precision(config.mixed_precision, next(model.module.parameters()).device)[0]
 
 
 def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
@@ -161,7 +170,7 @@ def heal(config: HealConfig) -> Path:
         return _heal_into_gguf(config, gguf_plan, model, utterances, targets, receiving)
     results = heal_model(model, utterances, targets, out, config.steps, config.lr, config.rank,
                          config.alpha, config.projector, config.batch_size, config.seed, config.resume,
-                         config.grad_accum, config.checkpoint_every)
+                         config.grad_accum, config.checkpoint_every, config.mixed_precision)
     if not PartialState().is_main_process:
         return out
     speechllm = getattr(model, "speechllm", None)
@@ -176,7 +185,7 @@ def heal(config: HealConfig) -> Path:
             write_json(staging / "pruning.json", pruning)
         write_json(staging / "heal.json", {"target": config.target, "lora_modules": targets,
                                            "receiving_layers": receiving, "projector_trained": config.projector,
-                                           "stages": results})
+                                           "mixed_precision": _precision_ran(config, model), "stages": results})
         save_config(config, staging / "config.yaml")
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
                        f"{' and the projector' if config.projector else ''} -> {out}",
@@ -204,14 +213,15 @@ def _heal_into_gguf(config: HealConfig, gguf_plan, model: LoadedModel, utterance
     state.wait_for_everyone()
     results = heal_model(model, utterances, targets, work, config.steps, config.lr, config.rank, config.alpha,
                          False, config.batch_size, config.seed, config.resume, config.grad_accum,
-                         config.checkpoint_every)
+                         config.checkpoint_every, config.mixed_precision)
     if not state.is_main_process:
         return out
     bases = heal_gguf.lora_base_layers(model.causal_lm)
     merge_lora(model)
     changed = heal_gguf.changed_weight_names(model.causal_lm, bases)
     record = {"target": config.target, "rank": config.rank, "alpha": config.alpha, "steps": config.steps,
-              "lr": config.lr, "data": list(config.data), "receiving_layers": receiving, "stages": results}
+              "lr": config.lr, "data": list(config.data), "receiving_layers": receiving,
+              "mixed_precision": _precision_ran(config, model), "stages": results}
     result = heal_gguf.export(gguf_plan, model, changed, record, out, config.gguf_type)
     shutil.rmtree(work, ignore_errors=True)
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target} -> {out}",

@@ -182,6 +182,8 @@ def measured_on(config: SweepConfig, heal: str) -> dict:
     if heal not in ("none", PREFILL_ONLY):
         found |= {"train": [_source(p) for p in config.train], "heal_steps": config.heal_steps,
                   "heal_lr": config.heal_lr, "heal_projector": config.heal_projector}
+        if config.heal_mixed_precision != "no":  # absent when float32, as in cells measured before the option
+            found["heal_mixed_precision"] = config.heal_mixed_precision
     return found
 
 
@@ -215,7 +217,8 @@ def run_cell(config: SweepConfig, scan: dict, strategy: str, fraction: float, he
         targets = lora_targets(model.causal_lm, heal, healing_layers(kept, num_layers))
         checkpoints = out / "healing" / _cell_name(strategy, n, heal)
         heal_model(model, train_utterances, targets, checkpoints, config.heal_steps, config.heal_lr,
-                   projector=config.heal_projector, batch_size=config.batch_size, resume=False)
+                   projector=config.heal_projector, batch_size=config.batch_size, resume=False,
+                   mixed_precision=config.heal_mixed_precision)
         shutil.rmtree(checkpoints, ignore_errors=True)  # a healed cell is re-run whole, never resumed
         with contextlib.suppress(OSError):
             checkpoints.parent.rmdir()  # healing/ holds only the running cell's checkpoints

@@ -66,10 +66,10 @@ class DemoConfig:
     token_ctc_vocabulary: str | None = option(None, help="the token CTC's softmax (base LLM only): corpus (the "
                                                          "training transcripts' tokens, tens of times cheaper; "
                                                          "empty: corpus) | full (the whole vocabulary)")
-    mixed_precision: str | None = option(None, help="training precision: no (float32) | bf16 (autocast: faster only "
-                                                    "where the CPU or GPU computes bf16 natively) | auto (bf16 where "
-                                                    "a probe at start finds it faster here, else no; one line says "
-                                                    "which); empty: no")
+    mixed_precision: str | None = option(None, help="precision of training and of the sweep's healing: no (float32) "
+                                                    "| bf16 (autocast: faster only where the CPU or GPU computes "
+                                                    "bf16 natively) | auto (bf16 where a probe at start finds it "
+                                                    "faster here, else no; one line says which); empty: no")
     fractions: list[float] | None = option(None, help="sweep: fractions of decoder layers removed (empty: 0, 0.1, "
                                                       "0.2, 0.3 on a base LLM; 0, 0.125, 0.25, 0.375 tiny)")
     strategies: list[str] = option(["angular"], help="sweep: pruning strategies")

@@ -7,9 +7,14 @@ from dataclasses import dataclass
 
 from speechprune.config import option, require, require_choice
 from speechprune.options.model import LoadingPolicy, check_placement, device_option, dtype_option
+from speechprune.options.train import MIXED_PRECISIONS
 
 TARGETS = ("receiving-mlp", "all-mlp", "all-linear")
 GGUF_TYPES = ("q8_0", "f16")  # what a GGUF --out stores the healed tensors as (heal_gguf.py)
+HEAL_PRECISION_HELP = ("autocast of healing, as training's --loop.mixed-precision: no (the model's --dtype) | bf16 | "
+                       "fp16 (where the device has it) | auto (bf16 where it is faster: a GPU with bf16, or a CPU "
+                       "whose bf16 matmul a probe at start finds faster; one line says which). The weights stay in "
+                       "--dtype and the adapters in float32")
 
 
 @dataclass
@@ -42,6 +47,7 @@ class HealConfig:
     gguf_type: str = option("q8_0", help="q8_0 | f16: the type of the tensors healing changed, in a GGUF --out")
     dtype: str = dtype_option(help="the dtype the pruned model is loaded, healed and saved in (the LoRA "
                                    "adapters train in float32 and are merged into it)")
+    mixed_precision: str = option("no", help=HEAL_PRECISION_HELP)
     device: str = device_option(help="where healing runs (auto: the GPU when there is one)")
 
     def __post_init__(self):
@@ -55,6 +61,7 @@ class HealConfig:
                 f"--format hf writes a directory; --out {self.out} ends in .gguf")
         require(self.format != "gguf" or self.out.lower().endswith(".gguf"),
                 f"--format gguf writes a file: give an --out ending in .gguf, not {self.out}")
+        require_choice(self.mixed_precision, MIXED_PRECISIONS, "--mixed-precision")
         require(self.gguf_type in GGUF_TYPES, f"--gguf-type must be {' or '.join(GGUF_TYPES)}, not {self.gguf_type!r}")
         check_placement(self)
 

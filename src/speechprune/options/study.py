@@ -9,7 +9,7 @@ from speechprune.looks import ALPHA, LOOKS, Looks
 from speechprune.config import option, require, require_choice
 from speechprune.options.model import (SHORT_NAMES_HELP, EncoderConfig, ProjectorConfig, check_placement, device_option,
                                         dtype_option)
-from speechprune.options.train import TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
+from speechprune.options.train import MIXED_PRECISIONS, TOKEN_CTC_VOCABULARIES, LoopConfig, LoraConfig
 
 MODES = ("lora", "frozen")
 WARMUP_LANGUAGES = ("condition", "study")
@@ -112,6 +112,9 @@ class EvalSettings:
     scan_utterances: int = option(100, help="dev utterances each scan reads (the same for base and SpeechLLM)")
     fractions: list[float] = option([0.0, 0.25, 0.5], help="removed fractions of every sweep")
     heal_steps: int = option(60, help="LoRA healing steps per healed sweep cell")
+    heal_mixed_precision: str = option("no", help="autocast of the sweeps' healing: no (float32) | bf16 | fp16 | auto "
+                                                  "(bf16 where a probe at start finds it faster here; one line says "
+                                                  "which); training's is loop.mixed_precision")
     max_new_tokens: int = option(160, help="decoding stops after this many tokens in the evaluations")
     wer_rise: float = option(0.25, help="acceptable relative WER rise (sweep rule)")
     wer_floor: float = option(0.02, help="acceptable absolute WER rise, whatever the baseline (sweep rule)")
@@ -133,6 +136,7 @@ class EvalSettings:
             require(False, f"evaluation.looks / evaluation.alpha: {error}")
         require(self.wer_bar >= 0, f"evaluation.wer_bar must be >= 0, not {self.wer_bar}")
         require_choice(self.stop_line, ("never", "any-set"), "evaluation.stop_line")
+        require_choice(self.heal_mixed_precision, MIXED_PRECISIONS, "evaluation.heal_mixed_precision")
         require(0 <= self.bleu_bar <= 100, f"evaluation.bleu_bar must be in [0, 100], not {self.bleu_bar}")
 
 

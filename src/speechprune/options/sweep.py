@@ -9,9 +9,11 @@ from pathlib import Path
 from speechprune.looks import ALPHA, LOOKS, Looks
 from speechprune.config import option, require, require_choice, require_choices
 from speechprune.options.evaluate import METRICS
+from speechprune.options.heal import HEAL_PRECISION_HELP
 from speechprune.options.heal import TARGETS as HEAL_TARGETS
 from speechprune.options.model import LoadingPolicy, check_placement, device_map_option, device_option, dtype_option
 from speechprune.options.prune import SCAN_STRATEGY_NAMES
+from speechprune.options.train import MIXED_PRECISIONS
 
 STOP_LINE = ("never", "any-set", "every-set")
 
@@ -36,6 +38,7 @@ class SweepConfig:
     heal_steps: int = option(200, help="LoRA healing steps per cell")
     heal_lr: float = option(1e-3, help="peak learning rate of healing")
     heal_projector: bool = option(False, help="unfreeze the projector while healing")
+    heal_mixed_precision: str = option("no", help=HEAL_PRECISION_HELP)
     input: str = option("auto", help="scan input the strategies choose by")
     region: str = option("all", help="scan region the strategies choose by")
     max_test_utterances: int | None = option(None, help="score only the first N utterances of each test manifest (empty: all)")
@@ -74,6 +77,7 @@ class SweepConfig:
         require_choices(self.heal, ("none",) + tuple(HEAL_TARGETS), "--heal")
         require_choice(self.metric, METRICS, "--metric")
         require_choice(self.stop_line, STOP_LINE, "--stop-line")
+        require_choice(self.heal_mixed_precision, MIXED_PRECISIONS, "--heal-mixed-precision")
         check_placement(self)
         healed = [h for h in self.heal if h != "none"]
         require(not self.device_map or not healed, f"--device-map auto only reads a model; --heal "
