@@ -186,6 +186,52 @@ def test_a_tiny_speechllm_trains_on_a_frozen_converted_whisper(trained, whisper)
         assert torch.equal(loaded[name], value), name
 
 
+def test_trainings_of_one_frozen_encoder_encode_each_recording_once(tmp_path, whisper, tiny_manifest, monkeypatch):
+    from speechprune.files import read_json
+    from speechprune.options.train import StageConfig
+    from speechprune.train import LoopConfig, LoraConfig, TrainConfig, train
+
+    folder = write_folder(tmp_path / "whisper", whisper)
+    model = tiny_model_config()
+    model = dataclasses.replace(model, encoder=EncoderConfig(pretrained=str(folder)), ctc=False,
+                                projector=dataclasses.replace(model.projector, position_ms=40.0))
+    encoded = []
+    forward = WhisperSpeechEncoder.forward
+
+    def counted(self, input_features, frame_lengths):
+        encoded.append(len(frame_lengths))
+        return forward(self, input_features, frame_lengths)
+
+    monkeypatch.setattr(WhisperSpeechEncoder, "forward", counted)
+
+    def trained(name: str, stages: dict, states: dict | None) -> list[float]:
+        out = tmp_path / name
+        train(TrainConfig(train=[str(tiny_manifest)], out=str(out), model=model, stages=stages,
+                          loop=LoopConfig(batch_size=4, log_every=1, lora=LoraConfig(rank=2, alpha=4))),
+              encoder_states=states)
+        return [stage["final_loss"] for stage in read_json(out / "train_log.json")["stages"]]
+
+    frozen = frozen_encoder_stages(base_llm_stages("lora", ctc_steps=0, copy_steps=1, joint_steps=3, proj_steps=2))
+    lines = load_manifest(tiny_manifest)
+    recordings = {u.audio for u in lines}
+    assert len(recordings) < len(lines)  # its ASR and ST lines read the same recordings
+    shared: dict = {}
+    trained("first", frozen, shared)
+    assert set(shared) == recordings  # keyed by recording: ASR and ST share their states
+    assert sum(encoded) <= len(lines)
+    encoded.clear()
+    alone = trained("alone", frozen, None)
+    assert sum(encoded) >= len(recordings)  # its own cache: it encodes what it reads
+    encoded.clear()
+    assert trained("second", frozen, shared) == pytest.approx(alone, rel=1e-4)  # the same training
+    assert encoded == [], "a training given states of every recording it reads runs no encoder"
+    # a training that trains the encoder leaves the shared states alone (they would be stale)
+    before = {key: value.clone() for key, value in shared.items()}
+    trained("trains-encoder", {"joint": StageConfig(steps=1, encoder="full", lr=1e-3)}, shared)
+    assert encoded and shared.keys() == before.keys()
+    assert all(torch.equal(shared[key], value) for key, value in before.items())
+
+
 # ----------------------------------------------------------------------------- bench/whisper_window.py
 def window_bench():
     path = Path(__file__).resolve().parents[1] / "bench" / "whisper_window.py"

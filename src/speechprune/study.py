@@ -229,10 +229,14 @@ def speechllm_training(config: StudyConfig, out: Path, corpus: Path, condition: 
 
 
 def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path | None,
-               timer: StepTimes) -> Path:
+               timer: StepTimes, encoder_states: dict) -> Path:
+    """Train a condition's SpeechLLM. ``encoder_states``: the frozen pretrained encoder's states of
+    every recording earlier conditions read (train's shared cache), one dict per encoder; each
+    recording is encoded once in the study's process."""
     training = speechllm_training(config, out, corpus, condition, base, warm)
     path = Path(training.out)
-    timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json", lambda: train(training), "SpeechLLM training")
+    timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json",
+              lambda: train(training, encoder_states=encoder_states if warm is None else None), "SpeechLLM training")
     return path
 
 
@@ -269,7 +273,8 @@ def _sweep(config: StudyConfig, corpus: Path, model: Path, scan_dir: Path, path:
     timer.run(f"sweep {path.parent.name}/{path.name}", path / "summary.json", lambda: sweep(SweepConfig(
         model=str(model), scan=str(scan_dir), train=train_manifest,
         test=[str(_manifest(corpus, t, "test")) for t in tasks], out=str(path), fractions=list(e.fractions),
-        strategies=["angular"], heal=heal, heal_steps=e.heal_steps, input="speech", region=REGION,
+        strategies=["angular"], heal=heal, heal_steps=e.heal_steps, heal_mixed_precision=e.heal_mixed_precision,
+        input="speech", region=REGION,
         looks=list(e.looks), alpha=e.alpha, wer_rise=e.wer_rise, wer_floor=e.wer_floor, bleu_drop=e.bleu_drop,
         reuse=[str(p) for p in reuse], stop_line=stop_line, **_placed(config))),
         "sweeps")
@@ -296,12 +301,14 @@ def study(config: StudyConfig) -> dict:
 
     records: dict[str, dict] = {}
     base_scans: dict[tuple[str, tuple], Path] = {}
+    encoder_states: dict[str, dict] = {}  # pretrained encoder -> its states of each recording, shared by conditions
     for condition in plan:
         base = _base_llm(config, out, corpus, decoders[condition.decoder], timer)
         languages = (tuple(config.languages) if config.speechllm.warmup_languages == "study"
                      else condition.source_languages())
         warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], languages, timer)
-        model = _speechllm(config, out, corpus, condition, base, warm, timer)
+        model = _speechllm(config, out, corpus, condition, base, warm, timer,
+                           encoder_states.setdefault(condition.encoder, {}))
         folder = model.parent
         metrics = read_json(_evaluate(config, corpus, condition, model, timer) / "metrics.json")
         data = _mixed_manifest(out, corpus, condition.tasks, "dev",

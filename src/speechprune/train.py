@@ -581,11 +581,15 @@ def _restore(state: dict, model: nn.Module, optimizer, scheduler, accelerator: A
 
 # ----------------------------------------------------------------------------- the command
 @claims_output("train", resumable=True)
-def train(config: TrainConfig) -> Path:
+def train(config: TrainConfig, encoder_states: dict[str, torch.Tensor] | None = None) -> Path:
     """Build (or load with --init) a SpeechLLM and train it through the configured stages.
 
     OUT becomes a SpeechLLM directory, with ``config.yaml`` (the resolved configuration) and
-    ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files."""
+    ``train_log.json`` (per-stage steps, seconds and loss curves) beside the model files.
+    ``encoder_states``: the encoder-state cache of the stages that keep the encoder frozen
+    (:attr:`SpeechLLM.encoder_cache`), shared with other trainings of the same frozen encoder and
+    audio cut, so that each recording is encoded once for all of them (the study's conditions);
+    ignored when a stage trains the encoder."""
     out = Path(config.out)
     resolve_device(config.device)  # a device this machine lacks: one line, before any work
     utterances = load_manifests(config.train, skip_bad=config.skip_bad)
@@ -605,6 +609,8 @@ def train(config: TrainConfig) -> Path:
     save_config(config, out / "config.yaml")
     accelerator = make_accelerator(config.loop, out, config.device)
     model.train()
+    if all(stage.encoder == "frozen" for stage in config.ordered_stages().values()):
+        model.encoder_cache = encoder_states  # set_trainable keeps it; states of a trained encoder are never shared
     results = run_stages(model, utterances, config.ordered_stages(), config.loop, out, accelerator, config.resume)
     fingerprints = replica_fingerprints(model, accelerator)
     model.eval()

@@ -58,9 +58,19 @@ class SpeechBatch:
     ctc_labels: list[torch.Tensor]
     references: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    audio: list[str | None] = field(default_factory=list)  # each utterance's audio file (None: text only)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def speech_keys(self) -> list[str]:
+        """What names each utterance's speech in :attr:`SpeechLLM.encoder_cache`: its audio file, so
+        that tasks reading the same audio (ASR and ST of one recording) share its states; its id
+        where it has no file."""
+        if not self.audio:
+            return list(self.ids)
+        return [audio or utterance_id for audio, utterance_id in zip(self.audio, self.ids)]
 
 
 class SpeechDataset(torch.utils.data.Dataset):
@@ -97,7 +107,10 @@ class SpeechLLM(nn.Module):
         self.ctc_head = nn.Linear(encoder.output_dim, len(ctc_alphabet) + 1) if ctc_alphabet else None
         self.separator_id = separator_id(tokenizer)
         self._prompt_cache: dict[tuple[str, str], list[int]] = {}
-        # utterance id -> encoder states, while a training stage keeps the encoder frozen (None: off)
+        # speech key (SpeechBatch.speech_keys) -> encoder states, while a training stage keeps the
+        # encoder frozen (None: off). States depend on the encoder's weights and on the audio's cut
+        # (--loop.max-seconds) alone, so trainings with the same frozen encoder and cut may share one
+        # dict (train's encoder_states: the study's conditions do)
         self.encoder_cache: dict[str, torch.Tensor] | None = None
         # token ids the token CTC normalises over (sorted, with the blank); None: the whole vocabulary
         self.token_ctc_vocabulary: torch.Tensor | None = None
@@ -175,6 +188,7 @@ class SpeechLLM(nn.Module):
             ctc_labels=[item["ctc_labels"] for item in items],
             references=[item["utterance"].target for item in items],
             tasks=[item["utterance"].task for item in items],
+            audio=[item["utterance"].audio for item in items],
         )
 
     def batches(self, utterances: list[Utterance] | SpeechDataset, batch_size: int = 8, shuffle: bool = False,
@@ -193,16 +207,17 @@ class SpeechLLM(nn.Module):
         device = self.device
         if self.encoder_cache is None:
             return self.encoder(**{name: value.to(device) for name, value in batch.encoder_inputs.items()})
-        if any(utterance_id not in self.encoder_cache for utterance_id in batch.ids):
+        keys = batch.speech_keys
+        if any(key not in self.encoder_cache for key in keys):
             was_training = self.encoder.training
             self.encoder.eval()
             with torch.no_grad():
                 encoded, lengths = self.encoder(**{name: value.to(device)
                                                    for name, value in batch.encoder_inputs.items()})
             self.encoder.train(was_training)
-            for row, (utterance_id, length) in enumerate(zip(batch.ids, lengths.tolist())):
-                self.encoder_cache[utterance_id] = encoded[row, :length].clone()
-        states = [self.encoder_cache[utterance_id] for utterance_id in batch.ids]
+            for row, (key, length) in enumerate(zip(keys, lengths.tolist())):
+                self.encoder_cache[key] = encoded[row, :length].clone()
+        states = [self.encoder_cache[key] for key in keys]
         lengths = torch.tensor([len(s) for s in states], device=device)
         return nn.utils.rnn.pad_sequence(states, batch_first=True), lengths
 
