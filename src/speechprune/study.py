@@ -229,14 +229,14 @@ def speechllm_training(config: StudyConfig, out: Path, corpus: Path, condition: 
 
 
 def _speechllm(config: StudyConfig, out: Path, corpus: Path, condition: Condition, base: str, warm: Path | None,
-               timer: StepTimes, encoder_states: dict) -> Path:
-    """Train a condition's SpeechLLM. ``encoder_states``: the frozen pretrained encoder's states of
-    every recording earlier conditions read (train's shared cache), one dict per encoder; each
-    recording is encoded once in the study's process."""
+               timer: StepTimes, encoder_states: dict | None) -> Path:
+    """Train a condition's SpeechLLM. ``encoder_states``: its frozen pretrained encoder's states of
+    every recording earlier conditions read (train's shared cache), so that each recording is
+    encoded once in the study's process; None for an encoder trained here."""
     training = speechllm_training(config, out, corpus, condition, base, warm)
     path = Path(training.out)
     timer.run(f"SpeechLLM {condition.name}", path / "speechllm.json",
-              lambda: train(training, encoder_states=encoder_states if warm is None else None), "SpeechLLM training")
+              lambda: train(training, encoder_states=encoder_states), "SpeechLLM training")
     return path
 
 
@@ -308,7 +308,7 @@ def study(config: StudyConfig) -> dict:
                      else condition.source_languages())
         warm = _warm_encoder(config, out, corpus, encoders[condition.encoder], languages, timer)
         model = _speechllm(config, out, corpus, condition, base, warm, timer,
-                           encoder_states.setdefault(condition.encoder, {}))
+                           None if warm else encoder_states.setdefault(condition.encoder, {}))
         folder = model.parent
         metrics = read_json(_evaluate(config, corpus, condition, model, timer) / "metrics.json")
         data = _mixed_manifest(out, corpus, condition.tasks, "dev",
