@@ -43,13 +43,12 @@ def main() -> None:
     max_seconds = LoopConfig().max_seconds
     for encoder in [e for e in config.encoders if e.pretrained]:
         planned = [c for c in conditions(config) if c.encoder == encoder.name]
-        per_line = per_recording = 0
-        union: set[str] = set()
+        lines_of, recordings_of = [], []  # each training's lines, and its recordings
         for condition in planned:
             lines = load_manifests([f"{args.corpus}/{task}.train.jsonl" for task in condition.tasks], check_audio=False)
-            recordings = {u.audio for u in lines}
-            per_line, per_recording = per_line + len(lines), per_recording + len(recordings)
-            union |= recordings
+            lines_of.append(len(lines))
+            recordings_of.append({u.audio for u in lines})
+        union = set().union(*recordings_of)
         model = load_encoder(encoder.pretrained).eval()
         sample = random.Random(0).sample(sorted(union), min(args.sample, len(union)))
         started, state_bytes = time.perf_counter(), 0
@@ -65,16 +64,11 @@ def main() -> None:
               f"{torch.get_num_threads()} threads); states {state_bytes / len(sample) / 1024:.0f} KB a recording")
         print("| cache | recordings encoded | seconds (estimated) | states held at most |")
         print("|---|---|---|---|")
-        for name, count, held in (("per line, one per training", per_line, max_recordings(args, planned)),
-                                  ("per recording, one per training", per_recording, max_recordings(args, planned)),
+        largest = max(map(len, recordings_of))
+        for name, count, held in (("per line, one per training", sum(lines_of), max(lines_of)),
+                                  ("per recording, one per training", sum(map(len, recordings_of)), largest),
                                   ("shared by the study's conditions", len(union), len(union))):
             print(f"| {name} | {count:,} | {count * each:,.0f} | {held * state_bytes / len(sample) / 2**30:.2f} GiB |")
-
-
-def max_recordings(args, planned) -> int:
-    """The most recordings one training of ``planned`` caches (its own cache's peak)."""
-    return max(len({u.audio for u in load_manifests([f"{args.corpus}/{task}.train.jsonl" for task in c.tasks],
-                                                    check_audio=False)}) for c in planned)
 
 
 if __name__ == "__main__":
