@@ -157,7 +157,9 @@ def test_healing_under_bf16_autocast_starts_from_the_same_loss_and_says_what_ran
         record = json.loads((out / "heal.json").read_text())
         losses[precision], ran[precision] = record["stages"][0]["final_loss"], record["mixed_precision"]
     assert ran == {"no": "no", "auto": "bf16"}
-    assert "precision: bf16 autocast (its matmul 3.0x faster than float32 here)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "precision: bf16 autocast (its matmul 3.0x faster than float32 here)" in printed
+    assert "under bf16 autocast ->" in printed and printed.count("autocast ->") == 1  # the summary says it
     # one step: the loss of the same pruned weights, computed in two precisions
     assert losses["auto"] == pytest.approx(losses["no"], rel=5e-2)
     assert losses["auto"] != losses["no"]  # autocast did run

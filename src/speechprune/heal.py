@@ -143,6 +143,10 @@ def _precision_ran(config: HealConfig, model: LoadedModel) -> str:
     return training_precision(config.mixed_precision, next(model.module.parameters()).device)[0]
 
 
+def _autocast_text(precision: str) -> str:
+    return "" if precision == "no" else f", under {precision} autocast"
+
+
 def merge_lora(model: LoadedModel, adapter_dir: Path | None = None) -> None:
     """Merge a LoRA-wrapped decoder into plain weights (saving the adapter first when asked)."""
     if hasattr(model.causal_lm, "merge_and_unload"):
@@ -173,6 +177,7 @@ def heal(config: HealConfig) -> Path:
                          config.grad_accum, config.checkpoint_every, config.mixed_precision)
     if not PartialState().is_main_process:
         return out
+    precision = _precision_ran(config, model)
     speechllm = getattr(model, "speechllm", None)
     with staged_dir(out) as staging:  # replaces OUT whole, checkpoints included
         if speechllm is not None:
@@ -185,10 +190,10 @@ def heal(config: HealConfig) -> Path:
             write_json(staging / "pruning.json", pruning)
         write_json(staging / "heal.json", {"target": config.target, "lora_modules": targets,
                                            "receiving_layers": receiving, "projector_trained": config.projector,
-                                           "mixed_precision": _precision_ran(config, model), "stages": results})
+                                           "mixed_precision": precision, "stages": results})
         save_config(config, staging / "config.yaml")
     show(train_summary(f"heal: LoRA r={config.rank} on {config.target}"
-                       f"{' and the projector' if config.projector else ''} -> {out}",
+                       f"{' and the projector' if config.projector else ''}{_autocast_text(precision)} -> {out}",
                        [StageResult(**stage) for stage in results]))
     return out
 
@@ -216,15 +221,16 @@ def _heal_into_gguf(config: HealConfig, gguf_plan, model: LoadedModel, utterance
                          config.checkpoint_every, config.mixed_precision)
     if not state.is_main_process:
         return out
+    precision = _precision_ran(config, model)
     bases = heal_gguf.lora_base_layers(model.causal_lm)
     merge_lora(model)
     changed = heal_gguf.changed_weight_names(model.causal_lm, bases)
     record = {"target": config.target, "rank": config.rank, "alpha": config.alpha, "steps": config.steps,
               "lr": config.lr, "data": list(config.data), "receiving_layers": receiving,
-              "mixed_precision": _precision_ran(config, model), "stages": results}
+              "mixed_precision": precision, "stages": results}
     result = heal_gguf.export(gguf_plan, model, changed, record, out, config.gguf_type)
     shutil.rmtree(work, ignore_errors=True)
-    show(train_summary(f"heal: LoRA r={config.rank} on {config.target} -> {out}",
+    show(train_summary(f"heal: LoRA r={config.rank} on {config.target}{_autocast_text(precision)} -> {out}",
                        [StageResult(**stage) for stage in results]),
          table("healed GGUF file", ("", ""), heal_gguf.summary_rows(result), header=False))
     return out
